@@ -1,0 +1,124 @@
+"""Generate the C header for ncdma from the construct declarations in `dmalab.spec.ncdma`.
+
+The header serves both QEMU (stdint types) and the Linux driver (linux/types.h), so it holds only
+constants, offsets, X-macros and packed little-endian structs, never logic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import construct as c
+
+from dmalab.spec import ncdma
+
+HEADER_NAME = "ncdma-hw.h"
+_C_INT = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t", 8: "uint64_t"}
+
+
+def _field(sc: c.Construct) -> tuple[str, c.Construct, str]:
+    """(name, innermost construct, doc) of a struct member, looking through Renamed layers."""
+    name = sc.name
+    doc = ""
+    while isinstance(sc, c.Renamed):
+        doc = doc or (sc.docs or "")
+        sc = sc.subcon
+    return name, sc, doc
+
+
+def _comment(doc: str) -> str:
+    return f" /* {doc} */" if doc else ""
+
+
+def _enum_block(prefix: str, con: c.Construct) -> list[str]:
+    mapping = con.encmapping if isinstance(con, c.Enum) else con.flags
+    width = max(len(k) for k in mapping)
+    lines = [f"#define {prefix}_{k.upper():<{width}} 0x{v:x}" for k, v in mapping.items()]
+    if isinstance(con, c.Enum):
+        names = " ".join(f"X({k.upper()}, {v})" for k, v in mapping.items())
+        lines.append(f"#define {prefix}_LIST(X) {names}")
+    return lines
+
+
+def _struct_block(cname: str, prefix: str, struct: c.Struct) -> list[str]:
+    lines = [f"struct {cname} {{"]
+    offsets = []
+    offset = 0
+    for sc in struct.subcons:
+        name, inner, doc = _field(sc)
+        size = sc.sizeof()
+        if name is None:
+            lines.append(f"    uint8_t pad_{offset:03x}[{size}];")
+        elif isinstance(inner, c.Struct):
+            lines.append(f"    struct {cname}_{name.lower()} {name.lower()};{_comment(doc)}")
+        else:
+            lines.append(f"    {_C_INT[size]} {name.lower()};{_comment(doc)}")
+            offsets.append(f"#define {prefix}_{name.upper():<10} 0x{offset:03x}")
+        offset += size
+    lines.append("} __attribute__((packed));")
+    return offsets + lines
+
+
+def generate() -> str:
+    n = ncdma
+    out: list[str] = [
+        "/* SPDX-License-Identifier: GPL-2.0-or-later */",
+        "/*",
+        " * ncdma hardware interface: PCI identity, BAR0 registers, descriptors, counters.",
+        " * Generated from orchestrator/dmalab/spec/ncdma.py by `dmalab spec header`: do not edit.",
+        " * Everything is little-endian.",
+        " */",
+        "#ifndef NCDMA_HW_H",
+        "#define NCDMA_HW_H",
+        "",
+        "#ifdef __KERNEL__",
+        "#include <linux/types.h>",
+        "#else",
+        "#include <stdint.h>",
+        "#endif",
+        "",
+    ]
+    for const in (
+        "PCI_VENDOR_ID", "PCI_DEVICE_ID", "PCI_REVISION", "REGS_BAR", "MSIX_BAR",
+        "REGS_BAR_SIZE", "MSIX_VECTORS", "VEC_COMPLETION", "VEC_ERROR", "ID_MAGIC", "VERSION",
+        "DESC_SIZE", "RING_ALIGN", "RING_MIN_ENTRIES", "RING_MAX_ENTRIES", "DESC_FLAGS_VALID",
+        "COUNTERS_OFFSET",
+    ):
+        out.append(f"#define NCDMA_{const} 0x{getattr(n, const):x}")
+    enums = (
+        ("NCDMA_OP", n.Opcode), ("NCDMA_DESC_F", n.DescFlags), ("NCDMA_ST", n.Status),
+        ("NCDMA_CTRL", n.Ctrl), ("NCDMA_STATUS", n.DevStatus), ("NCDMA_RING_ERR", n.RingError),
+        ("NCDMA_CAP", n.Caps), ("NCDMA_IRQ", n.IrqStatus), ("NCDMA_VIOL", n.ViolationKind),
+    )
+    for prefix, con in enums:
+        out += ["", *_enum_block(prefix, con)]
+    out += ["", "/* BAR0 register offsets */"]
+    width = max(len(k) for k in n.REG)
+    out += [f"#define NCDMA_REG_{k:<{width}} 0x{v:03x}" for k, v in n.REG.items()]
+    out += ["", "/* Descriptor: one ring entry */", *_struct_block("ncdma_desc", "NCDMA_DESC", n.Descriptor)]
+    out += [
+        "",
+        "/* Counters, in this order, at NCDMA_COUNTERS_OFFSET and over QMP */",
+        f"#define NCDMA_NR_COUNTERS {len(n.COUNTER_NAMES)}",
+    ]
+    out += [f"#define NCDMA_CNT_{name.upper()} {i}" for i, name in enumerate(n.COUNTER_NAMES)]
+    out.append("#define NCDMA_COUNTER_LIST(X) " + " ".join(f"X({name})" for name in n.COUNTER_NAMES))
+    out += [
+        "",
+        "#ifndef __KERNEL__",
+        "_Static_assert(sizeof(struct ncdma_desc) == NCDMA_DESC_SIZE, \"descriptor size\");",
+        "#endif",
+        "",
+        "#endif /* NCDMA_HW_H */",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write(path: Path) -> bool:
+    """Write the header if it differs; True when the file changed."""
+    text = generate()
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
