@@ -1,0 +1,357 @@
+/*
+ * Device write-back cache model with violation detectors (see devcache.h).
+ *
+ * Every line keeps a snapshot of memory as it was when the line was filled
+ * or last written back.  Comparing memory with that snapshot is what tells
+ * a CPU write that happened behind the device's back, exactly and
+ * independently of the accelerator.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "qemu/osdep.h"
+#include "qemu/host-utils.h"
+#include "devcache.h"
+
+#define PAGE_SIZE_4K 4096
+
+static inline DevCacheLine *line_at(DevCache *c, uint32_t idx)
+{
+    return &c->lines[idx];
+}
+
+static inline uint8_t *line_data(DevCache *c, uint32_t idx)
+{
+    return c->data + (size_t)idx * c->line_size;
+}
+
+static inline uint8_t *line_snap(DevCache *c, uint32_t idx)
+{
+    return c->snap + (size_t)idx * c->line_size;
+}
+
+bool devcache_init(DevCache *c, uint32_t line_size, uint32_t size, uint32_t ways,
+                   const DevCacheOps *ops, void *opaque, DevCacheStats *stats,
+                   const char **errmsg)
+{
+    uint32_t nlines;
+
+    memset(c, 0, sizeof(*c));
+    if (line_size < 16 || line_size > PAGE_SIZE_4K || !is_power_of_2(line_size)) {
+        *errmsg = "line size must be a power of two in [16, 4096]";
+        return false;
+    }
+    if (ways == 0 || ways > 64) {
+        *errmsg = "ways must be in [1, 64]";
+        return false;
+    }
+    if (size == 0 || size % ((uint64_t)line_size * ways)) {
+        *errmsg = "size must be a non-zero multiple of line size * ways";
+        return false;
+    }
+    nlines = size / line_size;
+    c->line_size = line_size;
+    c->line_shift = ctz32(line_size);
+    c->ways = ways;
+    c->nsets = nlines / ways;
+    c->lines = g_new0(DevCacheLine, nlines);
+    c->data = g_malloc0((size_t)nlines * line_size);
+    c->snap = g_malloc0((size_t)nlines * line_size);
+    c->scratch = g_malloc0(line_size);
+    c->ops = ops;
+    c->opaque = opaque;
+    c->stats = stats;
+    return true;
+}
+
+void devcache_destroy(DevCache *c)
+{
+    g_free(c->lines);
+    g_free(c->data);
+    g_free(c->snap);
+    g_free(c->scratch);
+    memset(c, 0, sizeof(*c));
+}
+
+void devcache_reset(DevCache *c)
+{
+    memset(c->lines, 0, sizeof(DevCacheLine) * devcache_nlines(c));
+    c->clock = 0;
+}
+
+static void report(DevCache *c, DevCacheViolationKind kind, uint32_t idx,
+                   uint32_t from, uint32_t to,
+                   const uint8_t *expected, const uint8_t *actual)
+{
+    DevCacheLine *l = line_at(c, idx);
+    DevCacheViolation v = {
+        .kind = kind,
+        .iova = l->iova,
+        .line_pa = l->tag,
+    };
+    uint32_t first = UINT32_MAX;
+    uint32_t i;
+
+    for (i = from; i < to; i++) {
+        if (expected[i] != actual[i]) {
+            v.ndiff++;
+            if (first == UINT32_MAX) {
+                first = i;
+            }
+        }
+    }
+    if (first == UINT32_MAX) {
+        first = from;
+    }
+    v.pa = l->tag + first;
+    v.nevidence = MIN(DEVCACHE_EVIDENCE, to - first);
+    memcpy(v.expected, expected + first, v.nevidence);
+    memcpy(v.actual, actual + first, v.nevidence);
+    c->ops->violation(c->opaque, &v);
+}
+
+/* Bytes in [from, to) where the device's copy was meant to land but memory disagrees. */
+static bool lost_bytes(const uint8_t *data, const uint8_t *snap, const uint8_t *mem,
+                       uint32_t n)
+{
+    uint32_t i;
+
+    for (i = 0; i < n; i++) {
+        if (data[i] != snap[i] && data[i] != mem[i]) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool writeback(DevCache *c, uint32_t idx)
+{
+    DevCacheLine *l = line_at(c, idx);
+    uint8_t *data = line_data(c, idx);
+    uint8_t *snap = line_snap(c, idx);
+    uint8_t *mem = c->scratch;
+
+    if (!c->ops->mem_read(c->opaque, l->tag, mem, c->line_size)) {
+        return false;
+    }
+    if (memcmp(mem, snap, c->line_size)) {
+        c->stats->conflicting_writes++;
+        report(c, DEVCACHE_CONFLICTING_WRITE, idx, 0, c->line_size, snap, mem);
+    }
+    if ((l->flags & DEVCACHE_TRACKED) && c->ops->still_mapped &&
+        !c->ops->still_mapped(c->opaque, l->iova, l->tag)) {
+        c->stats->writebacks_after_unmap++;
+        report(c, DEVCACHE_WRITEBACK_AFTER_UNMAP, idx, 0, c->line_size, mem, data);
+    }
+    /* Real hardware writes the whole line, whatever happened underneath. */
+    if (!c->ops->mem_write(c->opaque, l->tag, data, c->line_size)) {
+        return false;
+    }
+    memcpy(snap, data, c->line_size);
+    l->flags &= ~DEVCACHE_DIRTY;
+    c->stats->writebacks++;
+    return true;
+}
+
+static bool drop(DevCache *c, uint32_t idx)
+{
+    DevCacheLine *l = line_at(c, idx);
+
+    if (l->flags & DEVCACHE_DIRTY) {
+        uint8_t *mem = c->scratch;
+
+        if (!c->ops->mem_read(c->opaque, l->tag, mem, c->line_size)) {
+            return false;
+        }
+        if (lost_bytes(line_data(c, idx), line_snap(c, idx), mem, c->line_size)) {
+            c->stats->lost_writes++;
+            report(c, DEVCACHE_LOST_WRITE, idx, 0, c->line_size,
+                   line_data(c, idx), mem);
+        }
+    }
+    l->flags = 0;
+    c->stats->invalidations++;
+    return true;
+}
+
+static int32_t lookup(DevCache *c, uint64_t tag)
+{
+    uint32_t set = (tag >> c->line_shift) % c->nsets;
+    uint32_t base = set * c->ways;
+    uint32_t w;
+
+    for (w = 0; w < c->ways; w++) {
+        DevCacheLine *l = line_at(c, base + w);
+        if ((l->flags & DEVCACHE_VALID) && l->tag == tag) {
+            return base + w;
+        }
+    }
+    return -1;
+}
+
+/* Find or allocate the line for tag, filling it from memory on a miss. */
+static int32_t get_line(DevCache *c, uint64_t tag, uint64_t iova, bool tracked,
+                        bool *hit)
+{
+    int32_t idx = lookup(c, tag);
+    uint32_t set, base, w, victim;
+
+    *hit = idx >= 0;
+    if (idx >= 0) {
+        c->stats->hits++;
+        line_at(c, idx)->lru = ++c->clock;
+        return idx;
+    }
+    c->stats->misses++;
+    set = (tag >> c->line_shift) % c->nsets;
+    base = set * c->ways;
+    victim = base;
+    for (w = 0; w < c->ways; w++) {
+        DevCacheLine *l = line_at(c, base + w);
+        if (!(l->flags & DEVCACHE_VALID)) {
+            victim = base + w;
+            break;
+        }
+        if (l->lru < line_at(c, victim)->lru) {
+            victim = base + w;
+        }
+    }
+    if (line_at(c, victim)->flags & DEVCACHE_VALID) {
+        c->stats->evictions++;
+        if ((line_at(c, victim)->flags & DEVCACHE_DIRTY) && !writeback(c, victim)) {
+            return -1;
+        }
+        line_at(c, victim)->flags = 0;
+    }
+    if (!c->ops->mem_read(c->opaque, tag, line_data(c, victim), c->line_size)) {
+        return -1;
+    }
+    memcpy(line_snap(c, victim), line_data(c, victim), c->line_size);
+    *line_at(c, victim) = (DevCacheLine) {
+        .tag = tag,
+        .iova = iova,
+        .lru = ++c->clock,
+        .flags = DEVCACHE_VALID | (tracked ? DEVCACHE_TRACKED : 0),
+    };
+    return victim;
+}
+
+static bool access_lines(DevCache *c, uint64_t pa, uint64_t iova, uint8_t *buf,
+                         uint32_t len, bool is_write, bool tracked)
+{
+    uint64_t mask = c->line_size - 1;
+
+    while (len) {
+        uint64_t tag = pa & ~mask;
+        uint32_t off = pa & mask;
+        uint32_t n = MIN(len, c->line_size - off);
+        bool hit;
+        int32_t idx = get_line(c, tag, iova - off, tracked, &hit);
+        uint8_t *data;
+
+        if (idx < 0) {
+            return false;
+        }
+        data = line_data(c, idx);
+        if (hit && !is_write) {
+            /* Only a hit can be stale: a fill reads memory as it is now. */
+            uint8_t *mem = c->scratch;
+            if (!c->ops->mem_read(c->opaque, tag, mem, c->line_size)) {
+                return false;
+            }
+            if (memcmp(mem + off, line_snap(c, idx) + off, n)) {
+                c->stats->stale_reads++;
+                report(c, DEVCACHE_STALE_READ, idx, off, off + n, mem, data);
+            }
+        }
+        if (is_write) {
+            DevCacheLine *l = line_at(c, idx);
+            memcpy(data + off, buf, n);
+            l->flags |= DEVCACHE_DIRTY;
+            l->iova = iova - off;
+            l->flags = (l->flags & ~DEVCACHE_TRACKED) | (tracked ? DEVCACHE_TRACKED : 0);
+        } else {
+            memcpy(buf, data + off, n);
+        }
+        pa += n;
+        iova += n;
+        buf += n;
+        len -= n;
+    }
+    return true;
+}
+
+bool devcache_read(DevCache *c, uint64_t pa, uint64_t iova, void *buf,
+                   uint32_t len, bool tracked)
+{
+    return access_lines(c, pa, iova, buf, len, false, tracked);
+}
+
+bool devcache_write(DevCache *c, uint64_t pa, uint64_t iova, const void *buf,
+                    uint32_t len, bool tracked)
+{
+    return access_lines(c, pa, iova, (uint8_t *)buf, len, true, tracked);
+}
+
+static bool maint_line(DevCache *c, uint32_t idx, DevCacheMaint op)
+{
+    DevCacheLine *l = line_at(c, idx);
+
+    if (!(l->flags & DEVCACHE_VALID)) {
+        return true;
+    }
+    if ((op & DEVCACHE_CLEAN) && (l->flags & DEVCACHE_DIRTY) && !writeback(c, idx)) {
+        return false;
+    }
+    if (op & DEVCACHE_INVALIDATE) {
+        return drop(c, idx);
+    }
+    return true;
+}
+
+bool devcache_maint_range(DevCache *c, uint64_t pa, uint64_t len, DevCacheMaint op)
+{
+    uint64_t mask = c->line_size - 1;
+    uint64_t tag, end;
+
+    if (!len) {
+        return true;
+    }
+    end = pa + len - 1;
+    if (end < pa) {
+        end = UINT64_MAX;
+    }
+    /* A range larger than the cache is cheaper to handle line by line of the cache. */
+    if ((len >> c->line_shift) > devcache_nlines(c)) {
+        uint32_t i;
+        for (i = 0; i < devcache_nlines(c); i++) {
+            DevCacheLine *l = line_at(c, i);
+            if ((l->flags & DEVCACHE_VALID) && l->tag + mask >= pa && l->tag <= end &&
+                !maint_line(c, i, op)) {
+                return false;
+            }
+        }
+        return true;
+    }
+    for (tag = pa & ~mask; tag <= end; tag += c->line_size) {
+        int32_t idx = lookup(c, tag);
+        if (idx >= 0 && !maint_line(c, idx, op)) {
+            return false;
+        }
+        if (tag + c->line_size < tag) {
+            break;
+        }
+    }
+    return true;
+}
+
+bool devcache_maint_all(DevCache *c, DevCacheMaint op)
+{
+    uint32_t i;
+
+    for (i = 0; i < devcache_nlines(c); i++) {
+        if (!maint_line(c, i, op)) {
+            return false;
+        }
+    }
+    return true;
+}
