@@ -1,0 +1,349 @@
+"""The qtest protocol (QEMU system/qtest.c) as an asyncio client, and a q35 machine driven by it.
+
+qtest is a line protocol: one command per line, one reply per command ("OK [value]", "FAIL ...",
+"ERR ..."), in order. `IRQ raise N` / `IRQ lower N` lines arrive between replies whenever an
+intercepted interrupt line changes; they are recorded in `irq_events` and never taken for replies.
+Because replies come back in order, commands can be pipelined: `submit()` sends a command and
+returns a future for its reply without waiting, which bulk transfers use to keep QEMU busy.
+
+All memory accesses are guest-physical on the CPU side: they never go through an IOMMU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from qemu.qmp import QMPClient
+
+from dmalab.errors import DmalabError
+from dmalab.machine.process import QemuProcess
+
+log = logging.getLogger(__name__)
+
+# Big enough for one b64read reply of READ_CHUNK bytes.
+_LINE_LIMIT = 64 << 20
+
+
+class QtestError(DmalabError):
+    """QEMU answered a qtest command with FAIL or ERR, or the connection broke."""
+
+
+class QtestConnectionLost(QtestError):
+    """QEMU closed the qtest connection (it exited or crashed)."""
+
+
+@dataclass(frozen=True)
+class IrqEvent:
+    """One `IRQ raise/lower N` line, in arrival order."""
+
+    line: int
+    raised: bool
+
+
+class QtestClient:
+    """Talks qtest over a connected stream socket; see the module docstring for the protocol.
+
+    `READ_CHUNK` / `WRITE_CHUNK` split bulk transfers. Writes use small chunks on purpose: QEMU
+    receives input 1 KiB at a time and rescans its whole pending line for the newline each time,
+    so the cost of one command grows with the square of its length.
+    """
+
+    READ_CHUNK = 256 << 10
+    WRITE_CHUNK = 32 << 10
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._pending: collections.deque[tuple[str, asyncio.Future[bytes]]] = collections.deque()
+        self._lost: QtestConnectionLost | None = None
+        self.irq_events: list[IrqEvent] = []
+        self.irq_levels: dict[int, bool] = {}
+        self._reader_task = asyncio.create_task(self._read_replies(), name="qtest-reader")
+
+    @classmethod
+    async def connect(cls, sock: socket.socket) -> Self:
+        """Speak qtest over `sock` (already connected, e.g. one end of a socketpair)."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_LINE_LIMIT)
+        return cls(reader, writer)
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+        self._reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader_task
+
+    # ------------------------------------------------------------------------------------------
+    # Protocol
+
+    def submit(self, command: str) -> asyncio.Future[bytes]:
+        """Send one command now; the future gets the reply text after "OK" (as bytes).
+
+        Several submits before awaiting pipeline the commands; replies keep their order.
+        """
+        if self._lost is not None:
+            raise QtestConnectionLost(str(self._lost))
+        if "\n" in command:
+            raise ValueError(f"a qtest command is one line: {command[:60]!r}")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending.append((command if len(command) <= 80 else command[:77] + "...", future))
+        self._writer.write(command.encode() + b"\n")
+        return future
+
+    async def command(self, command: str) -> bytes:
+        """Send one command and wait for its reply (the text after "OK")."""
+        future = self.submit(command)
+        if self._writer.transport.get_write_buffer_size() > 1 << 20:
+            await self._writer.drain()
+        return await future
+
+    async def _read_replies(self) -> None:
+        lost = QtestConnectionLost("the qtest connection was closed")
+        try:
+            while True:
+                line = await self._reader.readuntil(b"\n")
+                if line.startswith(b"IRQ "):
+                    self._record_irq(line)
+                    continue
+                if not self._pending:
+                    log.warning("qtest: reply with no command pending: %r", line[:80])
+                    continue
+                command, future = self._pending.popleft()
+                if future.done():  # the caller gave up on it
+                    continue
+                if line.startswith(b"OK"):
+                    future.set_result(line[3:].rstrip(b"\n"))
+                else:
+                    text = line.decode(errors="replace").strip()
+                    future.set_exception(QtestError(f"qtest {command!r}: QEMU replied {text!r}"))
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            lost = QtestConnectionLost(f"QEMU closed the qtest connection ({exc!r})")
+        except asyncio.LimitOverrunError as exc:
+            lost = QtestConnectionLost(f"qtest reply longer than {_LINE_LIMIT} bytes: {exc}")
+        except Exception as exc:
+            log.exception("qtest: reply reader failed")
+            lost = QtestConnectionLost(f"qtest reply reader failed: {exc!r}")
+        finally:
+            # Whatever ended the reader, nobody may wait forever for a reply.
+            self._fail_pending(lost)
+
+    def _record_irq(self, line: bytes) -> None:
+        words = line.split()
+        if len(words) != 3 or words[1] not in (b"raise", b"lower"):
+            log.warning("qtest: malformed IRQ line %r", line)
+            return
+        try:
+            event = IrqEvent(int(words[2]), words[1] == b"raise")
+        except ValueError:
+            log.warning("qtest: malformed IRQ line %r", line)
+            return
+        self.irq_events.append(event)
+        self.irq_levels[event.line] = event.raised
+
+    def _fail_pending(self, error: QtestConnectionLost) -> None:
+        if self._lost is None:
+            self._lost = error
+        while self._pending:
+            _, future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    # ------------------------------------------------------------------------------------------
+    # Memory (guest-physical, little-endian values)
+
+    async def readb(self, addr: int) -> int:
+        return int(await self.command(f"readb {addr:#x}"), 0)
+
+    async def readw(self, addr: int) -> int:
+        return int(await self.command(f"readw {addr:#x}"), 0)
+
+    async def readl(self, addr: int) -> int:
+        return int(await self.command(f"readl {addr:#x}"), 0)
+
+    async def readq(self, addr: int) -> int:
+        return int(await self.command(f"readq {addr:#x}"), 0)
+
+    async def writeb(self, addr: int, value: int) -> None:
+        await self.command(f"writeb {addr:#x} {value & 0xFF:#x}")
+
+    async def writew(self, addr: int, value: int) -> None:
+        await self.command(f"writew {addr:#x} {value & 0xFFFF:#x}")
+
+    async def writel(self, addr: int, value: int) -> None:
+        await self.command(f"writel {addr:#x} {value & 0xFFFF_FFFF:#x}")
+
+    async def writeq(self, addr: int, value: int) -> None:
+        await self.command(f"writeq {addr:#x} {value & 0xFFFF_FFFF_FFFF_FFFF:#x}")
+
+    async def read(self, addr: int, size: int) -> bytes:
+        """`size` bytes of guest-physical memory, in pipelined chunks."""
+        if size < 0:
+            raise ValueError(f"negative size {size}")
+        futures = [
+            self.submit(f"b64read {addr + off:#x} {min(self.READ_CHUNK, size - off):#x}")
+            for off in range(0, size, self.READ_CHUNK)
+        ]
+        await self._writer.drain()
+        try:
+            # Decoding chunk by chunk overlaps with QEMU still producing the next ones.
+            data = b"".join([base64.b64decode(await f) for f in futures])
+        finally:
+            _settle(futures)
+        if len(data) != size:
+            raise QtestError(f"b64read at {addr:#x}: asked {size} bytes, got {len(data)}")
+        return data
+
+    async def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Write guest-physical memory, in pipelined chunks."""
+        view = memoryview(data).cast("B")
+        futures = []
+        for off in range(0, len(view), self.WRITE_CHUNK):
+            chunk = view[off : off + self.WRITE_CHUNK]
+            encoded = base64.b64encode(chunk).decode()
+            futures.append(self.submit(f"b64write {addr + off:#x} {len(chunk):#x} {encoded}"))
+            if self._writer.transport.get_write_buffer_size() > 4 << 20:
+                await self._writer.drain()
+        try:
+            await self._writer.drain()
+            for f in futures:
+                await f
+        finally:
+            _settle(futures)
+
+    async def memset(self, addr: int, size: int, value: int = 0) -> None:
+        if size < 0:
+            raise ValueError(f"negative size {size}")
+        await self.command(f"memset {addr:#x} {size:#x} {value & 0xFF:#x}")
+
+    # ------------------------------------------------------------------------------------------
+    # I/O ports
+
+    async def inb(self, port: int) -> int:
+        return int(await self.command(f"inb {_port(port):#x}"), 0)
+
+    async def inw(self, port: int) -> int:
+        return int(await self.command(f"inw {_port(port):#x}"), 0)
+
+    async def inl(self, port: int) -> int:
+        return int(await self.command(f"inl {_port(port):#x}"), 0)
+
+    async def outb(self, port: int, value: int) -> None:
+        await self.command(f"outb {_port(port):#x} {value & 0xFF:#x}")
+
+    async def outw(self, port: int, value: int) -> None:
+        await self.command(f"outw {_port(port):#x} {value & 0xFFFF:#x}")
+
+    async def outl(self, port: int, value: int) -> None:
+        await self.command(f"outl {_port(port):#x} {value & 0xFFFF_FFFF:#x}")
+
+    # ------------------------------------------------------------------------------------------
+    # Virtual clock and interrupt lines
+
+    async def clock_step(self, ns: int | None = None) -> int:
+        """Advance QEMU_CLOCK_VIRTUAL by `ns`, or to the next timer deadline; returns the clock."""
+        return int(await self.command("clock_step" if ns is None else f"clock_step {ns}"))
+
+    async def clock_set(self, ns: int) -> int:
+        return int(await self.command(f"clock_set {ns}"))
+
+    async def irq_intercept_in(self, qom_path: str) -> None:
+        """Report the input lines of `qom_path` (e.g. "ioapic") as IRQ events."""
+        await self.command(f"irq_intercept_in {qom_path}")
+
+    async def set_irq_in(self, qom_path: str, name: str, line: int, level: int) -> None:
+        await self.command(f"set_irq_in {qom_path} {name} {line} {level}")
+
+
+def _settle(futures: list[asyncio.Future[bytes]]) -> None:
+    """After a failed bulk transfer: drop the replies nobody will await, without warnings."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+
+
+def _port(port: int) -> int:
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"I/O port {port:#x} out of range")  # QEMU would abort on it
+    return port
+
+
+class QtestVM:
+    """A q35 machine under the qtest accelerator: no guest code runs, this side drives it.
+
+    `qemu_argv` starts the command line (binary and `-L` firmware dirs). `iommu` is a `-device`
+    value placed before every other device: devices created earlier would not be translated.
+    `devices` are `-device` values, `global_props` `-global` values, in order.
+    """
+
+    def __init__(
+        self,
+        qemu_argv: Sequence[str],
+        *,
+        iommu: str | None = None,
+        devices: Sequence[str] = (),
+        global_props: Sequence[str] = (),
+        memory_mib: int = 256,
+        extra_args: Sequence[str] = (),
+        artifacts_dir: Path | None = None,
+        name: str = "qtest",
+    ) -> None:
+        self.memory_size = memory_mib << 20
+        argv = [
+            *qemu_argv,
+            "-machine", "q35", "-accel", "qtest", "-display", "none", "-nodefaults",
+            "-m", f"{memory_mib}M",
+            "-qtest", "chardev:qtest", "-qtest-log", "none",
+        ]  # fmt: skip
+        if iommu is not None:
+            argv += ["-device", iommu]
+        for prop in global_props:
+            argv += ["-global", prop]
+        for device in devices:
+            argv += ["-device", device]
+        argv += extra_args
+        self.process = QemuProcess(argv, name=name, channels=["qtest"], artifacts_dir=artifacts_dir)
+        self._qtest: QtestClient | None = None
+
+    @property
+    def qtest(self) -> QtestClient:
+        if self._qtest is None:
+            raise RuntimeError("the machine is not started")
+        return self._qtest
+
+    @property
+    def qmp(self) -> QMPClient:
+        return self.process.qmp
+
+    async def __aenter__(self) -> Self:
+        await self.process.__aenter__()
+        try:
+            self._qtest = await QtestClient.connect(self.process.channel("qtest"))
+        except BaseException as exc:
+            await self.process.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._qtest is not None:
+                await self._qtest.close()
+        finally:
+            await self.process.__aexit__(exc_type, exc, tb)
