@@ -15,8 +15,19 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "ncdma.md").read_text()
 def test_descriptor_is_64_bytes_and_round_trips() -> None:
     assert ncdma.Descriptor.sizeof() == ncdma.DESC_SIZE == 64
     raw = ncdma.Descriptor.build(
-        dict(opcode="FILL", flags=dict(IRQ=True), reserved0=0, status="OK", cookie=7,
-             src=1, dst=2, len=3, pattern=0x0102030405060708, done=4, reserved1=0)
+        dict(
+            opcode="FILL",
+            flags=dict(IRQ=True),
+            reserved0=0,
+            status="OK",
+            cookie=7,
+            src=1,
+            dst=2,
+            len=3,
+            pattern=0x0102030405060708,
+            done=4,
+            reserved1=0,
+        )
     )
     parsed = ncdma.Descriptor.parse(raw)
     assert parsed.opcode == "FILL" and parsed.flags.IRQ and not parsed.flags.WHOLE
@@ -39,9 +50,13 @@ def test_every_register_is_documented_at_its_offset(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [*ncdma.COUNTER_NAMES, *(sc.name for sc in ncdma.Descriptor.subcons)]
-    + list(ncdma.Status.encmapping) + list(ncdma.ViolationKind.encmapping)
-    + list(ncdma.RingError.encmapping),
+    [
+        *ncdma.COUNTER_NAMES,
+        *(sc.name for sc in ncdma.Descriptor.subcons),
+        *list(ncdma.Status.encmapping),
+        *list(ncdma.ViolationKind.encmapping),
+        *list(ncdma.RingError.encmapping),
+    ],
 )
 def test_every_name_is_documented(name: str) -> None:
     assert f"`{name}`" in DOC, f"docs/ncdma.md does not mention `{name}`"

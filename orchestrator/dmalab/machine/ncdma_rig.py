@@ -52,8 +52,16 @@ class NcdmaRig:
         """Guest-physical pages for a buffer."""
         return self.mem.alloc(size)
 
-    async def map(self, dev: RigDevice, pa: int, size: int, *, iova: int | None = None,
-                  read: bool = True, write: bool = True) -> int:
+    async def map(
+        self,
+        dev: RigDevice,
+        pa: int,
+        size: int,
+        *,
+        iova: int | None = None,
+        read: bool = True,
+        write: bool = True,
+    ) -> int:
         """The address dev must use for [pa, pa+size): a fresh IOVA behind the IOMMU, else pa."""
         if dev.domain is None or self.iommu is None:
             return pa
@@ -94,9 +102,18 @@ async def ncdma_rig(
     gets its own domain, or all share one with `shared_domain`, and translation is enabled.
     """
     ids = [f"ncdma{i}" for i in range(len(devices))]
-    args = [f"ncdma,id={i}" + (f",{props}" if props else "") for i, props in zip(ids, devices, strict=True)]
-    vm = QtestVM(qemu_argv, iommu=iommu, devices=args, memory_mib=memory_mib,
-                 artifacts_dir=artifacts_dir, name="ncdma")
+    args = [
+        f"ncdma,id={i}" + (f",{props}" if props else "")
+        for i, props in zip(ids, devices, strict=True)
+    ]
+    vm = QtestVM(
+        qemu_argv,
+        iommu=iommu,
+        devices=args,
+        memory_mib=memory_mib,
+        artifacts_dir=artifacts_dir,
+        name="ncdma",
+    )
     async with vm:
         mem = PhysAllocator(vm.memory_size)
         tree = await PciTree.scan(vm.qtest)
@@ -113,13 +130,16 @@ async def ncdma_rig(
                 domain = shared or await vtd.new_domain()
                 await vtd.attach(pci, domain)
             ring_pa = mem.alloc(ring_entries * spec.DESC_SIZE)
-            host = NcdmaHost(vm.qtest, pci.bar(spec.REGS_BAR).address, ring_pa, ring_pa, ring_entries)
+            host = NcdmaHost(
+                vm.qtest, pci.bar(spec.REGS_BAR).address, ring_pa, ring_pa, ring_entries
+            )
             device = RigDevice(dev_id, pci, host, domain, f"/machine/peripheral/{dev_id}")
             rig.devices.append(device)
         if vtd is not None:
             await vtd.enable_translation()
         for device in rig.devices:
-            device.host.ring_iova = await rig.map(device, device.host.ring_pa,
-                                                  ring_entries * spec.DESC_SIZE)
+            device.host.ring_iova = await rig.map(
+                device, device.host.ring_pa, ring_entries * spec.DESC_SIZE
+            )
             await device.host.enable()
         yield rig
