@@ -164,4 +164,3 @@ _Static_assert(sizeof(struct ncdma_desc) == NCDMA_DESC_SIZE, "descriptor size");
 #endif
 
 #endif /* NCDMA_HW_H */
-

@@ -1,4 +1,7 @@
-"""One error hierarchy for dmalab, most generic first. The CLI turns these into one line and an exit code."""
+"""One error hierarchy for dmalab, most generic first.
+
+The CLI turns each into one line and an exit code.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ class EnvironmentProblem(DmalabError):
 
 
 class BadInput(DmalabError):
-    """A file or option given by the user is wrong: the message names the file, field and problem."""
+    """A file or option given by the user is wrong; the message names file, field and problem."""
 
     exit_code = EXIT_BAD_INPUT
 

@@ -8,6 +8,7 @@ it downloads; nothing here bypasses that.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ def _host_source_entries() -> list[tuple[str, list[str]]]:
                         entries.append((uri, fields.get("suites", "").split()))
         else:
             for line in text.splitlines():
-                words = [w for w in line.split() if not w.startswith("[")]
+                words = re.sub(r"\[[^\]]*\]", " ", line).split()
                 if len(words) >= 3 and words[0] in ("deb", "deb-src"):
                     entries.append((words[1], [words[2]]))
     return entries
@@ -52,7 +53,9 @@ def _host_source_entries() -> list[tuple[str, list[str]]]:
 def mirror(*, security: bool = False) -> str:
     """The Debian mirror this host already uses (override: $DMALAB_DEBIAN_MIRROR and
     $DMALAB_DEBIAN_SECURITY_MIRROR), so dmalab fetches from wherever the host's apt does."""
-    override = os.environ.get("DMALAB_DEBIAN_SECURITY_MIRROR" if security else "DMALAB_DEBIAN_MIRROR")
+    override = os.environ.get(
+        "DMALAB_DEBIAN_SECURITY_MIRROR" if security else "DMALAB_DEBIAN_MIRROR"
+    )
     if override:
         return override
     for uri, suites in _host_source_entries():
@@ -79,18 +82,23 @@ class AptRepo:
     def _options(self) -> list[str]:
         root = self.root
         return [
-            "-o", f"Dir::Etc::SourceList={root / 'sources.list'}",
-            "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State::Lists={root / 'lists'}",
-            "-o", f"Dir::Cache={root / 'cache'}",
-            "-o", "APT::Sandbox::User=root",
+            "-o",
+            f"Dir::Etc::SourceList={root / 'sources.list'}",
+            "-o",
+            "Dir::Etc::SourceParts=/dev/null",
+            "-o",
+            f"Dir::State::Lists={root / 'lists'}",
+            "-o",
+            f"Dir::Cache={root / 'cache'}",
+            "-o",
+            "APT::Sandbox::User=root",
         ]
 
     def update(self, *, max_age_s: float = 6 * 3600) -> None:
         """Refresh the index unless it was refreshed within max_age_s."""
         if not KEYRING.exists():
             raise EnvironmentProblem(
-                f"{KEYRING} is missing: install debian-archive-keyring (apt-get install debian-archive-keyring)"
+                f"{KEYRING} is missing: apt-get install debian-archive-keyring"
             )
         root = self.root
         with locked(root / "lock"):
@@ -112,7 +120,7 @@ class AptRepo:
             stamp.touch()
 
     def run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
-        """Run apt-get/apt-cache with this configuration; raise EnvironmentProblem with apt's own words."""
+        """Run apt-get/apt-cache with this configuration; failures carry apt's own words."""
         cmd = [tool, *self._options(), *args]
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -126,7 +134,7 @@ def source_repo(suite: str) -> AptRepo:
 
 
 def binary_repo(name: str, *suites: str) -> AptRepo:
-    """Binary packages from the given suites; "bookworm-security" comes from the security archive."""
+    """Binary packages from the given suites; "*-security" comes from the security archive."""
     lines = []
     for suite in suites:
         uri = mirror(security=suite.endswith("-security"))

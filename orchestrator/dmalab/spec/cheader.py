@@ -79,34 +79,59 @@ def generate() -> str:
         "",
     ]
     for const in (
-        "PCI_VENDOR_ID", "PCI_DEVICE_ID", "PCI_REVISION", "REGS_BAR", "MSIX_BAR",
-        "REGS_BAR_SIZE", "MSIX_VECTORS", "VEC_COMPLETION", "VEC_ERROR", "ID_MAGIC", "VERSION",
-        "DESC_SIZE", "RING_ALIGN", "RING_MIN_ENTRIES", "RING_MAX_ENTRIES", "DESC_FLAGS_VALID",
+        "PCI_VENDOR_ID",
+        "PCI_DEVICE_ID",
+        "PCI_REVISION",
+        "REGS_BAR",
+        "MSIX_BAR",
+        "REGS_BAR_SIZE",
+        "MSIX_VECTORS",
+        "VEC_COMPLETION",
+        "VEC_ERROR",
+        "ID_MAGIC",
+        "VERSION",
+        "DESC_SIZE",
+        "RING_ALIGN",
+        "RING_MIN_ENTRIES",
+        "RING_MAX_ENTRIES",
+        "DESC_FLAGS_VALID",
         "COUNTERS_OFFSET",
     ):
         out.append(f"#define NCDMA_{const} 0x{getattr(n, const):x}")
     enums = (
-        ("NCDMA_OP", n.Opcode), ("NCDMA_DESC_F", n.DescFlags), ("NCDMA_ST", n.Status),
-        ("NCDMA_CTRL", n.Ctrl), ("NCDMA_STATUS", n.DevStatus), ("NCDMA_RING_ERR", n.RingError),
-        ("NCDMA_CAP", n.Caps), ("NCDMA_IRQ", n.IrqStatus), ("NCDMA_VIOL", n.ViolationKind),
+        ("NCDMA_OP", n.Opcode),
+        ("NCDMA_DESC_F", n.DescFlags),
+        ("NCDMA_ST", n.Status),
+        ("NCDMA_CTRL", n.Ctrl),
+        ("NCDMA_STATUS", n.DevStatus),
+        ("NCDMA_RING_ERR", n.RingError),
+        ("NCDMA_CAP", n.Caps),
+        ("NCDMA_IRQ", n.IrqStatus),
+        ("NCDMA_VIOL", n.ViolationKind),
     )
     for prefix, con in enums:
         out += ["", *_enum_block(prefix, con)]
     out += ["", "/* BAR0 register offsets */"]
     width = max(len(k) for k in n.REG)
     out += [f"#define NCDMA_REG_{k:<{width}} 0x{v:03x}" for k, v in n.REG.items()]
-    out += ["", "/* Descriptor: one ring entry */", *_struct_block("ncdma_desc", "NCDMA_DESC", n.Descriptor)]
+    out += [
+        "",
+        "/* Descriptor: one ring entry */",
+        *_struct_block("ncdma_desc", "NCDMA_DESC", n.Descriptor),
+    ]
     out += [
         "",
         "/* Counters, in this order, at NCDMA_COUNTERS_OFFSET and over QMP */",
         f"#define NCDMA_NR_COUNTERS {len(n.COUNTER_NAMES)}",
     ]
     out += [f"#define NCDMA_CNT_{name.upper()} {i}" for i, name in enumerate(n.COUNTER_NAMES)]
-    out.append("#define NCDMA_COUNTER_LIST(X) " + " ".join(f"X({name})" for name in n.COUNTER_NAMES))
+    out.append(
+        "#define NCDMA_COUNTER_LIST(X) " + " ".join(f"X({name})" for name in n.COUNTER_NAMES)
+    )
     out += [
         "",
         "#ifndef __KERNEL__",
-        "_Static_assert(sizeof(struct ncdma_desc) == NCDMA_DESC_SIZE, \"descriptor size\");",
+        '_Static_assert(sizeof(struct ncdma_desc) == NCDMA_DESC_SIZE, "descriptor size");',
         "#endif",
         "",
         "#endif /* NCDMA_HW_H */",

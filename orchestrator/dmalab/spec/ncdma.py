@@ -1,4 +1,4 @@
-"""The ncdma device's binary interface: PCI identity, BAR0 registers, descriptors, statuses, counters.
+"""The ncdma device's binary interface: PCI identity, registers, descriptors, statuses, counters.
 
 This module is the single source of truth. The C header `qemu-devices/ncdma-hw.h` (used by the
 QEMU device and the guest driver) is generated from it by `dmalab.spec.cheader`, and a test fails
