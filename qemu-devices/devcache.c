@@ -19,6 +19,18 @@ static inline DevCacheLine *line_at(DevCache *c, uint32_t idx)
     return &c->lines[idx];
 }
 
+static inline bool line_valid(DevCache *c, uint32_t idx)
+{
+    return c->tags[idx] != DEVCACHE_NO_TAG;
+}
+
+static inline uint32_t set_base(DevCache *c, uint64_t tag)
+{
+    uint64_t n = tag >> c->line_shift;
+
+    return (c->set_mask ? n & c->set_mask : n % c->nsets) * c->ways;
+}
+
 static inline uint8_t *line_data(DevCache *c, uint32_t idx)
 {
     return c->data + (size_t)idx * c->line_size;
@@ -53,6 +65,9 @@ bool devcache_init(DevCache *c, uint32_t line_size, uint32_t size, uint32_t ways
     c->line_shift = ctz32(line_size);
     c->ways = ways;
     c->nsets = nlines / ways;
+    c->set_mask = is_power_of_2(c->nsets) ? c->nsets - 1 : 0;
+    c->tags = g_new(uint64_t, nlines);
+    c->lru = g_new0(uint64_t, nlines);
     c->lines = g_new0(DevCacheLine, nlines);
     c->data = g_malloc0((size_t)nlines * line_size);
     c->snap = g_malloc0((size_t)nlines * line_size);
@@ -60,11 +75,14 @@ bool devcache_init(DevCache *c, uint32_t line_size, uint32_t size, uint32_t ways
     c->ops = ops;
     c->opaque = opaque;
     c->stats = stats;
+    devcache_reset(c);
     return true;
 }
 
 void devcache_destroy(DevCache *c)
 {
+    g_free(c->tags);
+    g_free(c->lru);
     g_free(c->lines);
     g_free(c->data);
     g_free(c->snap);
@@ -74,6 +92,12 @@ void devcache_destroy(DevCache *c)
 
 void devcache_reset(DevCache *c)
 {
+    uint32_t i;
+
+    for (i = 0; i < devcache_nlines(c); i++) {
+        c->tags[i] = DEVCACHE_NO_TAG;
+    }
+    memset(c->lru, 0, sizeof(uint64_t) * devcache_nlines(c));
     memset(c->lines, 0, sizeof(DevCacheLine) * devcache_nlines(c));
     c->clock = 0;
 }
@@ -82,11 +106,10 @@ static void report(DevCache *c, DevCacheViolationKind kind, uint32_t idx,
                    uint32_t from, uint32_t to,
                    const uint8_t *expected, const uint8_t *actual)
 {
-    DevCacheLine *l = line_at(c, idx);
     DevCacheViolation v = {
         .kind = kind,
-        .iova = l->iova,
-        .line_pa = l->tag,
+        .iova = line_at(c, idx)->iova,
+        .line_pa = c->tags[idx],
     };
     uint32_t first = UINT32_MAX;
     uint32_t i;
@@ -102,7 +125,7 @@ static void report(DevCache *c, DevCacheViolationKind kind, uint32_t idx,
     if (first == UINT32_MAX) {
         first = from;
     }
-    v.pa = l->tag + first;
+    v.pa = v.line_pa + first;
     v.nevidence = MIN(DEVCACHE_EVIDENCE, to - first);
     memcpy(v.expected, expected + first, v.nevidence);
     memcpy(v.actual, actual + first, v.nevidence);
@@ -126,11 +149,12 @@ static bool lost_bytes(const uint8_t *data, const uint8_t *snap, const uint8_t *
 static bool writeback(DevCache *c, uint32_t idx)
 {
     DevCacheLine *l = line_at(c, idx);
+    uint64_t tag = c->tags[idx];
     uint8_t *data = line_data(c, idx);
     uint8_t *snap = line_snap(c, idx);
     uint8_t *mem = c->scratch;
 
-    if (!c->ops->mem_read(c->opaque, l->tag, mem, c->line_size)) {
+    if (!c->ops->mem_read(c->opaque, tag, mem, c->line_size)) {
         return false;
     }
     if (memcmp(mem, snap, c->line_size)) {
@@ -138,12 +162,12 @@ static bool writeback(DevCache *c, uint32_t idx)
         report(c, DEVCACHE_CONFLICTING_WRITE, idx, 0, c->line_size, snap, mem);
     }
     if ((l->flags & DEVCACHE_TRACKED) && c->ops->still_mapped &&
-        !c->ops->still_mapped(c->opaque, l->iova, l->tag)) {
+        !c->ops->still_mapped(c->opaque, l->iova, tag)) {
         c->stats->writebacks_after_unmap++;
         report(c, DEVCACHE_WRITEBACK_AFTER_UNMAP, idx, 0, c->line_size, mem, data);
     }
     /* Real hardware writes the whole line, whatever happened underneath. */
-    if (!c->ops->mem_write(c->opaque, l->tag, data, c->line_size)) {
+    if (!c->ops->mem_write(c->opaque, tag, data, c->line_size)) {
         return false;
     }
     memcpy(snap, data, c->line_size);
@@ -159,7 +183,7 @@ static bool drop(DevCache *c, uint32_t idx)
     if (l->flags & DEVCACHE_DIRTY) {
         uint8_t *mem = c->scratch;
 
-        if (!c->ops->mem_read(c->opaque, l->tag, mem, c->line_size)) {
+        if (!c->ops->mem_read(c->opaque, c->tags[idx], mem, c->line_size)) {
             return false;
         }
         if (lost_bytes(line_data(c, idx), line_snap(c, idx), mem, c->line_size)) {
@@ -169,19 +193,18 @@ static bool drop(DevCache *c, uint32_t idx)
         }
     }
     l->flags = 0;
+    c->tags[idx] = DEVCACHE_NO_TAG;
     c->stats->invalidations++;
     return true;
 }
 
 static int32_t lookup(DevCache *c, uint64_t tag)
 {
-    uint32_t set = (tag >> c->line_shift) % c->nsets;
-    uint32_t base = set * c->ways;
+    uint32_t base = set_base(c, tag);
     uint32_t w;
 
     for (w = 0; w < c->ways; w++) {
-        DevCacheLine *l = line_at(c, base + w);
-        if ((l->flags & DEVCACHE_VALID) && l->tag == tag) {
+        if (c->tags[base + w] == tag) {
             return base + w;
         }
     }
@@ -193,44 +216,42 @@ static int32_t get_line(DevCache *c, uint64_t tag, uint64_t iova, bool tracked,
                         bool *hit)
 {
     int32_t idx = lookup(c, tag);
-    uint32_t set, base, w, victim;
+    uint32_t base, w, victim;
 
     *hit = idx >= 0;
     if (idx >= 0) {
         c->stats->hits++;
-        line_at(c, idx)->lru = ++c->clock;
+        c->lru[idx] = ++c->clock;
         return idx;
     }
     c->stats->misses++;
-    set = (tag >> c->line_shift) % c->nsets;
-    base = set * c->ways;
+    base = set_base(c, tag);
     victim = base;
     for (w = 0; w < c->ways; w++) {
-        DevCacheLine *l = line_at(c, base + w);
-        if (!(l->flags & DEVCACHE_VALID)) {
+        if (!line_valid(c, base + w)) {
             victim = base + w;
             break;
         }
-        if (l->lru < line_at(c, victim)->lru) {
+        if (c->lru[base + w] < c->lru[victim]) {
             victim = base + w;
         }
     }
-    if (line_at(c, victim)->flags & DEVCACHE_VALID) {
+    if (line_valid(c, victim)) {
         c->stats->evictions++;
         if ((line_at(c, victim)->flags & DEVCACHE_DIRTY) && !writeback(c, victim)) {
             return -1;
         }
-        line_at(c, victim)->flags = 0;
+        c->tags[victim] = DEVCACHE_NO_TAG;
     }
     if (!c->ops->mem_read(c->opaque, tag, line_data(c, victim), c->line_size)) {
         return -1;
     }
     memcpy(line_snap(c, victim), line_data(c, victim), c->line_size);
+    c->tags[victim] = tag;
+    c->lru[victim] = ++c->clock;
     *line_at(c, victim) = (DevCacheLine) {
-        .tag = tag,
         .iova = iova,
-        .lru = ++c->clock,
-        .flags = DEVCACHE_VALID | (tracked ? DEVCACHE_TRACKED : 0),
+        .flags = tracked ? DEVCACHE_TRACKED : 0,
     };
     return victim;
 }
@@ -296,7 +317,7 @@ static bool maint_line(DevCache *c, uint32_t idx, DevCacheMaint op)
 {
     DevCacheLine *l = line_at(c, idx);
 
-    if (!(l->flags & DEVCACHE_VALID)) {
+    if (!line_valid(c, idx)) {
         return true;
     }
     if ((op & DEVCACHE_CLEAN) && (l->flags & DEVCACHE_DIRTY) && !writeback(c, idx)) {
@@ -324,8 +345,8 @@ bool devcache_maint_range(DevCache *c, uint64_t pa, uint64_t len, DevCacheMaint 
     if ((len >> c->line_shift) > devcache_nlines(c)) {
         uint32_t i;
         for (i = 0; i < devcache_nlines(c); i++) {
-            DevCacheLine *l = line_at(c, i);
-            if ((l->flags & DEVCACHE_VALID) && l->tag + mask >= pa && l->tag <= end &&
+            uint64_t t = c->tags[i];
+            if (t != DEVCACHE_NO_TAG && t + mask >= pa && t <= end &&
                 !maint_line(c, i, op)) {
                 return false;
             }

@@ -42,14 +42,14 @@ typedef struct DevCacheOps {
 } DevCacheOps;
 
 typedef struct DevCacheLine {
-    uint64_t tag;         /* physical address of the line */
     uint64_t iova;        /* IOVA of the line when it was filled or last written */
-    uint64_t lru;
     uint32_t flags;
     uint32_t pad;
 } DevCacheLine;
 
-#define DEVCACHE_VALID 0x1
+/* Tag of an empty way: never a line address, as line addresses are aligned. */
+#define DEVCACHE_NO_TAG UINT64_MAX
+
 #define DEVCACHE_DIRTY 0x2
 #define DEVCACHE_TRACKED 0x4  /* iova is known to the owner's mapping tracker */
 
@@ -68,9 +68,16 @@ typedef struct DevCache {
     uint32_t line_size;
     uint32_t line_shift;
     uint32_t nsets;
+    uint32_t set_mask;    /* nsets - 1 when nsets is a power of two, else 0 */
     uint32_t ways;
     uint64_t clock;
-    DevCacheLine *lines;  /* nsets * ways */
+    /*
+     * Per line, set by set.  Tags and LRU stamps have arrays of their own so
+     * that a lookup or a victim choice touches one or two host cache lines.
+     */
+    uint64_t *tags;
+    uint64_t *lru;
+    DevCacheLine *lines;
     uint8_t *data;        /* the cached bytes */
     uint8_t *snap;        /* memory as it was when the line was filled or written back */
     uint8_t *scratch;     /* one line */

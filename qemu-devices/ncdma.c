@@ -885,7 +885,8 @@ typedef struct NcdmaBlobHeader {
 static size_t ncdma_blob_fixed(NcdmaState *s)
 {
     return sizeof(NcdmaBlobHeader) +
-           sizeof(DevCacheLine) * (ncdma_cached(s) ? devcache_nlines(&s->cache) : 0) +
+           (sizeof(DevCacheLine) + 2 * sizeof(uint64_t)) *
+               (ncdma_cached(s) ? devcache_nlines(&s->cache) : 0) +
            sizeof(DevTlbEntry) * s->tlb.nentries +
            sizeof(NcdmaViolation) * s->vlog_size +
            sizeof(NcdmaTransaction) * s->xlog_size +
@@ -935,6 +936,8 @@ static int ncdma_pre_save(void *opaque)
     s->blob = g_malloc(s->blob_len);
     p = s->blob;
     blob_put(&p, &h, sizeof(h));
+    blob_put(&p, s->cache.tags, sizeof(uint64_t) * h.nlines);
+    blob_put(&p, s->cache.lru, sizeof(uint64_t) * h.nlines);
     blob_put(&p, s->cache.lines, sizeof(DevCacheLine) * h.nlines);
     blob_put(&p, s->tlb.e, sizeof(DevTlbEntry) * h.ntlb);
     blob_put(&p, s->vlog, sizeof(NcdmaViolation) * h.vlog_size);
@@ -971,6 +974,8 @@ static int ncdma_post_load(void *opaque, int version_id)
         s->blob_len != fixed + (size_t)h.iommu_words * sizeof(uint64_t)) {
         goto out;
     }
+    blob_get(&p, s->cache.tags, sizeof(uint64_t) * h.nlines);
+    blob_get(&p, s->cache.lru, sizeof(uint64_t) * h.nlines);
     blob_get(&p, s->cache.lines, sizeof(DevCacheLine) * h.nlines);
     blob_get(&p, s->tlb.e, sizeof(DevTlbEntry) * h.ntlb);
     blob_get(&p, s->vlog, sizeof(NcdmaViolation) * h.vlog_size);

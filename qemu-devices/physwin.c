@@ -43,10 +43,16 @@ uint8_t *physwin_get(PhysWin *w, uint64_t pa, uint64_t *len, bool is_write)
     uint8_t *ptr;
     unsigned i;
 
+    /* Cache lines stream through one window: try the last one used first. */
+    s = &w->slot[w->last];
+    if (s->len && pa - s->pa < s->len && pa >= s->pa && (s->is_write || !is_write)) {
+        goto found;
+    }
     for (i = 0; i < PHYSWIN_SLOTS; i++) {
         s = &w->slot[i];
         if (s->len && pa >= s->pa && pa - s->pa < s->len &&
             (s->is_write || !is_write)) {
+            w->last = i;
             goto found;
         }
     }
@@ -59,6 +65,7 @@ uint8_t *physwin_get(PhysWin *w, uint64_t pa, uint64_t *len, bool is_write)
     if (!ptr || !maplen) {
         return NULL;
     }
+    w->last = w->next;
     s = &w->slot[w->next];
     w->next = (w->next + 1) % PHYSWIN_SLOTS;
     slot_release(w, s);
@@ -123,4 +130,5 @@ void physwin_release(PhysWin *w)
         slot_release(w, &w->slot[i]);
     }
     w->next = 0;
+    w->last = 0;
 }

@@ -23,7 +23,8 @@ typedef struct PhysWinSlot {
 
 typedef struct PhysWin {
     AddressSpace *as;
-    unsigned next;
+    unsigned next;        /* slot to replace next */
+    unsigned last;        /* slot that served the last access */
     PhysWinSlot slot[PHYSWIN_SLOTS];
 } PhysWin;
 

@@ -42,9 +42,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from dmalab.cli import build, run, spec
+    from dmalab.cli import bench, build, fuzz, run, spec
 
-    for module in (build, run, spec):
+    for module in (bench, build, fuzz, run, spec):
         main.add_command(module.command)
 
 

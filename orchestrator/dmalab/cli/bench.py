@@ -1,0 +1,89 @@
+"""`dmalab bench`: throughput measurements. Results on stdout as tables, progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from dmalab.artifacts.progress import Progress
+from dmalab.artifacts.qemu import ensure_qemu
+from dmalab.bench import device as device_bench
+from dmalab.bench import parse_size
+from dmalab.errors import BadInput, CheckFailed
+
+
+@click.group("bench", short_help="Measure throughput (ncdma against host memcpy).")
+def command() -> None:
+    """Throughput benchmarks. Figures are medians of repeated runs and every ratio compares
+    figures measured in the same run."""
+
+
+def _sizes(values: tuple[str, ...]) -> list[int]:
+    sizes = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                sizes.append(parse_size(part))
+            except ValueError as exc:
+                raise BadInput(f"--size: {exc}") from None
+    return sizes
+
+
+@command.command("device", short_help="COPY throughput of ncdma in four configurations.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the full results (machine, QEMU, medians, ratios, targets) here.",
+)
+@click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 1000),
+    default=device_bench.REPEATS,
+    show_default=True,
+    help="Timed batches per configuration and size.",
+)
+@click.option(
+    "--size",
+    "sizes",
+    multiple=True,
+    metavar="SIZE[,SIZE...]",
+    help="Copy sizes such as 4K, 64K, 1M, 16M (multiples of 4 KiB). Default: 4K,64K,1M,16M.",
+)
+@click.option(
+    "--batch-mib",
+    type=click.IntRange(1, 4096),
+    default=device_bench.BATCH_BYTES >> 20,
+    show_default=True,
+    help="Bytes one batch moves (fewer if the ring fills first).",
+)
+def device(json_path: Path | None, check: bool, repeats: int, sizes: tuple[str, ...],
+           batch_mib: int) -> None:  # fmt: skip
+    """Measure ncdma COPY throughput with coherent=on, with the device cache, and behind
+    intel-iommu with and without the device IOTLB, against host memcpy of the same sizes.
+
+    A table goes to stdout, progress to stderr. The exit code is 0 whatever the targets say,
+    unless --check is given.
+    """
+    progress = Progress()
+    qemu = ensure_qemu(progress)
+    report = device_bench.run_sync(
+        qemu,
+        sizes=_sizes(sizes) or device_bench.SIZES,
+        repeats=repeats,
+        batch_bytes=batch_mib << 20,
+        log=progress.note,
+        command=shlex.join(["dmalab", *sys.argv[1:]]),
+    )
+    click.echo(device_bench.render_table(report), nl=False)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        progress.note(f"bench device: wrote {json_path}")
+    if check and not report["all_targets_pass"]:
+        missed = [t["name"] for t in report["targets"] if t["pass"] is not True]
+        raise CheckFailed(f"targets missed: {', '.join(missed)}")
