@@ -146,15 +146,22 @@ static bool lost_bytes(const uint8_t *data, const uint8_t *snap, const uint8_t *
     return false;
 }
 
+static uint8_t *line_ptr(DevCache *c, uint64_t pa, bool is_write)
+{
+    return c->ops->mem_ptr ? c->ops->mem_ptr(c->opaque, pa, c->line_size, is_write) : NULL;
+}
+
 static bool writeback(DevCache *c, uint32_t idx)
 {
     DevCacheLine *l = line_at(c, idx);
     uint64_t tag = c->tags[idx];
     uint8_t *data = line_data(c, idx);
     uint8_t *snap = line_snap(c, idx);
-    uint8_t *mem = c->scratch;
+    /* Plain RAM is compared and written in place; anything else through a copy. */
+    uint8_t *ram = line_ptr(c, tag, true);
+    uint8_t *mem = ram ? ram : c->scratch;
 
-    if (!c->ops->mem_read(c->opaque, tag, mem, c->line_size)) {
+    if (!ram && !c->ops->mem_read(c->opaque, tag, mem, c->line_size)) {
         return false;
     }
     if (memcmp(mem, snap, c->line_size)) {
@@ -167,7 +174,9 @@ static bool writeback(DevCache *c, uint32_t idx)
         report(c, DEVCACHE_WRITEBACK_AFTER_UNMAP, idx, 0, c->line_size, mem, data);
     }
     /* Real hardware writes the whole line, whatever happened underneath. */
-    if (!c->ops->mem_write(c->opaque, tag, data, c->line_size)) {
+    if (ram) {
+        memcpy(ram, data, c->line_size);
+    } else if (!c->ops->mem_write(c->opaque, tag, data, c->line_size)) {
         return false;
     }
     memcpy(snap, data, c->line_size);
@@ -217,6 +226,7 @@ static int32_t get_line(DevCache *c, uint64_t tag, uint64_t iova, bool tracked,
 {
     int32_t idx = lookup(c, tag);
     uint32_t base, w, victim;
+    uint8_t *ram;
 
     *hit = idx >= 0;
     if (idx >= 0) {
@@ -243,7 +253,10 @@ static int32_t get_line(DevCache *c, uint64_t tag, uint64_t iova, bool tracked,
         }
         c->tags[victim] = DEVCACHE_NO_TAG;
     }
-    if (!c->ops->mem_read(c->opaque, tag, line_data(c, victim), c->line_size)) {
+    ram = line_ptr(c, tag, false);
+    if (ram) {
+        memcpy(line_data(c, victim), ram, c->line_size);
+    } else if (!c->ops->mem_read(c->opaque, tag, line_data(c, victim), c->line_size)) {
         return -1;
     }
     memcpy(line_snap(c, victim), line_data(c, victim), c->line_size);
@@ -275,9 +288,12 @@ static bool access_lines(DevCache *c, uint64_t pa, uint64_t iova, uint8_t *buf,
         data = line_data(c, idx);
         if (hit && !is_write) {
             /* Only a hit can be stale: a fill reads memory as it is now. */
-            uint8_t *mem = c->scratch;
-            if (!c->ops->mem_read(c->opaque, tag, mem, c->line_size)) {
-                return false;
+            uint8_t *mem = line_ptr(c, tag, false);
+            if (!mem) {
+                mem = c->scratch;
+                if (!c->ops->mem_read(c->opaque, tag, mem, c->line_size)) {
+                    return false;
+                }
             }
             if (memcmp(mem + off, line_snap(c, idx) + off, n)) {
                 c->stats->stale_reads++;

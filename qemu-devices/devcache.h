@@ -36,6 +36,8 @@ typedef struct DevCacheOps {
     /* Line-sized, line-aligned accesses by physical address; false on error. */
     bool (*mem_read)(void *opaque, uint64_t pa, void *buf, uint32_t len);
     bool (*mem_write)(void *opaque, uint64_t pa, const void *buf, uint32_t len);
+    /* Optional: host pointer to a whole line of plain RAM, or NULL (then the above are used). */
+    uint8_t *(*mem_ptr)(void *opaque, uint64_t pa, uint32_t len, bool is_write);
     /* Does the IOMMU still map iova to pa for this device?  NULL: no IOMMU. */
     bool (*still_mapped)(void *opaque, uint64_t iova, uint64_t pa);
     void (*violation)(void *opaque, const DevCacheViolation *v);

@@ -203,9 +203,19 @@ static bool ncdma_mem_write(void *opaque, uint64_t pa, const void *buf, uint32_t
     return physwin_write(&s->win, pa, buf, len);
 }
 
+static uint8_t *ncdma_mem_ptr(void *opaque, uint64_t pa, uint32_t len, bool is_write)
+{
+    NcdmaState *s = opaque;
+    uint64_t n = len;
+    uint8_t *p = physwin_get(&s->win, pa, &n, is_write);
+
+    return p && n == len ? p : NULL;
+}
+
 static const DevCacheOps ncdma_cache_ops = {
     .mem_read = ncdma_mem_read,
     .mem_write = ncdma_mem_write,
+    .mem_ptr = ncdma_mem_ptr,
     .still_mapped = ncdma_still_mapped,
     .violation = ncdma_violation,
 };
