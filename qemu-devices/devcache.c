@@ -146,12 +146,18 @@ static bool lost_bytes(const uint8_t *data, const uint8_t *snap, const uint8_t *
     return false;
 }
 
-static uint8_t *line_ptr(DevCache *c, uint64_t pa, bool is_write)
+static uint8_t *mem_ptr(DevCache *c, uint64_t pa, uint32_t len, bool is_write)
 {
-    return c->ops->mem_ptr ? c->ops->mem_ptr(c->opaque, pa, c->line_size, is_write) : NULL;
+    return c->ops->mem_ptr ? c->ops->mem_ptr(c->opaque, pa, len, is_write) : NULL;
 }
 
-static bool writeback(DevCache *c, uint32_t idx)
+static uint8_t *line_ptr(DevCache *c, uint64_t pa, bool is_write)
+{
+    return mem_ptr(c, pa, c->line_size, is_write);
+}
+
+/* Write a dirty line to memory; `keep`: the line stays valid (maintenance, not eviction). */
+static bool writeback(DevCache *c, uint32_t idx, bool keep)
 {
     DevCacheLine *l = line_at(c, idx);
     uint64_t tag = c->tags[idx];
@@ -179,7 +185,9 @@ static bool writeback(DevCache *c, uint32_t idx)
     } else if (!c->ops->mem_write(c->opaque, tag, data, c->line_size)) {
         return false;
     }
-    memcpy(snap, data, c->line_size);
+    if (keep) {
+        memcpy(snap, data, c->line_size);
+    }
     l->flags &= ~DEVCACHE_DIRTY;
     c->stats->writebacks++;
     return true;
@@ -220,46 +228,53 @@ static int32_t lookup(DevCache *c, uint64_t tag)
     return -1;
 }
 
-/* Find or allocate the line for tag, filling it from memory on a miss. */
+/*
+ * Find the line for tag or allocate one, in one pass over the set.  A miss
+ * fills the line from memory.  A clean line's bytes are its snapshot: the
+ * data copy is made only when the device first writes the line.
+ */
 static int32_t get_line(DevCache *c, uint64_t tag, uint64_t iova, bool tracked,
-                        bool *hit)
+                        uint8_t *ram, bool *hit)
 {
-    int32_t idx = lookup(c, tag);
-    uint32_t base, w, victim;
-    uint8_t *ram;
+    uint32_t base = set_base(c, tag);
+    uint32_t w, victim = base;
+    uint64_t oldest = UINT64_MAX;
+    bool free_way = false;
+    uint8_t *snap;
 
-    *hit = idx >= 0;
-    if (idx >= 0) {
-        c->stats->hits++;
-        c->lru[idx] = ++c->clock;
-        return idx;
+    for (w = base; w < base + c->ways; w++) {
+        if (c->tags[w] == tag) {
+            *hit = true;
+            c->stats->hits++;
+            c->lru[w] = ++c->clock;
+            return w;
+        }
+        if (free_way) {
+            continue;
+        }
+        if (c->tags[w] == DEVCACHE_NO_TAG) {
+            victim = w;
+            free_way = true;
+        } else if (c->lru[w] < oldest) {
+            oldest = c->lru[w];
+            victim = w;
+        }
     }
+    *hit = false;
     c->stats->misses++;
-    base = set_base(c, tag);
-    victim = base;
-    for (w = 0; w < c->ways; w++) {
-        if (!line_valid(c, base + w)) {
-            victim = base + w;
-            break;
-        }
-        if (c->lru[base + w] < c->lru[victim]) {
-            victim = base + w;
-        }
-    }
-    if (line_valid(c, victim)) {
+    if (!free_way) {
         c->stats->evictions++;
-        if ((line_at(c, victim)->flags & DEVCACHE_DIRTY) && !writeback(c, victim)) {
+        if ((line_at(c, victim)->flags & DEVCACHE_DIRTY) && !writeback(c, victim, false)) {
             return -1;
         }
         c->tags[victim] = DEVCACHE_NO_TAG;
     }
-    ram = line_ptr(c, tag, false);
+    snap = line_snap(c, victim);
     if (ram) {
-        memcpy(line_data(c, victim), ram, c->line_size);
-    } else if (!c->ops->mem_read(c->opaque, tag, line_data(c, victim), c->line_size)) {
+        memcpy(snap, ram, c->line_size);
+    } else if (!c->ops->mem_read(c->opaque, tag, snap, c->line_size)) {
         return -1;
     }
-    memcpy(line_snap(c, victim), line_data(c, victim), c->line_size);
     c->tags[victim] = tag;
     c->lru[victim] = ++c->clock;
     *line_at(c, victim) = (DevCacheLine) {
@@ -273,22 +288,35 @@ static bool access_lines(DevCache *c, uint64_t pa, uint64_t iova, uint8_t *buf,
                          uint32_t len, bool is_write, bool tracked)
 {
     uint64_t mask = c->line_size - 1;
+    uint64_t page_pa = pa & ~(uint64_t)(PAGE_SIZE_4K - 1);
+    /* The whole access lies in one page: one pointer serves every line of it. */
+    uint8_t *page = mem_ptr(c, page_pa, PAGE_SIZE_4K, is_write);
 
     while (len) {
         uint64_t tag = pa & ~mask;
         uint32_t off = pa & mask;
         uint32_t n = MIN(len, c->line_size - off);
+        uint8_t *ram = page ? page + (tag - page_pa) : NULL;
+        uint32_t next = set_base(c, tag + c->line_size);
         bool hit;
-        int32_t idx = get_line(c, tag, iova - off, tracked, &hit);
+
+        /* Streams walk the sets in order: fetch the next set's tags and ages early. */
+        __builtin_prefetch(&c->tags[next]);
+        __builtin_prefetch(&c->lru[next]);
+        __builtin_prefetch(&c->lines[next]);
+        __builtin_prefetch(&c->lines[next + c->ways - 1]);
+        int32_t idx = get_line(c, tag, iova - off, tracked, ram, &hit);
+        DevCacheLine *l;
         uint8_t *data;
 
         if (idx < 0) {
             return false;
         }
-        data = line_data(c, idx);
+        l = line_at(c, idx);
+        data = l->flags & DEVCACHE_DIRTY ? line_data(c, idx) : line_snap(c, idx);
         if (hit && !is_write) {
             /* Only a hit can be stale: a fill reads memory as it is now. */
-            uint8_t *mem = line_ptr(c, tag, false);
+            uint8_t *mem = ram;
             if (!mem) {
                 mem = c->scratch;
                 if (!c->ops->mem_read(c->opaque, tag, mem, c->line_size)) {
@@ -301,11 +329,13 @@ static bool access_lines(DevCache *c, uint64_t pa, uint64_t iova, uint8_t *buf,
             }
         }
         if (is_write) {
-            DevCacheLine *l = line_at(c, idx);
+            if (!(l->flags & DEVCACHE_DIRTY) && n != c->line_size) {
+                memcpy(line_data(c, idx), data, c->line_size);
+            }
+            data = line_data(c, idx);
             memcpy(data + off, buf, n);
-            l->flags |= DEVCACHE_DIRTY;
             l->iova = iova - off;
-            l->flags = (l->flags & ~DEVCACHE_TRACKED) | (tracked ? DEVCACHE_TRACKED : 0);
+            l->flags = DEVCACHE_DIRTY | (tracked ? DEVCACHE_TRACKED : 0);
         } else {
             memcpy(buf, data + off, n);
         }
@@ -336,7 +366,8 @@ static bool maint_line(DevCache *c, uint32_t idx, DevCacheMaint op)
     if (!line_valid(c, idx)) {
         return true;
     }
-    if ((op & DEVCACHE_CLEAN) && (l->flags & DEVCACHE_DIRTY) && !writeback(c, idx)) {
+    if ((op & DEVCACHE_CLEAN) && (l->flags & DEVCACHE_DIRTY) &&
+        !writeback(c, idx, !(op & DEVCACHE_INVALIDATE))) {
         return false;
     }
     if (op & DEVCACHE_INVALIDATE) {

@@ -80,8 +80,9 @@ typedef struct DevCache {
     uint64_t *tags;
     uint64_t *lru;
     DevCacheLine *lines;
-    uint8_t *data;        /* the cached bytes */
-    uint8_t *snap;        /* memory as it was when the line was filled or written back */
+    uint8_t *data;        /* the cached bytes of dirty lines */
+    uint8_t *snap;        /* memory as it was when the line was filled or written back:
+                           * also the cached bytes of clean lines */
     uint8_t *scratch;     /* one line */
     const DevCacheOps *ops;
     void *opaque;

@@ -47,6 +47,7 @@ static void live_remove(NcdmaState *s, uint64_t iova, uint64_t last)
 {
     LiveMap probe = { .iova = iova, .last = last };
 
+    s->live_last = NULL;
     while (g_tree_remove(s->live_tree, &probe)) {
         s->live_count--;
     }
@@ -55,6 +56,7 @@ static void live_remove(NcdmaState *s, uint64_t iova, uint64_t last)
 static void live_clear(NcdmaState *s)
 {
     /* g_tree_remove_all() needs glib 2.70; QEMU supports older. */
+    s->live_last = NULL;
     g_tree_destroy(s->live_tree);
     s->live_tree = g_tree_new_full(live_cmp, NULL, g_free, NULL);
     s->live_count = 0;
@@ -62,8 +64,12 @@ static void live_clear(NcdmaState *s)
 
 static void live_insert(NcdmaState *s, uint64_t iova, uint64_t last, uint64_t pa)
 {
-    LiveMap *m;
+    LiveMap probe = { .iova = iova, .last = last };
+    LiveMap *m = g_tree_lookup(s->live_tree, &probe);
 
+    if (m && m->iova == iova && m->last == last && m->pa == pa) {
+        return;  /* translated again while still mapped: nothing changed */
+    }
     if (s->live_count >= NCDMA_MAX_LIVE) {
         return;
     }
@@ -78,8 +84,13 @@ bool ncdma_still_mapped(void *opaque, uint64_t iova, uint64_t pa)
 {
     NcdmaState *s = opaque;
     LiveMap probe = { .iova = iova, .last = iova };
-    LiveMap *m = g_tree_lookup(s->live_tree, &probe);
+    LiveMap *m = s->live_last;
 
+    /* Write-backs come line after line of the same page: remember the last mapping found. */
+    if (!m || iova < m->iova || iova > m->last) {
+        m = g_tree_lookup(s->live_tree, &probe);
+        s->live_last = m;
+    }
     return m && m->pa + (iova - m->iova) == pa;
 }
 

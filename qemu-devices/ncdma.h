@@ -108,6 +108,7 @@ struct NcdmaState {
     bool degraded;            /* a notifier could only get UNMAP */
     bool replaying;
     GTree *live_tree;         /* translations used and not unmapped since */
+    void *live_last;          /* the entry of live_tree found last; NULL when it changed */
     uint32_t live_count;
     GHashTable *seen_maps;    /* (iova, size) of every MAP, for remap counting */
 
