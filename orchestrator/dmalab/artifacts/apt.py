@@ -115,8 +115,16 @@ class AptRepo:
             )
             if fresh:
                 return
+            had_index = listfile.exists() and listfile.read_text() == sources
             listfile.write_text(sources)
-            self.run("apt-get", "update")
+            try:
+                # Without --error-on=any a failed fetch is only a warning and exit status 0.
+                self.run("apt-get", "update", "--error-on=any")
+            except EnvironmentProblem:
+                if not had_index:
+                    raise
+                # Offline with an index from before: use it, and try again next time.
+                return
             stamp.touch()
 
     def run(self, tool: str, *args: str, cwd: Path | None = None) -> str:

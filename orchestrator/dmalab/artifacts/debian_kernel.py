@@ -1,0 +1,210 @@
+"""Debian's packages for the guest: the newest 6.12 kernel of bookworm-backports and
+bookworm-security (image, headers, kbuild) and busybox-static, fetched with the private apt and
+unpacked into the cache, never installed on the host.
+
+Old point releases leave the archive when new ones land, so the version is resolved at build time
+and recorded in the image's manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dmalab.artifacts.apt import AptRepo, binary_repo
+from dmalab.errors import EnvironmentProblem
+
+SUITES = ("bookworm", "bookworm-backports", "bookworm-security")
+FLAVOUR = "amd64"
+_ABI = r"6\.12\.[0-9]+\+deb12"
+# Each role is one package; {abi} is the kernel's ABI name, e.g. 6.12.117+deb12.
+ROLES = {
+    "image": f"linux-image-{{abi}}-{FLAVOUR}-unsigned",
+    "headers": f"linux-headers-{{abi}}-{FLAVOUR}",
+    "headers-common": "linux-headers-{abi}-common",
+    "kbuild": "linux-kbuild-{abi}",
+}
+BUSYBOX = "busybox-static"
+_PATTERNS = (
+    f"^linux-image-{_ABI}-{FLAVOUR}-unsigned$",
+    f"^linux-headers-{_ABI}-({FLAVOUR}|common)$",
+    f"^linux-kbuild-{_ABI}$",
+    f"^{BUSYBOX}$",
+)
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    sha256: str
+    size: int
+
+    @property
+    def deb_name(self) -> str:
+        return f"{self.name}_{self.version.replace(':', '%3a')}.deb"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The exact packages one build uses: roles of ROLES plus "busybox"."""
+
+    abi: str  # 6.12.117+deb12
+    packages: dict[str, Package]
+
+    @property
+    def release(self) -> str:
+        """`uname -r` of the kernel: 6.12.117+deb12-amd64."""
+        return f"{self.abi}-{FLAVOUR}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"abi": self.abi, "packages": {k: asdict(v) for k, v in self.packages.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Resolution:
+        packages = data["packages"]
+        assert isinstance(packages, dict)
+        return cls(str(data["abi"]), {k: Package(**v) for k, v in packages.items()})
+
+
+def repo() -> AptRepo:
+    return binary_repo("guest-bookworm", *SUITES)
+
+
+def _abi_key(abi: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", abi))
+
+
+def _stanzas(text: str) -> list[dict[str, str]]:
+    out = []
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line and not line.startswith(" ") and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if "Package" in fields:
+            out.append(fields)
+    return out
+
+
+def _lists_fingerprint(apt: AptRepo) -> str:
+    """Changes whenever `apt-get update` brought a different index."""
+    lists = apt.root / "lists"
+    items = sorted(
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for p in lists.glob("*")
+        if p.is_file()
+    )
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+def resolve(apt: AptRepo, cache: Path, on_query: Callable[[], None] = lambda: None) -> Resolution:
+    """The newest kernel ABI with all its packages in the index, and busybox-static.
+
+    The answer is cached against the index files, so a warm build does not run apt-cache."""
+    fingerprint = _lists_fingerprint(apt)
+    memo = cache / "resolution.json"
+    if memo.is_file():
+        saved = json.loads(memo.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            return Resolution.from_json(saved["resolution"])
+    on_query()
+    text = apt.run("apt-cache", "show", "--no-all-versions", *_PATTERNS)
+    by_name = {
+        s["Package"]: Package(s["Package"], s["Version"], s["SHA256"], int(s["Size"]))
+        for s in _stanzas(text)
+    }
+    abis = {
+        m.group(1)
+        for name in by_name
+        if (m := re.fullmatch(rf"linux-image-({_ABI})-{FLAVOUR}-unsigned", name))
+    }
+    for abi in sorted(abis, key=_abi_key, reverse=True):
+        names = {role: pattern.format(abi=abi) for role, pattern in ROLES.items()}
+        if all(n in by_name for n in names.values()) and BUSYBOX in by_name:
+            packages = {role: by_name[n] for role, n in names.items()}
+            packages["busybox"] = by_name[BUSYBOX]
+            resolution = Resolution(abi, packages)
+            cache.mkdir(parents=True, exist_ok=True)
+            memo.write_text(
+                json.dumps({"fingerprint": fingerprint, "resolution": resolution.to_json()})
+            )
+            return resolution
+    raise EnvironmentProblem(
+        f"no complete Debian 6.12 kernel (image, headers, kbuild) or no {BUSYBOX} in "
+        f"{', '.join(SUITES)}: check the apt sources in /etc/apt"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(apt: AptRepo, packages: list[Package], debs: Path) -> dict[str, Path]:
+    """The .deb of each package, downloaded into debs/ unless already there (checked against
+    the index's sha256 once, when it arrives)."""
+    debs.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in packages if not (debs / p.deb_name).is_file()]
+    if missing:
+        with tempfile.TemporaryDirectory(dir=debs) as tmp:
+            apt.run(
+                "apt-get", "download", *(f"{p.name}={p.version}" for p in missing), cwd=Path(tmp)
+            )
+            for package in missing:
+                found = list(Path(tmp).glob(f"{package.name}_*.deb"))
+                if len(found) != 1 or _sha256(found[0]) != package.sha256:
+                    raise EnvironmentProblem(
+                        f"apt-get download {package.name}={package.version}: "
+                        f"missing or its sha256 differs from the index"
+                    )
+                found[0].rename(debs / package.deb_name)
+    return {p.name: debs / p.deb_name for p in packages}
+
+
+def unpack(debs: list[Path], dest: Path, members: tuple[str, ...] = ()) -> Path:
+    """Unpack the .debs' files (only members when given) into dest, once: a complete tree is
+    renamed into place, so an interrupted unpack is never mistaken for a done one."""
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for deb in debs:
+        # dpkg-deb | tar is much faster than dpkg-deb -x and lets us pick members.
+        script = 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" "${@:3}"'
+        proc = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", script, "unpack", str(deb), str(tmp), *members],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EnvironmentProblem(f"unpacking {deb.name} failed: {detail}")
+    tmp.rename(dest)
+    return dest
+
+
+def prepare_headers(root: Path, release: str) -> Path:
+    """The kbuild directory of unpacked headers, its Makefile pointed at the unpacked tree
+    (Debian's names an absolute /usr/src path)."""
+    headers = root / "usr" / "src" / f"linux-headers-{release}"
+    makefile = headers / "Makefile"
+    text = makefile.read_text()
+    # Rewrite on every call: the cache may have moved since the last one.
+    fixed = re.sub(r"^include \S*?/usr/src/", f"include {root}/usr/src/", text, flags=re.M)
+    if fixed != text:
+        makefile.write_text(fixed)
+    return headers

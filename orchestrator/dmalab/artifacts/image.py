@@ -1,0 +1,372 @@
+"""The guest image: an uncompressed vmlinux (QEMU boots it directly through its PVH entry) and an
+uncompressed initramfs (busybox, images/init, modules, and ncdma.ko and dmalab-agent when their
+source exists), with a manifest.json beside them saying exactly what went in.
+
+Images are cached under the cache root by a key over the content of every input, so a warm
+`ensure_image()` reads one manifest and returns: it runs no apt-cache, and touches the network
+only when the private apt index is older than INDEX_MAX_AGE_S (offline, it goes on with the old
+index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dmalab.artifacts import debian_kernel, guest_code, guest_kernel, initramfs, kmod
+from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash
+from dmalab.artifacts.guest_kernel import KernelSource, Progress, phase
+from dmalab.errors import BadInput
+
+#: Bump when the image or manifest changes in a way the inputs do not show.
+FORMAT = 1
+KEEP_BUILDS = 6
+MANIFEST = "manifest.json"
+KERNEL_FILE = "vmlinux"
+INITRAMFS_FILE = "initramfs.cpio"
+PARTS = (guest_code.DRIVER_DIR, guest_code.AGENT_DIR)
+
+__all__ = ["ImageBuild", "ensure_image", "stderr_progress"]
+
+
+def stderr_progress(message: str) -> None:
+    print(f"image: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """A built image: the files to boot and what they were made from."""
+
+    manifest: Path
+    kernel: Path  # vmlinux, for -kernel (PVH entry)
+    initramfs: Path  # newc cpio, uncompressed, for -initrd
+    kernel_release: str  # uname -r in the guest
+    versions: dict[str, str]  # Debian package -> version
+    cmdline: str  # the default kernel command line
+    iommu_cmdline: dict[str, str] = field(default_factory=dict)  # vIOMMU -> words to add
+    parts: dict[str, bool] = field(default_factory=dict)  # "driver", "agent" -> included
+
+    def cmdline_for(self, iommu: str = "none", *extra: str) -> str:
+        """The kernel command line for a machine with this vIOMMU ("none", "intel-iommu",
+        "virtio-iommu"), plus extra words (later words win, e.g. a second console=)."""
+        if iommu not in self.iommu_cmdline:
+            raise BadInput(f"iommu {iommu!r}: expected one of {', '.join(self.iommu_cmdline)}")
+        return " ".join(w for w in (self.cmdline, self.iommu_cmdline[iommu], *extra) if w)
+
+    @classmethod
+    def load(cls, manifest: Path) -> ImageBuild:
+        data = json.loads(manifest.read_text())
+        return cls(
+            manifest=manifest,
+            kernel=manifest.parent / data["kernel"]["file"],
+            initramfs=manifest.parent / data["initramfs"]["file"],
+            kernel_release=data["kernel"]["release"],
+            versions={name: p["version"] for name, p in data["packages"].items()},
+            cmdline=data["cmdline"]["default"],
+            iommu_cmdline=data["cmdline"]["iommu"],
+            parts={name: part["included"] for name, part in data["parts"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """images/: recipe.toml and init."""
+
+    root: Path
+    modules: tuple[str, ...]
+    cmdline: str
+    iommu_cmdline: dict[str, str]
+
+    @classmethod
+    def load(cls, root: Path) -> _Recipe:
+        data = tomllib.loads((root / "recipe.toml").read_text())
+        cmdline = data["cmdline"]
+        return cls(
+            root=root,
+            modules=tuple(data["initramfs"]["modules"]),
+            cmdline=" ".join(cmdline["default"]),
+            iommu_cmdline={name: " ".join(words) for name, words in cmdline["iommu"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything one ensure_image() call works from."""
+
+    progress: Progress
+    work: Path  # <cache>/image
+    recipe: _Recipe
+    guest: guest_code.GuestCode
+    kernel: Path | None
+    modules: Path | None
+
+
+def ensure_image(
+    progress: Progress = stderr_progress,
+    kernel: Path | None = None,
+    modules: Path | None = None,
+) -> ImageBuild:
+    """Build the guest image unless an identical one is cached; return it.
+
+    kernel and modules bring a user's own kernel (a bzImage or vmlinux built with CONFIG_PVH=y)
+    and its lib/modules/<release> tree (whose build/ then provides the headers for ncdma.ko)."""
+    if modules is not None and kernel is None:
+        raise BadInput("modules given without kernel: pass the kernel they belong to as well")
+    checkout = repo_root()
+    job = _Job(
+        progress=progress,
+        work=cache_root() / "image",
+        recipe=_Recipe.load(checkout / "images"),
+        guest=guest_code.GuestCode(checkout),
+        kernel=kernel,
+        modules=modules,
+    )
+    started = time.monotonic()
+    with locked(job.work / "lock"):
+        try:
+            build, fresh = _ensure(job)
+        except guest_kernel.StaleIndex as exc:
+            progress(f"download failed ({exc}): refreshing the apt index and trying again")
+            guest_kernel.refresh_index(progress, max_age_s=0)
+            build, fresh = _ensure(job)
+    verb = "built" if fresh else "up to date"
+    progress(f"{verb} in {time.monotonic() - started:.1f} s: {build.manifest.parent}")
+    return build
+
+
+def _ensure(job: _Job) -> tuple[ImageBuild, bool]:
+    if job.kernel is not None:
+        source = guest_kernel.user(job.progress, job.work, job.kernel, job.modules)
+    else:
+        source = guest_kernel.debian(job.progress, job.work)
+    inputs: dict[str, object] = {
+        "format": FORMAT,
+        "code": _own_code_hash(),
+        "recipe": tree_hash(job.recipe.root),
+        "kernel": source.fingerprint,
+        "parts": [name for name in PARTS if job.guest.has(name)],
+    }
+    if inputs["parts"]:
+        inputs["guest_code"] = job.guest.content_hash()
+        inputs["compiler"] = _compiler_version()
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    out = job.work / "builds" / key[:20]
+    if (out / MANIFEST).is_file():
+        os.utime(out / MANIFEST)  # most recently used: _prune keeps it
+        return ImageBuild.load(out / MANIFEST), False
+    build = _build(job, source, key, out)
+    _prune(job.work, source)
+    return build, True
+
+
+def _own_code_hash() -> str:
+    """The code that writes images is an input too: changing it makes a new image."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in (
+        "image.py",
+        "initramfs.py",
+        "cpio.py",
+        "kmod.py",
+        "bzimage.py",
+        "elf.py",
+        "guest_code.py",
+        "guest_kernel.py",
+    ):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _compiler_version() -> str:
+    try:
+        proc = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return "no gcc"
+    return (proc.stdout.splitlines() or ["no gcc"])[0]
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _build(job: _Job, source: KernelSource, key: str, out: Path) -> ImageBuild:
+    progress = job.progress
+    has_driver = job.guest.has(guest_code.DRIVER_DIR)
+    has_agent = job.guest.has(guest_code.AGENT_DIR)
+    if has_driver and source.headers is None:
+        where = f"{source.modules.root}/build" if source.modules else "no modules tree given"
+        raise BadInput(f"ncdma.ko needs the kernel's headers: no kbuild Makefile in {where}")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    # The agent needs nothing from the kernel: build it beside the kernel work (make and the
+    # compiler are separate processes, so a thread is enough).
+    with job.guest.scratch() as scratch, ThreadPoolExecutor(max_workers=1) as pool:
+        agent_job = None
+        if has_agent:
+            progress("building dmalab-agent (alongside)")
+            agent_job = pool.submit(guest_code.build_agent, scratch, staging / "agent-build.log")
+
+        os.link(source.vmlinux(), staging / KERNEL_FILE)  # a hard link: the vmlinux is ~60 MB
+
+        driver = None
+        if has_driver:
+            assert source.headers is not None
+            headers = source.headers()
+            with phase(progress, "building ncdma.ko"):
+                data = guest_code.build_driver(scratch, headers, staging / "driver-build.log")
+            driver = kmod.module_from_bytes("extra/ncdma.ko", data, origin="ncdma.ko")
+
+        with phase(progress, "collecting modules"):
+            wanted = [*job.recipe.modules, *(driver.depends if driver else ())]
+            modules, missing, builtin = _collect_modules(source, wanted)
+            if driver is not None:
+                modules.append(driver)
+            _check_vermagic(modules, source.release)
+        if missing:
+            progress(f"modules neither in the tree nor built in: {', '.join(missing)}")
+
+        busybox, busybox_pkg = _busybox(job, source)
+        agent = agent_job.result() if agent_job else None
+
+    with phase(progress, "writing initramfs"):
+        archive = initramfs.assemble(
+            initramfs.Contents(
+                busybox=busybox,
+                init=(job.recipe.root / "init").read_bytes(),
+                release=source.release,
+                modules=modules,
+                builtin=builtin,
+                agent=agent,
+            )
+        )
+        with open(staging / INITRAMFS_FILE, "wb") as handle:
+            archive.write(handle)
+
+    manifest = _manifest(job, source, key, staging, modules, missing, driver, agent, busybox_pkg)
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return ImageBuild.load(out / MANIFEST)
+
+
+def _collect_modules(
+    source: KernelSource, wanted: list[str]
+) -> tuple[list[kmod.Module], list[str], bytes]:
+    if source.modules is None:
+        return [], list(wanted), b""
+    modules, missing = source.modules.closure(wanted)
+    builtin = source.modules.root / "modules.builtin"
+    return modules, missing, builtin.read_bytes() if builtin.is_file() else b""
+
+
+def _check_vermagic(modules: list[kmod.Module], release: str) -> None:
+    for module in modules:
+        built_for = module.vermagic.split()[0] if module.vermagic else release
+        if built_for != release:
+            raise BadInput(f"module {module.name}: built for kernel {built_for}, not {release}")
+
+
+def _busybox(job: _Job, source: KernelSource) -> tuple[Path, debian_kernel.Package]:
+    """Debian's busybox-static (a user's kernel gets it too)."""
+    package = source.packages.get("busybox")
+    if package is None:
+        package = guest_kernel.resolution(job.progress, job.work).packages["busybox"]
+    root = job.work / "unpacked" / f"{package.name}_{package.version}"
+    binary = root / "bin" / "busybox"
+    if not binary.is_file():
+        debs = debian_kernel.fetch(debian_kernel.repo(), [package], job.work / "debs")
+        debian_kernel.unpack([debs[package.name]], root, ("./bin/busybox",))
+    return binary, package
+
+
+def _manifest(
+    job: _Job,
+    source: KernelSource,
+    key: str,
+    staging: Path,
+    modules: list[kmod.Module],
+    missing: list[str],
+    driver: kmod.Module | None,
+    agent: bytes | None,
+    busybox: debian_kernel.Package,
+) -> dict[str, object]:
+    packages = {p.name: p for p in source.packages.values()}
+    packages[busybox.name] = busybox
+    return {
+        "format": FORMAT,
+        "key": key,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": {
+            "source": source.source,
+            "release": source.release,
+            "file": KERNEL_FILE,
+            "sha256": _sha256_file(staging / KERNEL_FILE),
+            "boot": "pvh",
+            "origin": str(source.origin) if source.origin else None,
+            "origin_sha256": source.fingerprint.get("kernel") if source.origin else None,
+            "modules_tree": str(source.modules.root) if source.modules else None,
+        },
+        "initramfs": {
+            "file": INITRAMFS_FILE,
+            "sha256": _sha256_file(staging / INITRAMFS_FILE),
+            "format": "newc",
+            "compression": None,
+        },
+        "packages": {
+            name: {"version": p.version, "sha256": p.sha256} for name, p in sorted(packages.items())
+        },
+        "modules": {"included": [m.name for m in modules], "missing": missing},
+        "parts": {
+            "driver": {
+                "included": driver is not None,
+                "path": "/" + initramfs.driver_path(source.release),
+                "source_sha256": job.guest.content_hash(guest_code.DRIVER_DIR) if driver else None,
+            },
+            "agent": {
+                "included": agent is not None,
+                "path": "/" + initramfs.AGENT_PATH,
+                "source_sha256": job.guest.content_hash(guest_code.AGENT_DIR) if agent else None,
+            },
+        },
+        "cmdline": {"default": job.recipe.cmdline, "iommu": job.recipe.iommu_cmdline},
+    }
+
+
+def _prune(work: Path, source: KernelSource) -> None:
+    """Keep the KEEP_BUILDS most recently used images and user kernels, and only the current
+    Debian kernel's packages (a kept build holds its own hard-linked vmlinux)."""
+    for place, marker in ((work / "builds", MANIFEST), (work / "user-kernels", KERNEL_FILE)):
+        if not place.is_dir():
+            continue
+        done = [d for d in place.iterdir() if (d / marker).is_file()]
+        done.sort(key=lambda d: (d / marker).stat().st_mtime, reverse=True)
+        for old in done[KEEP_BUILDS:]:
+            shutil.rmtree(old, ignore_errors=True)
+    if source.source != "debian":
+        return
+    current = {f"{p.name}_{p.version}" for p in source.packages.values()}
+    current |= {p.deb_name for p in source.packages.values()}
+    current.add(f"linux-headers-{source.release}_{source.packages['headers'].version}")
+    for place in (work / "unpacked", work / "debs"):
+        for entry in place.iterdir() if place.is_dir() else ():
+            if entry.name in current:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
