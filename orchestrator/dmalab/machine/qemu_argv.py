@@ -1,0 +1,150 @@
+"""Topology -> QEMU command line: a pure function, so every shipped topology is unit-tested.
+
+The command line names two chardevs it does not create, `console` and `agent`: whoever starts
+QEMU provides them (QemuProcess passes each as one end of a socketpair). Guest RAM is a file
+descriptor the host also maps, so the host reads and writes guest memory without copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dmalab.machine.topology import OWN_ROOT_PORT, ROOT_COMPLEX, NcdmaSpec, Topology
+
+AGENT_PORT_NAME = "dmalab.agent"
+CONSOLE_CHARDEV = "console"
+AGENT_CHARDEV = "agent"
+#: Bus number of the extra root bus whose devices bypass the vIOMMU.
+BYPASS_BUS_NR = 128
+
+
+@dataclass(frozen=True)
+class Boot:
+    kernel: Path
+    initrd: Path
+    cmdline: str
+
+
+def _props(driver: str, **props: str | int | None) -> str:
+    """driver,key=value,... with the keys' underscores written as QEMU's dashes."""
+    return _exact(driver, {k.replace("_", "-"): v for k, v in props.items()})
+
+
+def _exact(driver: str, props: dict[str, str | int | None]) -> str:
+    """driver,key=value,... with the keys as given (a few QEMU properties use underscores)."""
+    return ",".join([driver, *(f"{k}={v}" for k, v in props.items() if v is not None)])
+
+
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def qemu_argv(
+    topology: Topology, boot: Boot, *, accel: str, ram_fd: int | None = None
+) -> list[str]:
+    """Everything after QEMU's binary and -L directories. `accel` is "tcg" or "kvm" (resolved)."""
+    if accel not in ("tcg", "kvm"):
+        raise ValueError(f"accel must be resolved to tcg or kvm, not {accel!r}")
+    m = topology.machine
+    machine = ["q35"]
+    iommu = topology.iommu
+    if iommu and iommu.kind == "intel-iommu" and iommu.intremap:
+        machine.append("kernel-irqchip=split")  # interrupt remapping needs the split irqchip
+    argv = [
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-bios",
+        "qboot.rom",
+        "-accel",
+        accel,
+        "-smp",
+        str(m.smp),
+        "-m",
+        f"{m.memory_mib}M",
+    ]
+    if ram_fd is not None:
+        machine.append("memory-backend=ram")
+        argv += [
+            "-object",
+            _props(
+                "memory-backend-file",
+                id="ram",
+                size=f"{m.memory_mib}M",
+                mem_path=f"/dev/fd/{ram_fd}",
+                share="on",
+            ),
+        ]
+    argv[0:0] = ["-machine", ",".join(machine)]
+
+    # The vIOMMU must exist before any device it translates.
+    if iommu and iommu.kind == "intel-iommu":
+        argv += [
+            "-device",
+            _props(
+                "intel-iommu",
+                caching_mode=_onoff(iommu.caching_mode),
+                intremap=_onoff(iommu.intremap),
+                aw_bits=iommu.aw_bits,
+            ),
+        ]
+    elif iommu and iommu.kind == "virtio-iommu":
+        argv += ["-device", _props("virtio-iommu-pci", bus="pcie.0")]
+
+    chassis = iter(range(1, 256))
+    if any(d.bypass_iommu for d in topology.devices):
+        argv += [
+            "-device",
+            _exact(
+                "pxb-pcie",
+                {
+                    "id": "pxb-bypass",
+                    "bus": "pcie.0",
+                    "bus_nr": BYPASS_BUS_NR,
+                    "bypass_iommu": "on",
+                },
+            ),
+        ]
+    for bridge in topology.bridges:
+        port = f"rp-{bridge.id}"
+        argv += [
+            "-device",
+            _props("pcie-root-port", id=port, bus="pcie.0", chassis=next(chassis)),
+            "-device",
+            _props("pcie-pci-bridge", id=bridge.id, bus=port),
+        ]
+    for dev in topology.devices:
+        argv += _device(dev, chassis)
+
+    argv += [
+        "-device",
+        _props("virtio-serial-pci", id="vser", bus="pcie.0"),
+        "-device",
+        _props("virtserialport", bus="vser.0", chardev=AGENT_CHARDEV, name=AGENT_PORT_NAME),
+        "-serial",
+        f"chardev:{CONSOLE_CHARDEV}",
+        "-kernel",
+        str(boot.kernel),
+        "-initrd",
+        str(boot.initrd),
+        "-append",
+        boot.cmdline,
+    ]
+    return argv
+
+
+def _device(dev: NcdmaSpec, chassis: Iterator[int]) -> list[str]:
+    args: list[str] = []
+    if dev.bus == OWN_ROOT_PORT:
+        bus = f"rp-{dev.id}"
+        parent = "pxb-bypass" if dev.bypass_iommu else "pcie.0"
+        args += ["-device", _props("pcie-root-port", id=bus, bus=parent, chassis=next(chassis))]
+    elif dev.bus == ROOT_COMPLEX:
+        bus = "pcie.0"
+    else:
+        bus = dev.bus
+    return [*args, "-device", _exact("ncdma", {"id": dev.id, "bus": bus, **dev.qemu_props()})]
