@@ -137,21 +137,12 @@ def ensure_qemu(
     if own:
         return _user_qemu(own)
     progress = progress if progress is not None else Progress()
-    checkout = _checkout()
-    devices = (devices_dir or checkout / "qemu-devices").resolve()
-    patch = checkout / "qemu-devices" / TREE_PATCH
-    if not (devices / "meson.build").is_file():
-        raise EnvironmentProblem(f"{devices}/meson.build is missing: there is no device to build")
-    if not patch.is_file():
-        raise EnvironmentProblem(f"{patch} is missing")
-
+    devices, patch = _sources(devices_dir)
     root = cache_root() / "qemu"
     version = None if refresh else _remembered_version(root)
     if version is None:
         version = _resolve_version(root, progress)
-    layout = Layout.of(
-        root, version, sha256_file(patch), tree_hash(devices, exclude_suffixes=(".orig", ".rej"))
-    )
+    layout = _layout(root, version, devices, patch)
     found = _published(layout.bin_dir)
     if found is not None:
         return found
@@ -160,6 +151,33 @@ def ensure_qemu(
         if found is not None:
             return found
         return _Builder(layout, devices, patch, progress).build()
+
+
+def find_qemu() -> QemuBuild | None:
+    """The QEMU ensure_qemu() would return if it is built already; never builds or goes online."""
+    own = os.environ.get("DMALAB_QEMU")
+    if own:
+        return _user_qemu(own)
+    devices, patch = _sources(None)
+    root = cache_root() / "qemu"
+    version = _remembered_version(root)
+    return _published(_layout(root, version, devices, patch).bin_dir) if version else None
+
+
+def _sources(devices_dir: Path | None) -> tuple[Path, Path]:
+    checkout = _checkout()
+    devices = (devices_dir or checkout / "qemu-devices").resolve()
+    patch = checkout / "qemu-devices" / TREE_PATCH
+    if not (devices / "meson.build").is_file():
+        raise EnvironmentProblem(f"{devices}/meson.build is missing: there is no device to build")
+    if not patch.is_file():
+        raise EnvironmentProblem(f"{patch} is missing")
+    return devices, patch
+
+
+def _layout(root: Path, version: str, devices: Path, patch: Path) -> Layout:
+    devices_sha = tree_hash(devices, exclude_suffixes=(".orig", ".rej"))
+    return Layout.of(root, version, sha256_file(patch), devices_sha)
 
 
 # ----------------------------------------------------------------------------------------------
