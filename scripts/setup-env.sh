@@ -8,7 +8,7 @@
 #   4. `dmalab build all` (cached under ~/.cache/dmalab, or $DMALAB_CACHE).
 # QEMU's own build dependencies are installed by `dmalab build` itself.
 
-DMALAB_SETUP_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev git ca-certificates)
+DMALAB_SETUP_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev make zstd git ca-certificates)
 
 dmalab_missing_packages() {
     local pkg status

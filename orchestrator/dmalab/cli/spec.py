@@ -1,44 +1,60 @@
-"""`dmalab spec`: files generated from the ncdma specification (orchestrator/dmalab/spec/)."""
+"""`dmalab spec`: C headers generated from the specifications in orchestrator/dmalab/spec/."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from dmalab.artifacts.cache import repo_root
 from dmalab.errors import CheckFailed
-from dmalab.spec import cheader
+from dmalab.spec import agent_cheader, cheader
 
 
 def header_path() -> Path:
-    """The committed C header, qemu-devices/ncdma-hw.h."""
+    """The committed ncdma C header, qemu-devices/ncdma-hw.h."""
     return repo_root() / "qemu-devices" / cheader.HEADER_NAME
 
 
-@click.group("spec", short_help="Files generated from the ncdma specification.")
+def agent_header_path() -> Path:
+    """The committed agent protocol header, guest-tests/agent/agent-proto.h."""
+    return repo_root() / "guest-tests" / "agent" / agent_cheader.HEADER_NAME
+
+
+#: (committed header, generator, the specification it comes from); paths are looked up when used.
+HEADERS: tuple[tuple[Callable[[], Path], Callable[[], str], str], ...] = (
+    (lambda: header_path(), cheader.generate, "orchestrator/dmalab/spec/ncdma.py"),
+    (lambda: agent_header_path(), agent_cheader.generate, "orchestrator/dmalab/spec/agent.py"),
+)
+
+
+@click.group("spec", short_help="C headers generated from the specifications.")
 def command() -> None:
-    """Files generated from the ncdma specification (orchestrator/dmalab/spec/ncdma.py)."""
+    """C headers generated from the construct specifications (orchestrator/dmalab/spec/): the
+    ncdma hardware interface and the guest agent protocol."""
 
 
-@command.command("header", short_help="Write (or --check) qemu-devices/ncdma-hw.h.")
+@command.command("header", short_help="Write (or --check) the generated C headers.")
 @click.option(
     "--check",
     is_flag=True,
-    help="Change nothing; exit 1 if the committed header differs from the specification.",
+    help="Change nothing; exit 1 if a committed header differs from its specification.",
 )
 def header(check: bool) -> None:
-    """Write qemu-devices/ncdma-hw.h, the C view of the specification shared by the QEMU device
-    and the guest driver."""
-    path = header_path()
-    if check:
-        current = path.read_text() if path.exists() else None
-        if current != cheader.generate():
-            raise CheckFailed(
-                f"{path} differs from orchestrator/dmalab/spec/ncdma.py: "
-                "run `dmalab spec header` and commit the result"
-            )
-        click.echo(f"{path} is up to date")
-        return
-    changed = cheader.write(path)
-    click.echo(f"{'wrote' if changed else 'unchanged:'} {path}")
+    """Write qemu-devices/ncdma-hw.h (shared by the QEMU device and the guest driver) and
+    guest-tests/agent/agent-proto.h (the guest agent's protocol)."""
+    for where, generate, source in HEADERS:
+        path = where()
+        text = generate()
+        if check:
+            if not path.exists() or path.read_text() != text:
+                raise CheckFailed(
+                    f"{path} differs from {source}: run `dmalab spec header` and commit the result"
+                )
+            click.echo(f"{path} is up to date")
+        elif path.exists() and path.read_text() == text:
+            click.echo(f"unchanged: {path}")
+        else:
+            path.write_text(text)
+            click.echo(f"wrote {path}")

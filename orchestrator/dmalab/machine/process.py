@@ -92,6 +92,8 @@ class QemuProcess:
     socket chardevs to create (`-chardev socket,id=NAME,fd=N`); refer to them in `argv` by id,
     e.g. `-qtest chardev:qtest`, and get our end with `channel(NAME)` once started.
     `artifacts_dir`: on failure the run directory is moved there instead of kept in place.
+    `pass_fds`: more file descriptors QEMU inherits (e.g. a memfd for guest RAM); the caller
+    keeps and closes its own copies.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class QemuProcess:
         start_timeout: float = 30.0,
         quit_timeout: float = 10.0,
         term_timeout: float = 5.0,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         if "qmp" in channels:
             raise ValueError("the channel name 'qmp' is taken by the monitor")
@@ -114,6 +117,7 @@ class QemuProcess:
         self._start_timeout = start_timeout
         self._quit_timeout = quit_timeout
         self._term_timeout = term_timeout
+        self._pass_fds = list(pass_fds)
 
         self.run_dir: Path | None = None
         self.qmp = QMPClient(name)
@@ -248,7 +252,7 @@ class QemuProcess:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
-                    pass_fds=[s.fileno() for s in theirs],
+                    pass_fds=[s.fileno() for s in theirs] + self._pass_fds,
                     process_group=0,
                 )
         except OSError as exc:

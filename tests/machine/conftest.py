@@ -1,0 +1,85 @@
+"""Fixtures for tests that boot the guest image under TCG."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmalab.artifacts.image import ImageBuild, ensure_image
+from dmalab.artifacts.qemu import QemuBuild
+from dmalab.machine.vm import Vm, q35_argv
+
+
+@pytest.fixture(scope="session")
+def image() -> ImageBuild:
+    build = ensure_image(lambda _m: None)
+    if not build.parts.get("agent"):
+        pytest.skip("the guest image has no agent")
+    return build
+
+
+@pytest.fixture
+def run_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private $XDG_RUNTIME_DIR, so a test sees every run directory left behind."""
+    base = tmp_path / "runtime"
+    base.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
+    return base
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def make_vm(
+    qemu_build: QemuBuild, image: ImageBuild, run_base: Path, artifacts: Path
+) -> Callable[..., Vm]:
+    """Vm(...) for the q35 + intel-iommu + one ncdma machine; keyword arguments go to Vm."""
+
+    def make(iommu: str | None = "intel-iommu", ram_mib: int = 512, **kwargs: Any) -> Vm:
+        cmdline = image.cmdline_for(iommu or "none")
+        return Vm(
+            qemu_build.base_argv(),
+            lambda fd: q35_argv(
+                image.kernel, image.initramfs, cmdline, ram_fd=fd, ram_mib=ram_mib, iommu=iommu
+            ),
+            ram_mib=ram_mib,
+            artifacts_dir=artifacts,
+            **kwargs,
+        )
+
+    return make
+
+
+def memfds() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:dmalab-"):
+            out.add(fd)
+    return out
+
+
+def assert_gone(pid: int) -> None:
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+class Leaks:
+    memfds = staticmethod(memfds)
+    assert_gone = staticmethod(assert_gone)
+
+
+@pytest.fixture
+def leaks() -> type[Leaks]:
+    """memfds() and assert_gone(pid), for checking what a run left behind."""
+    return Leaks
