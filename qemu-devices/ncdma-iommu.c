@@ -281,8 +281,9 @@ bool ncdma_iommu_active(NcdmaState *s)
     return s->iommu_sections > 0;
 }
 
-NcdmaXlate ncdma_translate(NcdmaState *s, uint64_t iova, bool is_write,
-                           uint64_t *pa, uint64_t *avail, bool *tracked)
+/* quiet: a failure is not counted (the caller has another way to try). */
+static NcdmaXlate xlate(NcdmaState *s, uint64_t iova, bool is_write, uint64_t *pa,
+                        uint64_t *avail, bool *tracked, bool quiet)
 {
     uint32_t perm = is_write ? DEVTLB_WRITE : DEVTLB_READ;
     bool active = ncdma_iommu_active(s);
@@ -306,10 +307,10 @@ NcdmaXlate ncdma_translate(NcdmaState *s, uint64_t iova, bool is_write,
     }
     if (!e.target_as) {
         if (active) {
-            s->counters[NCDMA_CNT_TRANSLATION_FAULTS]++;
+            s->counters[NCDMA_CNT_TRANSLATION_FAULTS] += !quiet;
             return NCDMA_XLATE_FAULT;
         }
-        s->counters[NCDMA_CNT_BUS_ERRORS]++;
+        s->counters[NCDMA_CNT_BUS_ERRORS] += !quiet;
         return NCDMA_XLATE_BUS_ERROR;
     }
     off = iova & e.addr_mask;
@@ -322,6 +323,34 @@ NcdmaXlate ncdma_translate(NcdmaState *s, uint64_t iova, bool is_write,
         *tracked = s->live_count < NCDMA_MAX_LIVE;
     }
     return NCDMA_XLATE_OK;
+}
+
+NcdmaXlate ncdma_translate(NcdmaState *s, uint64_t iova, bool is_write,
+                           uint64_t *pa, uint64_t *avail, bool *tracked)
+{
+    return xlate(s, iova, is_write, pa, avail, tracked, false);
+}
+
+/*
+ * Maintenance names a range, not an access: a mapping with any permission will do (a buffer
+ * the device writes may be mapped write-only).  What the device translated before and has not
+ * seen unmapped answers first, so maintaining a buffer the device used never asks the vIOMMU.
+ */
+NcdmaXlate ncdma_translate_any(NcdmaState *s, uint64_t iova, uint64_t *pa, uint64_t *avail)
+{
+    LiveMap probe = { .iova = iova, .last = iova };
+    LiveMap *m = ncdma_iommu_active(s) ? g_tree_lookup(s->live_tree, &probe) : NULL;
+    bool tracked;
+
+    if (m) {
+        *pa = m->pa + (iova - m->iova);
+        *avail = m->last - iova == UINT64_MAX ? UINT64_MAX : m->last - iova + 1;
+        return NCDMA_XLATE_OK;
+    }
+    if (xlate(s, iova, true, pa, avail, &tracked, true) == NCDMA_XLATE_OK) {
+        return NCDMA_XLATE_OK;
+    }
+    return xlate(s, iova, false, pa, avail, &tracked, false);
 }
 
 typedef struct SaveCtx {

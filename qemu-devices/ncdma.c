@@ -344,8 +344,7 @@ static uint32_t ncdma_maint(NcdmaState *s, const struct ncdma_desc *d, uint64_t 
     while (*done < d->len) {
         uint64_t iova = d->dst + *done;
         uint64_t pa, avail, n;
-        bool tracked;
-        NcdmaXlate r = ncdma_translate(s, iova, false, &pa, &avail, &tracked);
+        NcdmaXlate r = ncdma_translate_any(s, iova, &pa, &avail);
 
         if (r != NCDMA_XLATE_OK) {
             return ncdma_xlate_status(r);

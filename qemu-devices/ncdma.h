@@ -142,6 +142,8 @@ void ncdma_iommu_reset(NcdmaState *s);
 bool ncdma_iommu_active(NcdmaState *s);
 NcdmaXlate ncdma_translate(NcdmaState *s, uint64_t iova, bool is_write,
                            uint64_t *pa, uint64_t *avail, bool *tracked);
+/* For cache maintenance: any permission will do. */
+NcdmaXlate ncdma_translate_any(NcdmaState *s, uint64_t iova, uint64_t *pa, uint64_t *avail);
 bool ncdma_still_mapped(void *opaque, uint64_t iova, uint64_t pa);
 /* Flatten/restore the mapping trackers for VMState. */
 uint32_t ncdma_iommu_save(NcdmaState *s, uint64_t **out);

@@ -35,6 +35,7 @@ async def test_fuzz_same_seed_same_run(qemu_argv: list[str], artifacts: Path) ->
         assert a.digest == b.digest  # the same operation sequence
         assert a.counters == b.counters  # and the same device outcome
         assert a.statuses == b.statuses and a.ring_errors == b.ring_errors
-    other = await fuzz.fuzz(qemu_argv, seed=8, ops=6000, configs=configs[:1],
-                            artifacts_dir=artifacts)
+    other = await fuzz.fuzz(
+        qemu_argv, seed=8, ops=6000, configs=configs[:1], artifacts_dir=artifacts
+    )
     assert other[0].digest != first[0].digest

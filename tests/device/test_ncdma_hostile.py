@@ -151,9 +151,16 @@ async def test_bad_length(rig: NcdmaRig) -> None:
     _, a = await buffer(rig, dev)
     _, b = await buffer(rig, dev)
     max_xfer = await dev.host.reg("MAX_XFER")
-    descs = [copy(a, b, 0), fill(a, 0, 1), copy(a, b, max_xfer + 1),
-             fill(a, max_xfer + 1, 1), copy(a, b, U64), fill(a, U64, 1),
-             Desc("CLEAN", dst=a, len=0), Desc("INVALIDATE", dst=a, len=max_xfer + 1)]
+    descs = [
+        copy(a, b, 0),
+        fill(a, 0, 1),
+        copy(a, b, max_xfer + 1),
+        fill(a, max_xfer + 1, 1),
+        copy(a, b, U64),
+        fill(a, U64, 1),
+        Desc("CLEAN", dst=a, len=0),
+        Desc("INVALIDATE", dst=a, len=max_xfer + 1),
+    ]
     assert await statuses(dev, descs) == [("BAD_LENGTH", 0)] * len(descs)
     assert (await dev.host.counters())["bytes_written"] == 0
     await assert_recovers(rig, dev)
@@ -162,8 +169,13 @@ async def test_bad_length(rig: NcdmaRig) -> None:
 async def test_bad_address_wraps(rig: NcdmaRig) -> None:
     dev = rig.devices[0]
     _, a = await buffer(rig, dev)
-    descs = [fill(U64 - 10, 12, 1), fill(U64 - PAGE + 1, PAGE + 1, 1), copy(a, U64, 2),
-             copy(U64 - 3, a, 5), Desc("CLEAN", dst=U64 - 63, len=65)]
+    descs = [
+        fill(U64 - 10, 12, 1),
+        fill(U64 - PAGE + 1, PAGE + 1, 1),
+        copy(a, U64, 2),
+        copy(U64 - 3, a, 5),
+        Desc("CLEAN", dst=U64 - 63, len=65),
+    ]
     assert await statuses(dev, descs) == [("BAD_ADDRESS", 0)] * len(descs)
     # ending exactly at 2^64 does not wrap: it is a bus error (no memory there)
     assert await statuses(dev, [fill(U64 - 63, 64, 1)]) == [("BUS_ERROR", 0)]
@@ -174,15 +186,20 @@ async def test_bad_flags(rig: NcdmaRig) -> None:
     dev = rig.devices[0]
     pa, a = await buffer(rig, dev)
     before = await rig.qtest.read(pa, 64)
-    descs = [Desc("FILL", dst=a, len=64, pattern=U64, raw={"flags": bit}) for bit in
-             (0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xFF)]
-    descs += [Desc("NOP", raw={"flags": 0x80}), Desc("CLEAN", raw={"flags": 0x06}),
-              Desc("FILL", dst=a, len=64, raw={"reserved0": 1}),
-              Desc("FILL", dst=a, len=64, raw={"reserved0": 0x8000}),
-              Desc("FILL", dst=a, len=64, raw={"reserved1": 1 << 63}),
-              Desc("NOP", raw={"reserved1": 1}),
-              Desc("COPY", dst=a, src=a + 64, len=64, whole=True),
-              Desc("FILL", dst=a, len=64, whole=True)]
+    descs = [
+        Desc("FILL", dst=a, len=64, pattern=U64, raw={"flags": bit})
+        for bit in (0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xFF)
+    ]
+    descs += [
+        Desc("NOP", raw={"flags": 0x80}),
+        Desc("CLEAN", raw={"flags": 0x06}),
+        Desc("FILL", dst=a, len=64, raw={"reserved0": 1}),
+        Desc("FILL", dst=a, len=64, raw={"reserved0": 0x8000}),
+        Desc("FILL", dst=a, len=64, raw={"reserved1": 1 << 63}),
+        Desc("NOP", raw={"reserved1": 1}),
+        Desc("COPY", dst=a, src=a + 64, len=64, whole=True),
+        Desc("FILL", dst=a, len=64, whole=True),
+    ]
     assert await statuses(dev, descs) == [("BAD_FLAGS", 0)] * len(descs)
     await dev.host.submit([maint("CLEAN_INVALIDATE")])
     assert await rig.qtest.read(pa, 64) == before
@@ -208,9 +225,14 @@ async def test_bus_error_outside_ram(qemu_argv: list[str], artifacts: Path, devi
         await rig.qtest.write(pa, canary)
         low = rig.alloc(PAGE)
         await rig.qtest.write(low, canary[:PAGE])
-        descs = [fill(BEYOND_RAM, 4096, 0x5A5A), copy(BEYOND_RAM, a, 4096),
-                 copy(a, BEYOND_RAM, 4096), copy(a + PAGE, 0xC000_0000, 64),
-                 fill(rig.vm.memory_size, 64, 1), Desc("CLEAN", dst=BEYOND_RAM, len=PAGE)]
+        descs = [
+            fill(BEYOND_RAM, 4096, 0x5A5A),
+            copy(BEYOND_RAM, a, 4096),
+            copy(a, BEYOND_RAM, 4096),
+            copy(a + PAGE, 0xC000_0000, 64),
+            fill(rig.vm.memory_size, 64, 1),
+            Desc("CLEAN", dst=BEYOND_RAM, len=PAGE),
+        ]
         got = await statuses(dev, descs)
         want = [("BUS_ERROR", 0)] * len(descs)
         if device == "coherent=on":
@@ -225,8 +247,9 @@ async def test_bus_error_outside_ram(qemu_argv: list[str], artifacts: Path, devi
 
 @pytest.mark.parametrize("device", ["coherent=on", "cache-size=4096,cache-ways=2"])
 @pytest.mark.parametrize("offset", [0, 100])
-async def test_iommu_fault_partial(qemu_argv: list[str], artifacts: Path, device: str,
-                                   offset: int) -> None:
+async def test_iommu_fault_partial(
+    qemu_argv: list[str], artifacts: Path, device: str, offset: int
+) -> None:
     async with ncdma_rig(qemu_argv, (device,), iommu=IOMMU, artifacts_dir=artifacts) as rig:
         dev = rig.devices[0]
         src_pa, dst_pa = rig.alloc(3 * PAGE), rig.alloc(3 * PAGE)
@@ -258,9 +281,19 @@ async def test_iommu_fault_partial(qemu_argv: list[str], artifacts: Path, device
 async def test_random_register_writes(rig: NcdmaRig) -> None:
     dev = rig.devices[0]
     q, bar0 = rig.qtest, dev.host.bar0
-    ro = {name: await dev.host.reg(name) for name in
-          ("ID", "VERSION", "CAPS", "CACHE_LINE", "CACHE_SIZE", "CACHE_WAYS", "IOTLB_ENTRIES",
-           "MAX_XFER")}
+    ro = {
+        name: await dev.host.reg(name)
+        for name in (
+            "ID",
+            "VERSION",
+            "CAPS",
+            "CACHE_LINE",
+            "CACHE_SIZE",
+            "CACHE_WAYS",
+            "IOTLB_ENTRIES",
+            "MAX_XFER",
+        )
+    }
     r = random.Random(0xB0A0)
     for _ in range(3):
         offsets = list(range(0, spec.REGS_BAR_SIZE, 4))
@@ -275,7 +308,8 @@ async def test_random_register_writes(rig: NcdmaRig) -> None:
         error = await dev.host.reg("ERROR")
         assert error in {int(v) for v in spec.RingError.encmapping.values()}
         assert bool(await dev.host.reg("STATUS") & flags(spec.DevStatus, RING_ERROR=True)) == (
-            error != 0)
+            error != 0
+        )
         assert await dev.host.reg("RING_HEAD") < spec.RING_MAX_ENTRIES
         assert await dev.host.reg("CTRL") & ~0x5 == 0
         # unknown offsets read as zero

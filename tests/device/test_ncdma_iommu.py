@@ -162,3 +162,27 @@ async def test_maintenance_by_range_needs_a_mapping(qemu_argv: list[str]) -> Non
         await rig.unmap(dev, d, PAGE)
         done = await dev.host.submit([maint("CLEAN", d, PAGE)])
         assert done[0].status == "IOMMU_FAULT"
+
+
+async def test_maintenance_works_through_write_only_and_read_only_mappings(
+    qemu_argv: list[str],
+) -> None:
+    async with ncdma_rig(qemu_argv, [""], iommu=VTD) as rig:
+        dev = rig.devices[0]
+        out, inp = rig.alloc(PAGE), rig.alloc(PAGE)
+        await rig.qtest.write(out, bytes(PAGE))
+        o = await rig.map(dev, out, PAGE, read=False)  # DMA_FROM_DEVICE: write-only
+        i = await rig.map(dev, inp, PAGE, write=False)  # DMA_TO_DEVICE: read-only
+        done = await dev.host.submit(
+            [
+                fill(o, PAGE, 0x5555555555555555),
+                maint("CLEAN", o, PAGE),  # the device used o: resolved from its own record
+                maint("INVALIDATE", i, PAGE),  # never used: the vIOMMU is asked, read works
+                maint("CLEAN_INVALIDATE", o + PAGE - 64, 64),
+            ]
+        )
+        assert [c.status for c in done] == ["OK"] * 4
+        assert await rig.qtest.read(out, PAGE) == fill_bytes(PAGE, 0x5555555555555555)
+        counters = await rig.qom(dev, "counters")
+        assert counters["translation_faults"] == 0
+        assert counters["cache_writebacks"] == PAGE // 64

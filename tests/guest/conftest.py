@@ -27,8 +27,12 @@ def iommu(request: pytest.FixtureRequest) -> str:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def booted(qemu_build: QemuBuild, guest_image: ImageBuild, iommu: str,
-                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Guest]:
+async def booted(
+    qemu_build: QemuBuild,
+    guest_image: ImageBuild,
+    iommu: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Guest]:
     async with boot(qemu_build, guest_image, iommu, tmp_path_factory.mktemp(iommu)) as guest:
         yield guest
 

@@ -31,19 +31,30 @@ DEVICES = ("nc0", "nc1", "nc2")
 
 TOPOLOGIES: dict[str, list[str]] = {
     "intel-iommu": [
-        "-machine", "q35,kernel-irqchip=split",
-        "-device", "intel-iommu,caching-mode=on,intremap=on",
-        "-device", "pcie-pci-bridge,id=br0,bus=pcie.0",
-        "-device", "ncdma,id=nc0,bus=br0,addr=1",
-        "-device", "ncdma,id=nc1,bus=br0,addr=2,max-xfer=4100",
-        "-device", "ncdma,id=nc2",
+        "-machine",
+        "q35,kernel-irqchip=split",
+        "-device",
+        "intel-iommu,caching-mode=on,intremap=on",
+        "-device",
+        "pcie-pci-bridge,id=br0,bus=pcie.0",
+        "-device",
+        "ncdma,id=nc0,bus=br0,addr=1",
+        "-device",
+        "ncdma,id=nc1,bus=br0,addr=2,max-xfer=4100",
+        "-device",
+        "ncdma,id=nc2",
     ],
     "virtio-iommu": [
-        "-machine", "q35",
-        "-device", "virtio-iommu-pci",
-        "-device", "ncdma,id=nc0",
-        "-device", "ncdma,id=nc1,max-xfer=4100",
-        "-device", "ncdma,id=nc2",
+        "-machine",
+        "q35",
+        "-device",
+        "virtio-iommu-pci",
+        "-device",
+        "ncdma,id=nc0",
+        "-device",
+        "ncdma,id=nc1,max-xfer=4100",
+        "-device",
+        "ncdma,id=nc2",
     ],
 }
 #: Devices that share one IOMMU domain, per topology.
@@ -82,8 +93,8 @@ class Guest:
     async def reset_stats(self) -> None:
         for qid in DEVICES:
             await self.qemu.qmp.execute(
-                "qom-set", {"path": f"/machine/peripheral/{qid}", "property": "reset-stats",
-                            "value": True}
+                "qom-set",
+                {"path": f"/machine/peripheral/{qid}", "property": "reset-stats", "value": True},
             )
             await self.agent.stats(self.dev(qid), reset=True)
 
@@ -121,20 +132,40 @@ def _pci_ids(buses: list[dict[str, Any]]) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def boot(qemu_build: QemuBuild, image: ImageBuild, iommu: str,
-               run_dir: Path) -> AsyncIterator[Guest]:
+async def boot(
+    qemu_build: QemuBuild, image: ImageBuild, iommu: str, run_dir: Path
+) -> AsyncIterator[Guest]:
     console = run_dir / "console.log"
     argv = [
-        *qemu_build.base_argv(), "-bios", "/usr/share/qemu/qboot.rom",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-accel", "tcg",
-        "-m", "512", "-kernel", str(image.kernel), "-initrd", str(image.initramfs),
-        "-append", image.cmdline_for(iommu), "-serial", f"file:{console}",
+        *qemu_build.base_argv(),
+        "-bios",
+        "/usr/share/qemu/qboot.rom",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-kernel",
+        str(image.kernel),
+        "-initrd",
+        str(image.initramfs),
+        "-append",
+        image.cmdline_for(iommu),
+        "-serial",
+        f"file:{console}",
         *TOPOLOGIES[iommu],
-        "-device", "virtio-serial-pci",
-        "-device", "virtserialport,chardev=agent,name=dmalab.agent",
+        "-device",
+        "virtio-serial-pci",
+        "-device",
+        "virtserialport,chardev=agent,name=dmalab.agent",
     ]
-    async with QemuProcess(argv, name=f"guest-{iommu}", channels=["agent"],
-                           artifacts_dir=run_dir) as qemu:
+    async with QemuProcess(
+        argv, name=f"guest-{iommu}", channels=["agent"], artifacts_dir=run_dir
+    ) as qemu:
         agent = await AgentClient.over_socket(qemu.channel("agent"))
         guest = Guest(qemu, agent, iommu, console)
         try:

@@ -54,8 +54,9 @@ class FakeAgent:
         finally:
             writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, header: Any, op: spec.Op,
-                      fields: Any, tail: Any) -> None:
+    async def _answer(
+        self, writer: asyncio.StreamWriter, header: Any, op: spec.Op, fields: Any, tail: Any
+    ) -> None:
         result = await self.handler(op, fields, tail)
         if result is None:
             return
@@ -129,16 +130,23 @@ async def test_typed_methods_encode_and_decode() -> None:
             assert [d.op for d in tail] == [1, 3]
             assert tail[1].flags == 0x1 and tail[0].cookie == 0xABC
             reply.update(batch=5, pieces=3, count=2)
-            return reply, [{"status": 1, "pieces": 2, "done": 8192},
-                           {"status": 2, "pieces": 1, "done": 0}]
+            return reply, [
+                {"status": 1, "pieces": 2, "done": 8192},
+                {"status": 2, "pieces": 1, "done": 0},
+            ]
         if op.name == "STATS":
             reply["driver"] = list(range(spec.DRIVER_STATS_SLOTS))
             reply["ndevice"] = len(hw.COUNTER_NAMES)
             reply["device"] = [i * 10 for i in range(spec.DEVICE_COUNTERS_MAX)]
             return reply, b""
         if op.name == "DEVICE_INFO":
-            reply.update(caps=0x5, irq_mode=1, iommu_group=-1, iommu_domain=2,
-                         pci_name=b"0000:00:02.0".ljust(32, b"\0"))
+            reply.update(
+                caps=0x5,
+                irq_mode=1,
+                iommu_group=-1,
+                iommu_domain=2,
+                pci_name=b"0000:00:02.0".ljust(32, b"\0"),
+            )
             return reply, b""
         if op.name == "KMSG_READ":
             reply.update(last_seq=12, records=2)
@@ -155,18 +163,22 @@ async def test_typed_methods_encode_and_decode() -> None:
         hello = await client.hello()
         assert (hello.devices, hello.kernel_release) == (2, "6.12.0-test")
         assert await client.echo(b"\0\x01" * 3000) == b"\0\x01" * 3000
-        buf = await client.buf_create("UDMABUF", 8192, flags=["CACHE_SGT", "EXCLUSIVE"],
-                                      faults=["SKIP_MAP_INVALIDATE", "USE_STALE"])
+        buf = await client.buf_create(
+            "UDMABUF",
+            8192,
+            flags=["CACHE_SGT", "EXCLUSIVE"],
+            faults=["SKIP_MAP_INVALIDATE", "USE_STALE"],
+        )
         assert (buf.id, buf.size) == (3, 8192)
-        att = await client.attach(3, 1, flags=["DYNAMIC", "CACHE_SGT"],
-                                  faults="SKIP_UNMAP_CLEAN")
+        att = await client.attach(3, 1, flags=["DYNAMIC", "CACHE_SGT"], faults="SKIP_UNMAP_CLEAN")
         assert (att.id, att.handle, att.dev) == (7, 9, 1)
         assert await client.map(7, "FROM_DEVICE", timeout_ms=500) == 2
         info = await client.att_info(7)
         assert info.state == {"MAPPED", "HAS_SGT"} and info.dir == "TO_DEVICE"
         assert info.segs == [(0xFFFF0000, 4096), (0xFFFE0000, 4096)]
-        results = await client.run(1, [Desc.copy(7, 7, 8192, dst_off=8192, cookie=0xABC),
-                                       Desc.maint("CLEAN", whole=True)])
+        results = await client.run(
+            1, [Desc.copy(7, 7, 8192, dst_off=8192, cookie=0xABC), Desc.maint("CLEAN", whole=True)]
+        )
         assert [r.status for r in results] == ["OK", "IOMMU_FAULT"] and results[0].ok
         stats = await client.stats(1)
         assert stats.driver["imp_maps"] == 0 and stats.driver["detaches"] == 28

@@ -69,7 +69,10 @@ class Native:
 @pytest_asyncio.fixture
 async def native(agent_binary: Path) -> AsyncIterator[Native]:
     proc = await asyncio.create_subprocess_exec(
-        str(agent_binary), "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        str(agent_binary),
+        "-",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "LC_ALL": "C"},
     )
     try:
@@ -94,8 +97,9 @@ async def test_hello_and_echo_through_the_client(native: Native) -> None:
     big = bytes(random.Random(1).randbytes(1 << 20))
     assert await client.echo(big) == big
     # ASYNC requests run on threads; all of them are answered.
-    answers = await asyncio.gather(*(client.request("ECHO", tail=bytes([i]) * 100, background=True)
-                                     for i in range(32)))
+    answers = await asyncio.gather(
+        *(client.request("ECHO", tail=bytes([i]) * 100, background=True) for i in range(32))
+    )
     assert sorted(bytes(t) for _, t in answers) == sorted(bytes([i]) * 100 for i in range(32))
     assert (await client.read_file("/proc/self/stat"))[:1].isdigit()
 
@@ -111,8 +115,12 @@ async def test_operations_fail_cleanly_without_devices(native: Native) -> None:
         (client.cpu_read(1, 0, 16), "ENOENT"),
         (client.cpu_write_pattern(1, 0, 16, 1), "ENOENT"),
         (client.buf_create("NCDMA", 0), "EINVAL"),
-        (client.request("BUF_CREATE", {"kind": 9, "dev": 0, "size": 4096, "flags": 0,
-                                       "faults": 0}), "EINVAL"),
+        (
+            client.request(
+                "BUF_CREATE", {"kind": 9, "dev": 0, "size": 4096, "flags": 0, "faults": 0}
+            ),
+            "EINVAL",
+        ),
         (client.read_file("/nonexistent/file"), "ENOENT"),
         (client.request("CPU_READ", {"buf": 1, "mode": 7, "offset": 0, "len": 1}), "EINVAL"),
         (client.request("SUBMIT", {"dev": 0}, []), "EINVAL"),
@@ -136,13 +144,15 @@ async def test_protocol_errors_get_replies_and_serving_goes_on(native: Native) -
     await native.expect_error(spec.encode_header(0xEE, 1, 5) + b"12345", "EOPNOTSUPP")
     await native.expect_echo(2, b"after unknown op")
     # Other version: EPROTONOSUPPORT.
-    await native.expect_error(spec.encode_header(echo.code, 3, 2, version=99) + b"hi",
-                              "EPROTONOSUPPORT")
+    await native.expect_error(
+        spec.encode_header(echo.code, 3, 2, version=99) + b"hi", "EPROTONOSUPPORT"
+    )
     await native.expect_echo(4, b"after bad version")
     # Payload that does not fit the op (HELLO has none; BUF_FREE needs 8 bytes).
     await native.expect_error(spec.encode_header(hello.code, 5, 3) + b"abc", "EPROTO")
     await native.expect_error(
-        spec.encode_header(spec.OP_BY_NAME["BUF_FREE"].code, 6, 4) + b"abcd", "EPROTO")
+        spec.encode_header(spec.OP_BY_NAME["BUF_FREE"].code, 6, 4) + b"abcd", "EPROTO"
+    )
     # Items that do not fill the payload.
     submit = spec.OP_BY_NAME["SUBMIT"]
     bad = spec.SubmitRequest.build({"dev": 0, "count": 3}) + b"\0" * 56

@@ -31,9 +31,7 @@ def sample(con: c.Construct, salt: int = 1) -> Any:
     while isinstance(con, c.Renamed):
         con = con.subcon
     if isinstance(con, c.Struct):
-        return {
-            sc.name: sample(sc, salt + i) for i, sc in enumerate(con.subcons) if sc.name
-        }
+        return {sc.name: sample(sc, salt + i) for i, sc in enumerate(con.subcons) if sc.name}
     if isinstance(con, c.Enum):
         return next(iter(con.encmapping))
     if isinstance(con, c.FlagsEnum):
@@ -160,8 +158,9 @@ def test_committed_agent_header_matches_the_spec() -> None:
     )
 
 
-def test_agent_header_check_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_agent_header_check_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / agent_cheader.HEADER_NAME
     monkeypatch.setattr(agent_cheader, "header_path", lambda: target)
     assert agent_cheader.main(["--check"]) == 1
@@ -177,9 +176,25 @@ def _compile_and_run(tmp_path: Path, source: str, *extra: str) -> str:
     src.write_text(source)
     exe = tmp_path / "probe"
     proc = subprocess.run(
-        ["gcc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-I", str(AGENT_DIR),
-         "-I", str(UAPI.parent), *extra, "-o", str(exe), str(src), "-pthread"],
-        capture_output=True, text=True, check=False,
+        [
+            "gcc",
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I",
+            str(AGENT_DIR),
+            "-I",
+            str(UAPI.parent),
+            *extra,
+            "-o",
+            str(exe),
+            str(src),
+            "-pthread",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     return subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
@@ -228,11 +243,17 @@ def _enum(con: c.Enum) -> dict[str, int]:
 
 def test_spec_mirrors_the_driver_uapi() -> None:
     text = UAPI.read_text()
-    flags = {k: v for k, v in _defines(text, "NCDMA_BUF_").items() if k not in ("FLAGS_VALID",)
-             and not k.startswith("STATE_")}
+    flags = {
+        k: v
+        for k, v in _defines(text, "NCDMA_BUF_").items()
+        if k not in ("FLAGS_VALID",) and not k.startswith("STATE_")
+    }
     assert flags == dict(spec.BufFlags.flags)
-    assert {k: v for k, v in _defines(text, "NCDMA_ATT_").items()
-            if k != "FLAGS_VALID" and not k.startswith("STATE_")} == dict(spec.AttFlags.flags)
+    assert {
+        k: v
+        for k, v in _defines(text, "NCDMA_ATT_").items()
+        if k != "FLAGS_VALID" and not k.startswith("STATE_")
+    } == dict(spec.AttFlags.flags)
     assert {k: v for k, v in _defines(text, "NCDMA_FAULT_").items()} == dict(spec.Faults.flags)
     assert _defines(text, "NCDMA_ATT_STATE_") == dict(spec.AttState.flags)
     assert _defines(text, "NCDMA_BUF_STATE_") == dict(spec.BufState.flags)

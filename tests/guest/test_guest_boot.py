@@ -34,9 +34,17 @@ def pages_touched(tx: dict, *, write: bool | None = None) -> set[int]:
     return pages
 
 
-async def make_mapped(guest: Guest, qid: str, size: int = 4 * PAGE, *, kind: str = "NCDMA",
-                      flags: list[str] | None = None, att_flags: list[str] | None = None,
-                      faults: list[str] | None = None, direction: str = "BIDIRECTIONAL"):
+async def make_mapped(
+    guest: Guest,
+    qid: str,
+    size: int = 4 * PAGE,
+    *,
+    kind: str = "NCDMA",
+    flags: list[str] | None = None,
+    att_flags: list[str] | None = None,
+    faults: list[str] | None = None,
+    direction: str = "BIDIRECTIONAL",
+):
     agent = guest.agent
     buf = await agent.buf_create(kind, size, dev=guest.dev(qid), flags=flags or [])
     att = await agent.attach(buf.id, guest.dev(qid), flags=att_flags or [], faults=faults or [])
@@ -68,8 +76,10 @@ async def test_agent_round_trip_is_under_a_millisecond(guest: Guest) -> None:
             await agent.echo(b"0123456789abcdef")
             rtts.append(time.perf_counter() - start)
         medians.append(statistics.median(rtts))
-    print(f"\n{guest.iommu}: agent echo round trip, median of each round: "
-          + ", ".join(f"{m * 1e3:.3f} ms" for m in medians))
+    print(
+        f"\n{guest.iommu}: agent echo round trip, median of each round: "
+        + ", ".join(f"{m * 1e3:.3f} ms" for m in medians)
+    )
     assert min(medians) <= 1e-3
 
 
@@ -112,9 +122,13 @@ async def test_dma_round_trip_is_byte_exact_from_the_host(guest: Guest) -> None:
     await agent.unmap(att.id)
     await agent.cpu_write_pattern(buf.id, 0, PAGE, seed=42)
     await agent.map(att.id, "BIDIRECTIONAL")
-    results = await agent.run(dev, [Desc.copy(att.id, att.id, PAGE, dst_off=PAGE, cookie=0xC0DE),
-                                    Desc.fill(att.id, PAGE, 0x0807060504030201,
-                                              dst_off=2 * PAGE, cookie=0xF111)])
+    results = await agent.run(
+        dev,
+        [
+            Desc.copy(att.id, att.id, PAGE, dst_off=PAGE, cookie=0xC0DE),
+            Desc.fill(att.id, PAGE, 0x0807060504030201, dst_off=2 * PAGE, cookie=0xF111),
+        ],
+    )
     assert [r.status for r in results] == ["OK", "OK"] and results[0].done == PAGE
     await agent.unmap(att.id)  # CLEAN: the device's lines reach memory
 
@@ -145,8 +159,13 @@ async def test_udmabuf_and_heap_buffers_import(guest: Guest) -> None:
     await agent.map(a_src.id, "TO_DEVICE")
     await agent.map(a_dst.id, "FROM_DEVICE")
     await agent.map(a_heap.id, "FROM_DEVICE")
-    results = await agent.run(dev, [Desc.copy(a_src.id, a_dst.id, 2 * PAGE, cookie=0xD0),
-                                    Desc.copy(a_src.id, a_heap.id, 2 * PAGE, cookie=0xD1)])
+    results = await agent.run(
+        dev,
+        [
+            Desc.copy(a_src.id, a_dst.id, 2 * PAGE, cookie=0xD0),
+            Desc.copy(a_src.id, a_heap.id, 2 * PAGE, cookie=0xD1),
+        ],
+    )
     assert all(r.ok for r in results), results
     for att in (a_src, a_dst, a_heap):
         await agent.unmap(att.id)
@@ -162,10 +181,13 @@ async def test_descriptors_split_at_the_device_limit(guest: Guest) -> None:
     agent, dev = guest.agent, guest.dev("nc1")
     assert (await agent.device_info(dev)).max_xfer == 4100
     buf, att = await make_mapped(guest, "nc1", 8 * PAGE)
-    fill, copy = await agent.run(dev, [
-        Desc.fill(att.id, 12000, 0x0706050403020100, dst_off=3),
-        Desc.copy(att.id, att.id, 12000, src_off=3, dst_off=4 * PAGE + 5),
-    ])
+    fill, copy = await agent.run(
+        dev,
+        [
+            Desc.fill(att.id, 12000, 0x0706050403020100, dst_off=3),
+            Desc.copy(att.id, att.id, 12000, src_off=3, dst_off=4 * PAGE + 5),
+        ],
+    )
     assert (fill.status, fill.pieces, fill.done) == ("OK", 3, 12000)
     assert (copy.status, copy.pieces, copy.done) == ("OK", 3, 12000)
     await agent.unmap(att.id)
@@ -184,17 +206,24 @@ async def test_a_batch_larger_than_the_ring(guest: Guest) -> None:
     assert batch.pieces == count and all(r.ok and r.done == 8 for r in results)
     await agent.unmap(att.id)
     data = await agent.cpu_read(buf.id, 0, count * 8)
-    assert [int.from_bytes(data[8 * i : 8 * i + 8], "little") for i in range(count)] == \
-        list(range(count))
+    assert [int.from_bytes(data[8 * i : 8 * i + 8], "little") for i in range(count)] == list(
+        range(count)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Policies
 
 
-async def _map_cycles(guest: Guest, qid: str, cycles: int, *, kind: str = "NCDMA",
-                      flags: list[str] | None = None,
-                      att_flags: list[str] | None = None) -> list[int]:
+async def _map_cycles(
+    guest: Guest,
+    qid: str,
+    cycles: int,
+    *,
+    kind: str = "NCDMA",
+    flags: list[str] | None = None,
+    att_flags: list[str] | None = None,
+) -> list[int]:
     """MAP events the device saw in each of `cycles` map/DMA/unmap cycles on one attachment."""
     agent, dev = guest.agent, guest.dev(qid)
     buf = await agent.buf_create(kind, 4 * PAGE, dev=dev, flags=flags or [])
@@ -218,8 +247,10 @@ async def test_sg_table_caching_maps_the_iommu_once(guest: Guest) -> None:
     plain = await _map_cycles(guest, "nc2", n)
     exporter_cache = await _map_cycles(guest, "nc2", n, flags=["CACHE_SGT"])
     importer_cache = await _map_cycles(guest, "nc2", n, att_flags=["CACHE_SGT"])
-    print(f"\n{guest.iommu}: MAP events per cycle: plain {plain}, exporter CACHE_SGT "
-          f"{exporter_cache}, importer CACHE_SGT {importer_cache}")
+    print(
+        f"\n{guest.iommu}: MAP events per cycle: plain {plain}, exporter CACHE_SGT "
+        f"{exporter_cache}, importer CACHE_SGT {importer_cache}"
+    )
     # (How many events one mapping makes depends on how contiguous the pages happen to be.)
     assert plain[0] > 0 and plain == [plain[0]] * n
     assert exporter_cache[0] > 0 and exporter_cache[1:] == [0] * (n - 1)
@@ -235,8 +266,9 @@ async def test_domain_sharing_reuses_the_mapping(guest: Guest) -> None:
     shared = pair is not None
     a, b = pair or ("nc0", "nc2")
     agent = guest.agent
-    same_group = (await agent.device_info(guest.dev(a))).iommu_group == \
-        (await agent.device_info(guest.dev(b))).iommu_group
+    same_group = (await agent.device_info(guest.dev(a))).iommu_group == (
+        await agent.device_info(guest.dev(b))
+    ).iommu_group
     assert same_group == shared
     seen = {}
     for flags in ([], ["SHARE_DOMAIN"]):
@@ -251,8 +283,9 @@ async def test_domain_sharing_reuses_the_mapping(guest: Guest) -> None:
         segs_b = (await agent.att_info(att_b.id)).segs
         await agent.cpu_write_pattern(buf.id, 0, PAGE, seed=4)
         await agent.unmap(att_a.id)
-        assert (await agent.run(guest.dev(b), [Desc.copy(att_b.id, att_b.id, PAGE,
-                                                         dst_off=PAGE)]))[0].ok
+        assert (await agent.run(guest.dev(b), [Desc.copy(att_b.id, att_b.id, PAGE, dst_off=PAGE)]))[
+            0
+        ].ok
         await agent.unmap(att_b.id)
         assert (await agent.cpu_verify(buf.id, PAGE, PAGE, 4)).mismatches == 0
         seen[bool(flags)] = (new_events, segs_a == segs_b)
@@ -279,8 +312,9 @@ async def test_revoke_makes_later_dma_fault(guest: Guest) -> None:
     await agent.buf_revoke(buf.id)
     assert "REVOKED" in (await agent.buf_info(buf.id)).state
     faults_before = (await guest.counters("nc1"))["translation_faults"]
-    (result,) = await agent.run(dev, [Desc.fill(stale.id, 2 * PAGE, 0xAAAAAAAAAAAAAAAA,
-                                                cookie=0xDEAD)])
+    (result,) = await agent.run(
+        dev, [Desc.fill(stale.id, 2 * PAGE, 0xAAAAAAAAAAAAAAAA, cookie=0xDEAD)]
+    )
     assert (result.status, result.done) == ("IOMMU_FAULT", 0)
     assert (await guest.counters("nc1"))["translation_faults"] > faults_before
     assert await agent.cpu_crc32(buf.id, 0, 2 * PAGE) == zlib.crc32(bytes(2 * PAGE))
@@ -314,8 +348,9 @@ async def test_pinned_importer_refuses_a_move_and_a_dynamic_one_follows_it(guest
     new_pages = await agent.buf_pages(buf.id, 0, 2)
     assert not set(old_pages) & set(new_pages)
     assert {"INVALIDATED", "MAPPED"} <= (await agent.att_info(att.id)).state
-    (result,) = await agent.run(dev, [Desc.fill(att.id, 2 * PAGE, 0x1111111111111111,
-                                                cookie=0x3001)])
+    (result,) = await agent.run(
+        dev, [Desc.fill(att.id, 2 * PAGE, 0x1111111111111111, cookie=0x3001)]
+    )
     assert result.ok
     await agent.unmap(att.id)
     txs = await guest.transactions("nc1", cookie=0x3001)
@@ -439,8 +474,7 @@ async def test_cache_ops_and_statistics(guest: Guest) -> None:
     _buf, att = await make_mapped(guest, "nc2", 2 * PAGE)
     assert await agent.cache_op(dev, "INVALIDATE", att=att.id, length=2 * PAGE) == "OK"
     assert await agent.cache_op(dev, "CLEAN_INVALIDATE", whole=True) == "OK"
-    assert await agent.cache_op(dev, "CLEAN", raw=True, offset=0x1000, length=PAGE) \
-        == "IOMMU_FAULT"
+    assert await agent.cache_op(dev, "CLEAN", raw=True, offset=0x1000, length=PAGE) == "IOMMU_FAULT"
     with pytest.raises(AgentError) as info:
         await agent.cache_op(dev, "CLEAN", att=att.id, offset=PAGE, length=2 * PAGE)
     assert info.value.name == "ERANGE"
@@ -505,9 +539,6 @@ async def test_polling_mode_and_a_small_ring(guest: Guest) -> None:
         await agent.module_unload("ncdma")
         await agent.module_load(f"/lib/modules/{release}/extra/ncdma.ko")
     assert (await agent.device_info(guest.dev("nc0"))).irq_mode == "msix"
-
-
-
 
 
 async def test_module_unloads_cleanly_after_a_run(guest: Guest) -> None:
