@@ -18,11 +18,11 @@ def _image_available() -> bool:
     return importlib.util.find_spec(_IMAGE_MODULE) is not None
 
 
-def _build_image() -> Path:
+def _build_image(kernel: Path | None, modules: Path | None) -> Path:
     """Build the guest image (reporting its own progress on stderr); return its manifest."""
     from dmalab.artifacts import image
 
-    return image.ensure_image().manifest
+    return image.ensure_image(kernel=kernel, modules=modules).manifest
 
 
 @click.command("build", short_help="Build QEMU and the guest image (cached).")
@@ -33,7 +33,18 @@ def _build_image() -> Path:
     help="Look up the newest Debian QEMU 10.0 source again (by default the version found by the "
     "first build is kept, so rebuilds are reproducible).",
 )
-def command(what: str, refresh: bool) -> None:
+@click.option(
+    "--kernel",
+    type=click.Path(path_type=Path),
+    help="Build the image around your own kernel (a bzImage or vmlinux with CONFIG_PVH=y) "
+    "instead of Debian's.",
+)
+@click.option(
+    "--modules",
+    type=click.Path(path_type=Path),
+    help="Your kernel's lib/modules/<release> tree (its build/ gives the headers for ncdma.ko).",
+)
+def command(what: str, refresh: bool, kernel: Path | None, modules: Path | None) -> None:
     """Build QEMU with the ncdma devices and the guest image, or find them in the cache.
 
     WHAT is qemu, image or all (the default). Nothing is rebuilt when nothing changed; a changed
@@ -50,4 +61,4 @@ def command(what: str, refresh: bool) -> None:
             if what == "image":
                 raise EnvironmentProblem("building the guest image is not available yet")
             return
-        click.echo(str(_build_image()))
+        click.echo(str(_build_image(kernel, modules)))
