@@ -37,6 +37,8 @@ TARGETS = {
     "counters_ms": ("<=", 0.5),
     "memory_speedup": (">=", 5.0),
     "restore_ms": ("<=", 300.0),
+    "agent_echo_ms": ("<=", 1.0),
+    "boot_ms": ("<=", 2500.0),
 }
 
 
@@ -93,6 +95,14 @@ async def run(
                 await vm.qmp.execute("query-status")
                 samples.append((time.perf_counter() - t) * 1000)
             results["qmp_query_status_ms"] = _stat(samples)
+
+            log("bench machine: guest agent round trips")
+            samples = []
+            for _ in range(counter_reads):
+                t = time.perf_counter()
+                await vm.agent.echo(b"x")
+                samples.append((time.perf_counter() - t) * 1000)
+            results["agent_echo_ms"] = _stat(samples)
 
             log("bench machine: 64 MiB host reads, mapping and pmemsave (guest paused)")
             assert vm.ram is not None
@@ -159,6 +169,7 @@ def render_table(report: dict[str, Any]) -> str:
     rows = [
         ("QMP qom-get counters", f"{r['counters_ms']['median']:.3f} ms"),
         ("QMP query-status (round trip reference)", f"{r['qmp_query_status_ms']['median']:.3f} ms"),
+        ("guest agent echo round trip", f"{r['agent_echo_ms']['median']:.3f} ms"),
         (
             "64 MiB checked against expected, mapping view",
             f"{r['memory_view_compare_ms']['median']:.1f} ms",
