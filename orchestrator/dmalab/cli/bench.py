@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,6 +23,24 @@ from dmalab.errors import BadInput, CheckFailed
 def command() -> None:
     """Throughput benchmarks. Figures are medians of repeated runs and every ratio compares
     figures measured in the same run."""
+
+
+def _finish(
+    name: str,
+    report: dict[str, Any],
+    table: str,
+    json_path: Path | None,
+    check: bool,
+    progress: Progress,
+) -> None:
+    """Print the table, write the JSON if asked, and with --check fail on a missed target."""
+    click.echo(table, nl=False)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        progress.note(f"bench {name}: wrote {json_path}")
+    if check and not report["all_targets_pass"]:
+        missed = [t["name"] for t in report["targets"] if t["pass"] is not True]
+        raise CheckFailed(f"targets missed: {', '.join(missed)}")
 
 
 def _sizes(values: tuple[str, ...]) -> list[int]:
@@ -82,13 +101,7 @@ def device(json_path: Path | None, check: bool, repeats: int, sizes: tuple[str, 
         log=progress.note,
         command=shlex.join(["dmalab", *sys.argv[1:]]),
     )
-    click.echo(device_bench.render_table(report), nl=False)
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        progress.note(f"bench device: wrote {json_path}")
-    if check and not report["all_targets_pass"]:
-        missed = [t["name"] for t in report["targets"] if t["pass"] is not True]
-        raise CheckFailed(f"targets missed: {', '.join(missed)}")
+    _finish("device", report, device_bench.render_table(report), json_path, check, progress)
 
 
 @command.command("machine", short_help="QMP, guest memory, snapshot restore and boot times.")
@@ -117,16 +130,13 @@ def machine(json_path: Path | None, check: bool, repeats: int) -> None:
     qemu = ensure_qemu(progress)
     image = ensure_image()
     report = machine_bench.run_sync(
-        qemu, image, repeats=repeats, log=progress.note,
+        qemu,
+        image,
+        repeats=repeats,
+        log=progress.note,
         command=shlex.join(["dmalab", *sys.argv[1:]]),
     )
-    click.echo(machine_bench.render_table(report), nl=False)
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        progress.note(f"bench machine: wrote {json_path}")
-    if check and not report["all_targets_pass"]:
-        missed = [t["name"] for t in report["targets"] if t["pass"] is not True]
-        raise CheckFailed(f"targets missed: {', '.join(missed)}")
+    _finish("machine", report, machine_bench.render_table(report), json_path, check, progress)
 
 
 @command.command("image", short_help="Guest image build time, cold and cached.")
@@ -142,10 +152,4 @@ def image(json_path: Path | None, check: bool) -> None:
     then again with everything cached. Your own cache is not touched."""
     progress = Progress()
     report = image_bench.run(log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]]))
-    click.echo(image_bench.render_table(report), nl=False)
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        progress.note(f"bench image: wrote {json_path}")
-    if check and not report["all_targets_pass"]:
-        missed = [t["name"] for t in report["targets"] if t["pass"] is not True]
-        raise CheckFailed(f"targets missed: {', '.join(missed)}")
+    _finish("image", report, image_bench.render_table(report), json_path, check, progress)
