@@ -42,9 +42,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from dmalab.cli import bench, build, doctor, fuzz, run, spec, topology
+    from dmalab.cli import bench, build, doctor, fuzz, run, shell, spec, topology, up
 
-    for module in (bench, build, doctor, fuzz, run, spec, topology):
+    for module in (bench, build, doctor, fuzz, run, spec, topology, up, shell):
         main.add_command(module.command)
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 QEMU_LOG = "qemu.log"
 EVENTS_LOG = "qmp-events.jsonl"
+USER_QMP_SOCKET = "qmp.sock"
 _ARTIFACT_FILES = f"{QEMU_LOG}, {EVENTS_LOG}"
 
 
@@ -94,6 +95,8 @@ class QemuProcess:
     `artifacts_dir`: on failure the run directory is moved there instead of kept in place.
     `pass_fds`: more file descriptors QEMU inherits (e.g. a memfd for guest RAM); the caller
     keeps and closes its own copies.
+    `user_qmp`: a second QMP monitor on the unix socket `qmp.sock` in the run directory, for
+    people and other programs (`qmp-shell`, `socat`); ours stays private.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class QemuProcess:
         quit_timeout: float = 10.0,
         term_timeout: float = 5.0,
         pass_fds: Sequence[int] = (),
+        user_qmp: bool = False,
     ) -> None:
         if "qmp" in channels:
             raise ValueError("the channel name 'qmp' is taken by the monitor")
@@ -118,6 +122,7 @@ class QemuProcess:
         self._quit_timeout = quit_timeout
         self._term_timeout = term_timeout
         self._pass_fds = list(pass_fds)
+        self._user_qmp = user_qmp
 
         self.run_dir: Path | None = None
         self.qmp = QMPClient(name)
@@ -149,6 +154,18 @@ class QemuProcess:
     def events_path(self) -> Path:
         assert self.run_dir is not None
         return self.run_dir / EVENTS_LOG
+
+    @property
+    def user_qmp_path(self) -> Path | None:
+        """The second QMP monitor's socket (`user_qmp=True`), else None."""
+        if not self._user_qmp or self.run_dir is None:
+            return None
+        return self.run_dir / USER_QMP_SOCKET
+
+    async def exited(self) -> int:
+        """Wait until QEMU exits, however that happens (an unasked exit stays a failure)."""
+        assert self._proc is not None
+        return await self._proc.wait()
 
     def channel(self, name: str) -> socket.socket:
         """Our end of the socket chardev `name` (the caller owns it from here on)."""
@@ -242,6 +259,11 @@ class QemuProcess:
             theirs.append(their_end)
             argv += ["-chardev", f"socket,id={name},fd={their_end.fileno()}"]
         argv += ["-mon", "chardev=qmp,mode=control"]
+        if self.user_qmp_path is not None:
+            argv += [
+                "-chardev", f"socket,id=user-qmp,path={self.user_qmp_path},server=on,wait=off",
+                "-mon", "chardev=user-qmp,mode=control",
+            ]  # fmt: skip
         (self.run_dir / "argv.json").write_text(json.dumps(argv, indent=1) + "\n")
         (self.run_dir / EVENTS_LOG).touch()
 

@@ -20,7 +20,7 @@ directory. The RAM memfd has no name in any file system and is closed on exit.
 
 `q35_argv()` builds a command line for the usual machine (q35, qboot, PVH boot, optional
 intel-iommu, ncdma devices, virtio-serial agent port); `Vm` takes any function from the RAM fd
-to a command line, so a topology's argv plugs in the same way.
+to a command line. `launch.boot(topology)` gives it the topology's (`qemu_argv`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from dmalab.machine.agent import AgentClient, AgentConnectionLost, Hello
 from dmalab.machine.devices import NcdmaQmp
 from dmalab.machine.guestmem import MiB, PmemsaveMemory, SharedRam
 from dmalab.machine.process import QemuDied, QemuProcess, log_tail
+from dmalab.machine.topology import Topology
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -189,8 +190,15 @@ class Vm:
         agent_timeout: float = 30.0,
         quit_timeout: float = 5.0,
         artifacts_dir: Path | None = None,
+        user_qmp: bool = False,
+        topology: Topology | None = None,
+        accel: str | None = None,
     ) -> None:
         self.name = name
+        #: What this machine was built from, when it came from a topology (`launch.boot`).
+        self.topology = topology
+        self.accel = accel
+        self._user_qmp = user_qmp
         self._qemu_base = list(qemu_base)
         self._argv = argv
         self.ram_mib = ram_mib
@@ -243,6 +251,12 @@ class Vm:
 
     def device(self, id: str | None = None) -> NcdmaQmp:
         return self.devices[id or self.ncdma_ids[0]]
+
+    async def console_write(self, data: bytes) -> None:
+        """Type `data` on the serial console (the init runs a shell there once the agent exits)."""
+        if self._console_sock is None:
+            raise CheckFailed(f"{self.name}: the console is closed")
+        await asyncio.get_running_loop().sock_sendall(self._console_sock, data)
 
     @property
     def failure(self) -> GuestFailed | None:
@@ -340,6 +354,7 @@ class Vm:
             artifacts_dir=self._artifacts_dir,
             quit_timeout=self._quit_timeout,
             pass_fds=[ram_fd] if ram_fd is not None else [],
+            user_qmp=self._user_qmp,
         )
         await self.process.__aenter__()
         self.console = Console(self.run_dir / CONSOLE_LOG)

@@ -1,0 +1,162 @@
+"""`dmalab up TOPOLOGY`: boot a machine and keep it up until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from dmalab.errors import CheckFailed
+from dmalab.machine import attach, launch
+from dmalab.machine.topology import load_topology
+from dmalab.machine.vm import Vm
+
+READY_LINE = "ready: Ctrl-C stops the machine"
+SUMMARY_COUNTERS = (
+    "desc_completed", "desc_errors", "bytes_read", "bytes_written",
+    "cache_hits", "cache_misses", "iommu_map_events", "violations_logged",
+)  # fmt: skip
+
+
+def progress(message: str) -> None:
+    click.echo(f"up: {message}", err=True)
+
+
+async def endpoints(vm: Vm) -> dict[str, Any]:
+    """Where to reach the running machine, and its devices with their counters."""
+    console_sock, agent_sock = attach.sockets(vm.run_dir)
+    devices = []
+    for id, dev in vm.devices.items():
+        devices.append({"id": id, "qom_path": dev.path, "counters": await dev.counters()})
+    return {
+        "name": vm.name,
+        "pid": vm.process.pid if vm.process else None,
+        "accel": vm.accel,
+        "boot_seconds": round(vm.boot_seconds or 0.0, 2),
+        "run_dir": str(vm.run_dir),
+        "qmp": str(vm.process.user_qmp_path) if vm.process else None,
+        "console_log": str(vm.run_dir / "console.log"),
+        "console": str(console_sock),
+        "agent": str(agent_sock),
+        "devices": devices,
+    }
+
+
+def describe(info: dict[str, Any]) -> str:
+    run = info["run_dir"]
+    lines = [
+        f"{info['name']}: up in {info['boot_seconds']} s ({info['accel']}, QEMU pid {info['pid']})",
+        f"  run dir  {run}",
+        f"  qmp      {info['qmp']}",
+        f"             qmp-shell {info['qmp']}   or   socat - UNIX-CONNECT:{info['qmp']}",
+        f"  console  dmalab shell --attach {run}   (log: {info['console_log']})",
+        f"  agent    dmalab shell --attach {run} --agent",
+        "  devices",
+    ]
+    for dev in info["devices"]:
+        c = dev["counters"]
+        summary = " ".join(f"{k}={c[k]}" for k in SUMMARY_COUNTERS if k in c)
+        lines.append(f"    {dev['id']:<6} {dev['qom_path']:<26} {summary}")
+    return "\n".join(lines)
+
+
+async def until_stopped(vm: Vm, stop: asyncio.Event) -> str:
+    """Wait for `stop` (Ctrl-C, SIGTERM) or the machine's end; what ended it."""
+    assert vm.process is not None
+    waits = {
+        asyncio.create_task(stop.wait()): "stop",
+        asyncio.create_task(vm.process.exited()): "exit",
+        asyncio.create_task(vm.guarded(asyncio.Event().wait())): "failed",
+    }
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    for task in done:
+        if waits[task] == "failed":
+            task.result()  # raises GuestFailed
+    return next(waits[t] for t in done)
+
+
+@contextlib.contextmanager
+def signals_set(event: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `event` instead of interrupting (also while shutting down, so a
+    second Ctrl-C cannot leave QEMU behind)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def run(topology: str, accel: str | None, as_json: bool) -> None:
+    topo = load_topology(topology)
+    vm = await launch.prepare(
+        topo, accel=accel, progress=progress, user_qmp=True, name=f"up-{topo.name}"
+    )
+    progress(
+        f"booting {topo.name} ({topo.iommu_kind}, {len(topo.devices)} ncdma, accel {vm.accel})"
+    )
+    try:
+        await vm.__aenter__()
+    except asyncio.CancelledError:
+        # Ctrl-C during the boot: the user stopped it, there is nothing to keep.
+        if vm.process is not None and vm.process.run_dir is not None:
+            shutil.rmtree(vm.process.run_dir, ignore_errors=True)
+        raise
+    stop = asyncio.Event()
+    with signals_set(stop):
+        await _serve(vm, stop, as_json)
+    progress("stopped; nothing left behind")
+
+
+async def _serve(vm: Vm, stop: asyncio.Event, as_json: bool) -> None:
+    try:
+        async with attach.serve(vm):
+            info = await endpoints(vm)
+            click.echo(json.dumps(info) if as_json else describe(info))
+            click.echo(READY_LINE, err=as_json)
+            sys.stdout.flush()
+            why = await until_stopped(vm, stop)
+        if why == "exit":
+            assert vm.process is not None
+            status = await vm.process.wait_exit(0)
+            if status != 0:
+                raise CheckFailed(f"{vm.name}: QEMU exited with status {status}")
+            progress("the guest powered off")
+        else:
+            progress("stopping")
+    except BaseException as exc:
+        await vm.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await vm.__aexit__(None, None, None)
+
+
+@click.command("up", short_help="Boot a topology and keep it up until Ctrl-C.")
+@click.argument("topology")
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "tcg", "kvm"]),
+    help="Override the topology's accelerator.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
+def command(topology: str, accel: str | None, as_json: bool) -> None:
+    """Boot TOPOLOGY (a shipped name or a .toml path) and keep it running.
+
+    Prints where to reach it: the run directory, a QMP socket for qmp-shell or socat, the console
+    log, `dmalab shell --attach RUN_DIR` for the console and `--agent` for agent ops, and each
+    device's QOM path with a counters summary. Ctrl-C shuts it down and removes everything (exit
+    0; 130 if pressed during the boot). A guest failure exits 1 and keeps the run directory.
+    """
+    asyncio.run(run(topology, accel, as_json))

@@ -1,0 +1,589 @@
+"""Scenarios: numbered, named steps run through the guest agent, checked from the host.
+
+A scenario is an async function `body(run)` over a `Run`. Every step has a number, an actor
+("driver A", "device B", "exporter") and an action, and goes through one of `Run`'s step methods:
+
+    await run.cpu(1, "driver A", buf, write=(0, PAGE, 1))           # CPU pattern write
+    await run.map(3, "driver A", att_a)                               # device A takes the buffer
+    await run.dma(5, "device A", "dma0", [Desc.copy(a, a, PAGE, dst_off=PAGE)])
+    await run.unmap(9, "driver A", att_a)
+    await run.check_bytes(9, buf, PAGE, expected, "A's copy")         # host-side, shared RAM
+
+After every step the host reads, without involving the guest: every device's counters (the
+step's deltas are kept), the devices' new violations, and for DMA steps the transactions the
+step's descriptors produced. Every descriptor a scenario submits carries a cookie naming its step
+(`step_cookie`); the driver's own maintenance descriptors carry `COOKIE_DRIVER | reason << 32 |
+handle`, and a violation under one of those is attributed to the step that was running.
+The ownership ledger (`ownership.Ledger`) follows maps, unmaps, CPU accesses and transfers and
+flags CPU access while a device owns a buffer, with byte evidence.
+
+Findings are lines naming the step: `step 12 (driver B unmap): CONFLICTING_WRITE at iova ...`.
+A correct variant must end with none; a faulty variant must have findings at each of its
+expected steps. `Result` is plain data (JSON via `asdict`), with wall times kept apart in
+`timing` so two runs can be compared.
+
+Steps normally run one after the other. With `run.concurrent = True` every step is issued on its
+actor's own thread of control (A and B are independent drivers): the host issues the steps in
+table order but does not wait for a step that blocks in the guest (an EXCLUSIVE map or CPU
+access waiting for the owner); the ledger follows the order in which steps really completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmalab.machine.agent import AgentError, Desc
+from dmalab.scenarios.ownership import Ledger
+from dmalab.spec import agent as spec
+
+PAGE = 4096
+COOKIE_TAG = 0x5C
+COOKIE_DRIVER = spec.COOKIE_DRIVER
+DRIVER_REASONS = {
+    1: "MAP", 2: "UNMAP", 3: "CPU_BEGIN", 4: "CPU_END", 5: "MOVE", 6: "REVOKE",
+    7: "MOVE_NOTIFY", 8: "ATT_SYNC", 9: "CACHE_OP",
+}  # fmt: skip
+KEY_COUNTERS = (
+    "desc_completed", "stale_reads", "lost_writes", "conflicting_writes",
+    "writebacks_after_unmap", "iommu_map_events", "iommu_unmap_events", "translation_faults",
+)  # fmt: skip
+#: How long a step may stay pending before the host counts it as blocked in the guest.
+BLOCKED_AFTER_S = 0.25
+
+
+def step_cookie(step: int, index: int = 0) -> int:
+    """The cookie of the `index`-th descriptor a scenario submits at `step`."""
+    return COOKIE_TAG << 56 | (step & 0xFFFF) << 16 | (index & 0xFFFF)
+
+
+def describe_cookie(cookie: int) -> tuple[str, int | None, str]:
+    """("step", step, text) for a scenario descriptor, ("driver", None, text) for the driver's
+    maintenance, ("other", None, text) otherwise."""
+    if cookie >> 56 == COOKIE_TAG:
+        step = cookie >> 16 & 0xFFFF
+        return "step", step, f"descriptor {cookie & 0xFFFF} of step {step}"
+    if cookie & COOKIE_DRIVER:
+        reason = DRIVER_REASONS.get(
+            cookie >> 32 & 0x7FFF_FFFF, f"reason {cookie >> 32 & 0x7FFF_FFFF}"
+        )
+        return "driver", None, f"driver {reason} maintenance (handle {cookie & 0xFFFF_FFFF})"
+    return "other", None, f"cookie {cookie:#x}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarations and results
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    expect: str  # "pass" or "detected"
+    steps: tuple[int, ...] = ()  # where a faulty variant must be detected
+    about: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    seed: str
+    title: str
+    body: Callable[[Run], Awaitable[None]]
+    variants: tuple[Variant, ...]
+    #: Returns why the variant cannot run on this machine (None: it can).
+    unavailable: Callable[[Run], str | None] | None = None
+
+
+@dataclass
+class StepRecord:
+    step: int
+    actor: str
+    action: str
+    order: int = 0  # completion order
+    owners: dict[str, list[str]] = field(default_factory=dict)  # buffer -> owners after
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # device -> deltas
+    error: str | None = None
+
+
+@dataclass
+class Finding:
+    step: int
+    kind: str  # a violation kind, OWNERSHIP, BYTES, STATUS, CHECK
+    line: str
+
+
+@dataclass
+class Result:
+    scenario: str
+    seed: str
+    topology: str
+    variant: str
+    expectation: str
+    outcome: str  # pass | detected | FAIL | unavailable
+    expected_steps: list[int]
+    detected_steps: list[int]
+    evidence: list[str]
+    counters: dict[str, dict[str, int]]
+    steps: list[StepRecord]
+    note: str = ""
+    #: Physical addresses and other facts that differ from boot to boot.
+    machine: dict[str, Any] = field(default_factory=dict)
+    #: Wall times (seconds); left out when two runs are compared.
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("pass", "detected", "unavailable")
+
+
+def verdict(expect: str, expected_steps: Sequence[int], findings: Sequence[Finding]) -> str:
+    detected = {f.step for f in findings}
+    if expect == "pass":
+        return "pass" if not findings else "FAIL"
+    return "detected" if findings and set(expected_steps) <= detected else "FAIL"
+
+
+# ---------------------------------------------------------------------------------------------
+# The run of one variant
+
+
+@dataclass
+class Buf:
+    name: str
+    id: int
+    size: int
+    pages: list[int]
+
+
+@dataclass
+class Att:
+    id: int
+    buf: Buf
+    device: str  # topology id
+    label: str  # "device A"
+
+
+class Run:
+    """One scenario variant on one booted machine (`vm`), devices named by topology id."""
+
+    def __init__(
+        self,
+        vm: Any,
+        devices: dict[str, int],
+        topology: str,
+        variant: Variant,
+        *,
+        shared: Any = None,
+    ) -> None:
+        self.vm = vm
+        self.agent = vm.agent
+        self.devices = devices  # topology id -> /dev/ncdmaN
+        self.topology = topology
+        self.variant = variant
+        self.params = variant.params
+        #: Topology facts scenarios ask about (e.g. the devices sharing an IOMMU domain).
+        self.shared = shared
+        self.ledger = Ledger()
+        self.findings: list[Finding] = []
+        self.records: list[StepRecord] = []
+        self.buffers: dict[str, Buf] = {}
+        self.concurrent = False
+        self.note = ""
+        self.machine: dict[str, Any] = {}
+        self._order = 0
+        self._counters: dict[str, dict[str, int]] = {}
+        self._seen_violations: dict[str, int] = {}
+        self._chains: dict[str, asyncio.Task[Any]] = {}
+        self._pending: dict[int, float] = {}
+        self._lock = asyncio.Lock()
+        self._flags: list[tuple[Finding, Any]] = []
+        self._unmapping: dict[tuple[str, str], asyncio.Event] = {}
+
+    # -----------------------------------------------------------------------------------------
+    # Setup (not steps)
+
+    async def start(self) -> None:
+        for qid in self.devices:
+            await self.vm.device(qid).reset_stats()
+            await self.agent.stats(self.devices[qid], reset=True)
+            self._counters[qid] = await self.vm.device(qid).counters()
+            self._seen_violations[qid] = 0
+
+    async def buffer(
+        self,
+        name: str,
+        size: int,
+        *,
+        exporter: str,
+        flags: Sequence[str] = (),
+        faults: Sequence[str] = (),
+    ) -> Buf:
+        b = await self.agent.buf_create(
+            "NCDMA", size, dev=self.devices[exporter], flags=list(flags), faults=list(faults)
+        )
+        buf = Buf(name, b.id, size, await self.agent.buf_pages(b.id, 0, (size + PAGE - 1) // PAGE))
+        self.buffers[name] = buf
+        self.ledger.add_buffer(name, size, self.host_bytes(buf))
+        return buf
+
+    async def attach(
+        self,
+        buf: Buf,
+        device: str,
+        label: str,
+        *,
+        flags: Sequence[str] = (),
+        faults: Sequence[str] = (),
+    ) -> Att:
+        a = await self.agent.attach(
+            buf.id, self.devices[device], flags=list(flags), faults=list(faults)
+        )
+        return Att(a.id, buf, device, label)
+
+    async def refresh_pages(self, buf: Buf) -> list[int]:
+        buf.pages = await self.agent.buf_pages(buf.id, 0, len(buf.pages))
+        return buf.pages
+
+    def host_bytes(self, buf: Buf, offset: int = 0, length: int | None = None) -> bytes:
+        """The buffer's bytes in guest memory, through the shared mapping of its pages."""
+        length = buf.size - offset if length is None else length
+        out = bytearray()
+        pos = offset
+        while pos < offset + length:
+            page, within = divmod(pos, PAGE)
+            n = min(PAGE - within, offset + length - pos)
+            out += self.vm.ram.view(buf.pages[page] + within, n)
+            pos += n
+        return bytes(out)
+
+    # -----------------------------------------------------------------------------------------
+    # Findings
+
+    def find(self, step: int, kind: str, text: str) -> None:
+        label = self._label(step)
+        self.findings.append(Finding(step, kind, f"step {step} ({label}): {text}"))
+
+    def _label(self, step: int) -> str:
+        for r in self.records:
+            if r.step == step:
+                return f"{r.actor} {r.action}"
+        return "host check"
+
+    def check(self, step: int, ok: bool, text: str) -> bool:
+        if not ok:
+            self.find(step, "CHECK", text)
+        return ok
+
+    async def check_bytes(
+        self, step: int, buf: Buf, offset: int, expected: bytes, what: str
+    ) -> bool:
+        actual = self.host_bytes(buf, offset, len(expected))
+        if actual == expected:
+            return True
+        diff = [i for i in range(len(expected)) if expected[i] != actual[i]]
+        self.find(
+            step,
+            "BYTES",
+            f"{what}: {len(diff)} of {len(expected)} bytes differ in memory at offset "
+            f"{offset + diff[0]:#x} (expected {expected[diff[0]]:#04x}, "
+            f"memory {actual[diff[0]]:#04x})",
+        )
+        return False
+
+    # -----------------------------------------------------------------------------------------
+    # Steps
+
+    async def cpu(
+        self,
+        step: int,
+        actor: str,
+        buf: Buf,
+        *,
+        write: tuple[int, int, int] | None = None,  # (offset, length, pattern seed)
+        read: tuple[int, int] | None = None,  # (offset, length)
+        sync: bool = False,
+        action: str = "CPU read/write",
+    ) -> None:
+        async def body() -> None:
+            before = self.host_bytes(buf)
+            bg = self.concurrent
+            if sync:
+                await self.agent.sync(buf.id, end=False, background=bg)
+            data = None
+            if read is not None:
+                data = await self.agent.cpu_read(buf.id, *read, background=bg)
+            if write is not None:
+                off, n, seed = write
+                await self.agent.cpu_write_pattern(buf.id, off, n, seed, background=bg)
+            if sync:
+                await self.agent.sync(buf.id, end=True, background=bg)
+            await self._released(buf)
+            after = self.host_bytes(buf)
+            async with self._lock:
+                await self._after(step, record)
+                flag = self.ledger.cpu_access(
+                    step, buf.name, actor, before, after,
+                    read=(read[0], data) if read is not None and data is not None else None,
+                )  # fmt: skip
+                if write is not None:
+                    off, n, seed = write
+                    self.ledger.cpu_write(step, buf.name, off, spec.pattern(seed, n))
+                if flag:
+                    self._flag(flag)
+                record.owners[buf.name] = self.ledger.owners(buf.name)
+
+        record = StepRecord(step, actor, action)
+        await self._issue(actor, record, body)
+
+    async def _released(self, buf: Buf, timeout: float = 5.0) -> None:
+        """A CPU access that completed while an owner's unmap is still in flight: with two
+        requests in flight the guest's replies may arrive in either order, and the access may
+        only have been let through by that unmap. Wait for the unmap's reply, so the ledger sees
+        the guest's order (with EXCLUSIVE the access cannot complete before the unmap)."""
+        for owner in self.ledger.owners(buf.name):
+            event = self._unmapping.get((buf.name, owner))
+            if event is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout)
+
+    def _flag(self, flag: Any) -> None:
+        # Rendered when the run ends: later steps add evidence ("device A read them at step 5").
+        self.findings.append(Finding(flag.step, "OWNERSHIP", ""))
+        self._flags.append((self.findings[-1], flag))
+
+    def final_findings(self) -> list[Finding]:
+        for finding, flag in self._flags:
+            finding.line = f"step {flag.step} ({flag.what}): " + "; ".join(flag.evidence)
+        return sorted(self.findings, key=lambda f: f.step)
+
+    async def map(self, step: int, actor: str, att: Att, direction: str = "BIDIRECTIONAL") -> None:
+        async def body() -> None:
+            await self.agent.map(att.id, direction, background=self.concurrent)
+            async with self._lock:
+                self.ledger.map(step, att.buf.name, att.label, self.host_bytes(att.buf))
+                await self._after(step, record)
+                record.owners[att.buf.name] = self.ledger.owners(att.buf.name)
+
+        record = StepRecord(step, actor, f"map ({att.label}, {direction})")
+        await self._issue(actor, record, body)
+
+    async def unmap(self, step: int, actor: str, att: Att) -> None:
+        async def body() -> None:
+            done = self._unmapping.setdefault((att.buf.name, att.label), asyncio.Event())
+            try:
+                await self.agent.unmap(att.id, background=self.concurrent)
+                async with self._lock:
+                    await self._after(step, record)
+                    self.ledger.unmap(step, att.buf.name, att.label, self.host_bytes(att.buf))
+                    record.owners[att.buf.name] = self.ledger.owners(att.buf.name)
+            finally:
+                done.set()
+                self._unmapping.pop((att.buf.name, att.label), None)
+
+        record = StepRecord(step, actor, f"unmap ({att.label})")
+        await self._issue(actor, record, body)
+
+    async def dma(
+        self,
+        step: int,
+        actor: str,
+        device: str,
+        descs: Sequence[Desc],
+        *,
+        action: str = "dma",
+        expect_status: str = "OK",
+        writes: Any = None,  # buffer -> offset -> bytes, or a function returning that
+    ) -> None:
+        """Run descriptors on `device`; `writes` is what they put in each buffer (for the
+        ledger's model of a coherent machine)."""
+        descs = [dataclasses.replace(d, cookie=step_cookie(step, i)) for i, d in enumerate(descs)]
+
+        async def body() -> None:
+            results = await self.agent.run(
+                self.devices[device], list(descs), background=self.concurrent
+            )
+            async with self._lock:
+                await self._after(step, record)
+                for i, r in enumerate(results):
+                    if r.status != expect_status:
+                        self.find(
+                            step, "STATUS",
+                            f"descriptor {i} ({descs[i].op}) ended {r.status} after {r.done} "
+                            f"bytes, "
+                            f"expected {expect_status}",
+                        )  # fmt: skip
+                effect = writes() if callable(writes) else writes
+                await self._ledger_dma(step, device, actor, effect or {})
+                for name in self.buffers:
+                    record.owners[name] = self.ledger.owners(name)
+
+        record = StepRecord(step, actor, action)
+        await self._issue(actor, record, body)
+
+    async def action(
+        self,
+        step: int,
+        actor: str,
+        action: str,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        expect_error: str | None = None,
+    ) -> Any:
+        """Any other step (move, revoke, a cache operation); `expect_error` names the errno the
+        step must fail with."""
+        out: list[Any] = []
+
+        async def body() -> None:
+            error = None
+            try:
+                out.append(await fn())
+            except AgentError as exc:
+                error = exc.name
+                record.error = f"{exc.name}: {exc.message}"
+            async with self._lock:
+                await self._after(step, record)
+                if error != expect_error:
+                    self.find(
+                        step, "CHECK",
+                        f"expected {expect_error or 'success'}, got {record.error or 'success'}",
+                    )  # fmt: skip
+
+        record = StepRecord(step, actor, action)
+        await self._issue(actor, record, body)
+        return out[0] if out else None
+
+    # -----------------------------------------------------------------------------------------
+    # Issuing, and what the host reads after every step
+
+    async def _issue(
+        self, actor: str, record: StepRecord, body: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.records.append(record)
+        if not self.concurrent:
+            await body()
+            return
+        chain = actor.split()[-1]  # "driver A" and "device A" are one thread of control
+        prev = self._chains.get(chain)
+
+        async def run() -> None:
+            if prev is not None:
+                await prev
+            self._pending[record.step] = time.monotonic()
+            try:
+                await body()
+            finally:
+                self._pending.pop(record.step, None)
+
+        self._chains[chain] = asyncio.ensure_future(run())
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until every issued step has completed or has been blocked for a while."""
+        await asyncio.sleep(0)
+        while True:
+            now = time.monotonic()
+            fresh = [t for t in self._pending.values() if now - t < BLOCKED_AFTER_S]
+            if not fresh:
+                await asyncio.sleep(0.02)  # a chain may be starting its next step
+                now = time.monotonic()
+                if not [t for t in self._pending.values() if now - t < BLOCKED_AFTER_S]:
+                    return
+            await asyncio.sleep(0.01)
+
+    async def finish(self, timeout: float = 20.0) -> None:
+        """Wait for every step (concurrent mode)."""
+        if self._chains:
+            await asyncio.wait_for(asyncio.gather(*self._chains.values()), timeout)
+            self._chains.clear()
+
+    async def _after(self, step: int, record: StepRecord) -> None:
+        self._order += 1
+        record.order = self._order
+        for qid in self.devices:
+            dev = self.vm.device(qid)
+            now = await dev.counters()
+            before = self._counters[qid]
+            delta = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+            if delta:
+                record.counters[qid] = delta
+            self._counters[qid] = now
+            if now.get("violations_logged", 0) > self._seen_violations[qid]:
+                violations = await dev.violations()
+                self._violations(step, qid, violations[self._seen_violations[qid] :])
+                self._seen_violations[qid] = len(violations)
+
+    def _violations(self, step: int, qid: str, violations: Sequence[Any]) -> None:
+        """One finding per (step, kind, cookie): how many lines and bytes, the first one."""
+        groups: dict[tuple[int, str, str], list[Any]] = {}
+        for v in violations:
+            _, cookie_step, text = describe_cookie(v.cookie)
+            at = cookie_step if cookie_step is not None else step
+            groups.setdefault((at, v.kind, text), []).append(v)
+        for (at, kind, text), vs in groups.items():
+            v = vs[0]
+            lines = f"{len(vs)} line{'s' if len(vs) > 1 else ''}, " if len(vs) > 1 else ""
+            self.find(
+                at,
+                kind,
+                f"{kind} on {qid}: {lines}{sum(x.differing for x in vs)} bytes, first at iova "
+                f"{v.iova:#x} ({self._where(v.pa)}), under {text}; expected "
+                f"{v.expected[:8].hex()} actual {v.actual[:8].hex()}",
+            )
+
+    def _where(self, pa: int) -> str:
+        for buf in self.buffers.values():
+            for i, page in enumerate(buf.pages):
+                if page <= pa < page + PAGE:
+                    return f"{buf.name} offset {i * PAGE + pa - page:#x}"
+        return f"pa {pa:#x}"
+
+    def offsets(self, buf: Buf, pa: int, length: int) -> list[tuple[int, int]]:
+        """Offsets in `buf` of the physical range [pa, pa + length)."""
+        out = []
+        pos = pa
+        while pos < pa + length:
+            page = pos & ~(PAGE - 1)
+            n = min(page + PAGE - pos, pa + length - pos)
+            if page in buf.pages:
+                out.append((buf.pages.index(page) * PAGE + pos - page, n))
+            pos += n
+        return out
+
+    async def transactions(self, device: str, step: int) -> list[Any]:
+        return [
+            t for t in await self.vm.device(device).transactions() if t.cookie >> 56 == COOKIE_TAG
+            and (t.cookie >> 16 & 0xFFFF) == step
+        ]  # fmt: skip
+
+    async def _ledger_dma(
+        self, step: int, device: str, actor: str, writes: dict[str, dict[int, bytes]]
+    ) -> None:
+        txs = await self.transactions(device, step)
+        label = actor.replace("driver", "device")
+        for name, buf in self.buffers.items():
+            reads = []
+            for t in txs:
+                for s in t.segments:
+                    if not s.write:
+                        reads += self.offsets(buf, s.pa, s.len)
+            flag = self.ledger.dma(step, name, label, reads=reads, writes=writes.get(name, {}))
+            if flag:
+                self._flag(flag)
+
+    # -----------------------------------------------------------------------------------------
+
+    def counters_total(self) -> dict[str, dict[str, int]]:
+        total: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            for qid, delta in r.counters.items():
+                for k in KEY_COUNTERS:
+                    if delta.get(k):
+                        total.setdefault(qid, {}).setdefault(k, 0)
+                        total[qid][k] += delta[k]
+        return total

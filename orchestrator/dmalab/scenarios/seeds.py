@@ -1,0 +1,383 @@
+"""The seed scenarios (ARCHITECTURE.md §5): 000 Arnd's table, 003 sg_table caching, 004 mapping
+reuse in one IOMMU domain, 001 pinning vs. move, 002 revoke. Each has a correct variant and
+faulty ones; docs/scenarios.md describes what each step does and where each variant is caught.
+"""
+
+from __future__ import annotations
+
+from dmalab.machine.agent import Desc
+from dmalab.scenarios.api import PAGE, Run, Scenario, Variant
+from dmalab.spec import agent as spec
+
+BUF = "buf"
+
+
+def _fill(pattern: int, n: int) -> bytes:
+    return (pattern.to_bytes(8, "little") * (n // 8 + 1))[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# 000: Arnd's 12-step table (two drivers, one buffer, map/unmap as the only ownership API)
+
+
+async def seed_000(run: Run) -> None:
+    p = run.params
+    literal = p.get("cpu_steps", True)  # steps 4 and 11
+    writes = p.get("both_write", False)
+    run.concurrent = p.get("exclusive", False)
+    flags = ["EXCLUSIVE"] if run.concurrent else []
+    buf = await run.buffer(BUF, 4 * PAGE, exporter="dma0", flags=flags)
+    a = await run.attach(buf, "dma0", "device A")
+    b = await run.attach(buf, "dma1", "device B")
+    model = run.ledger.model
+
+    def copy_effect(dst: int):  # what a coherent machine would hold after COPY page 0 -> dst
+        return lambda: {BUF: {dst: model(BUF)[0:PAGE]}}
+
+    await run.cpu(1, "driver A", buf, read=(0, PAGE), write=(0, PAGE, 1))
+    await run.cpu(2, "driver B", buf, read=(0, PAGE), write=(3 * PAGE, PAGE, 2))
+    await run.map(3, "driver A", a)
+    if literal:
+        await run.cpu(4, "driver B", buf, read=(0, PAGE), write=(0, PAGE, 4))
+    await run.dma(5, "device A", "dma0", [Desc.copy(a.id, a.id, PAGE, dst_off=PAGE)],
+                  action="dma (copy page 0 to page 1)", writes=copy_effect(PAGE))  # fmt: skip
+    await run.map(6, "driver B", b)
+    if writes:
+        await run.dma(
+            7,
+            "device A",
+            "dma0",
+            [Desc.fill(a.id, PAGE, 0xA7A7, dst_off=3 * PAGE)],
+            action="dma (write page 3)",
+            writes={BUF: {3 * PAGE: _fill(0xA7A7, PAGE)}},
+        )
+        await run.dma(
+            8,
+            "device B",
+            "dma1",
+            [Desc.fill(b.id, PAGE, 0xB8B8, dst_off=3 * PAGE)],
+            action="dma (write page 3)",
+            writes={BUF: {3 * PAGE: _fill(0xB8B8, PAGE)}},
+        )
+    else:
+        await run.dma(
+            7,
+            "device A",
+            "dma0",
+            [Desc.copy(a.id, a.id, PAGE, dst_off=PAGE)],
+            action="dma (read page 0)",
+            writes=copy_effect(PAGE),
+        )
+        await run.dma(8, "device B", "dma1", [Desc.copy(b.id, b.id, PAGE, dst_off=2 * PAGE)],
+                      action="dma (read page 0)", writes=copy_effect(2 * PAGE))  # fmt: skip
+    await run.unmap(9, "driver A", a)
+    await run.dma(10, "device B", "dma1", [Desc.copy(b.id, b.id, PAGE, dst_off=2 * PAGE)],
+                  action="dma (copy page 0 to page 2)", writes=copy_effect(2 * PAGE))  # fmt: skip
+    if literal:
+        await run.cpu(11, "driver A", buf, read=(2 * PAGE, PAGE), write=(2 * PAGE, PAGE, 11))
+    await run.unmap(12, "driver B", b)
+    await run.finish()
+    last = max(r.step for r in run.records)
+    await run.check_bytes(
+        last, buf, 0, model(BUF), "the buffer after the table vs. a coherent machine"
+    )
+
+
+SEED_000 = Scenario(
+    "000-arnd-table", "000", "Arnd's 12-step two-driver ownership table", seed_000,
+    (
+        Variant("table", "detected", (4, 11),
+                "the table literally: B's CPU access at step 4 (A owns), A's at step 11 (B owns)"),
+        Variant("shared-read", "pass", (),
+                "steps 4 and 11 left out; both devices only read page 0 at steps 7-8",
+                {"cpu_steps": False}),
+        Variant("both-write", "detected", (8,),
+                "steps 4 and 11 left out; both devices write page 3 at steps 7-8",
+                {"cpu_steps": False, "both_write": True}),
+        Variant("exclusive", "pass", (),
+                "the literal table on an EXCLUSIVE buffer: maps and CPU access wait for the owner",
+                {"exclusive": True}),
+    ),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# 003: N map/unmap cycles on one attachment, with and without sg_table caching
+
+CYCLES = 4
+
+
+async def seed_003(run: Run) -> None:
+    p = run.params
+    buf = await run.buffer(BUF, 2 * PAGE, exporter="dma2", flags=p.get("flags", []))
+    a = await run.attach(buf, "dma2", "device A", faults=p.get("faults", []))
+    map_steps = []
+    for c in range(CYCLES):
+        s = 1 + 4 * c
+        await run.cpu(s, "driver A", buf, write=(0, PAGE, 100 + c))
+        await run.map(s + 1, "driver A", a)
+        map_steps.append(s + 1)
+        await run.dma(s + 2, "device A", "dma2", [Desc.copy(a.id, a.id, PAGE, dst_off=PAGE)],
+                      action="dma (copy page 0 to page 1)",
+                      writes={BUF: {PAGE: spec.pattern(100 + c, PAGE)}})  # fmt: skip
+        await run.unmap(s + 3, "driver A", a)
+        await run.check_bytes(s + 3, buf, PAGE, spec.pattern(100 + c, PAGE), f"cycle {c + 1} copy")
+    events = [
+        next(r for r in run.records if r.step == s)
+        .counters.get("dma2", {})
+        .get("iommu_map_events", 0)
+        for s in map_steps
+    ]
+    run.note = f"IOMMU MAP events per map step: {events}"
+    last = 4 * CYCLES
+    if p.get("cached"):
+        run.check(last, events[0] > 0 and events[1:] == [0] * (CYCLES - 1),
+                  f"CACHE_SGT: expected MAP events only at the first map, "
+                  f"got {events}")  # fmt: skip
+    else:
+        run.check(last, events[0] > 0 and events == [events[0]] * CYCLES,
+                  f"no caching: expected the same MAP events at every map, "
+                  f"got {events}")  # fmt: skip
+
+
+SEED_003 = Scenario(
+    "003-sgt-cache", "003", "N map/unmap cycles on one attachment", seed_003,
+    (
+        Variant("cached", "pass", (), "exporter CACHE_SGT: one IOMMU mapping for all cycles",
+                {"flags": ["CACHE_SGT"], "cached": True}),
+        Variant("uncached", "pass", (), "no caching: a new IOMMU mapping at every map", {}),
+        Variant("skip-invalidate-at-map", "detected", (7,),
+                "SKIP_MAP_INVALIDATE (+ SKIP_UNMAP_MAINT keeps the old lines): the second cycle "
+                "reads the first cycle's bytes",
+                {"faults": ["SKIP_MAP_INVALIDATE", "SKIP_UNMAP_MAINT"]}),
+        Variant("skip-clean-at-unmap", "detected", (4,),
+                "SKIP_UNMAP_CLEAN: the unmap drops the device's writes",
+                {"faults": ["SKIP_UNMAP_CLEAN"]}),
+    ),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# 004: two devices in one IOMMU domain vs. separate domains
+
+
+def _pair(run: Run) -> tuple[str, str] | None:
+    if run.params.get("shared"):
+        return run.shared
+    return ("dma0", "dma2")
+
+
+def unavailable_004(run: Run) -> str | None:
+    if run.params.get("shared") and run.shared is None:
+        return f"{run.topology} has no two devices in one IOMMU domain (nothing to reuse)"
+    return None
+
+
+async def seed_004(run: Run) -> None:
+    p = run.params
+    pair = _pair(run)
+    assert pair is not None
+    qa, qb = pair
+    buf = await run.buffer(BUF, 4 * PAGE, exporter=qa, flags=["SHARE_DOMAIN"])
+    a = await run.attach(buf, qa, "device A")
+    b = await run.attach(buf, qb, "device B", faults=p.get("faults", []))
+    await run.cpu(1, "driver A", buf, write=(0, PAGE, 4))
+    await run.map(2, "driver A", a)
+    await run.map(3, "driver B", b)
+    events = (
+        next(r for r in run.records if r.step == 3).counters.get(qb, {}).get("iommu_map_events", 0)
+    )
+    same = (await run.agent.att_info(a.id)).segs == (await run.agent.att_info(b.id)).segs
+    run.note = f"{qa}+{qb}: MAP events at B's map {events}" + (
+        f", same IOVAs {same}" if p.get("shared") else ""
+    )
+    if p.get("shared"):
+        run.check(
+            3,
+            events == 0 and same,
+            f"shared domain: expected the mapping reused "
+            f"(0 MAP events, same IOVAs), got {events} events, same IOVAs {same}",
+        )
+    else:
+        run.check(
+            3, events > 0, f"separate domains: expected a new mapping, got {events} MAP events"
+        )
+    await run.dma(
+        4,
+        "device A",
+        qa,
+        [Desc.copy(a.id, a.id, PAGE, dst_off=PAGE)],
+        action="dma (copy page 0 to page 1)",
+        writes={BUF: {PAGE: spec.pattern(4, PAGE)}},
+    )
+    await run.unmap(5, "driver A", a)
+    await run.dma(
+        6,
+        "device B",
+        qb,
+        [Desc.copy(b.id, b.id, PAGE, src_off=PAGE, dst_off=2 * PAGE)],
+        action="dma (copy page 1 to page 2)",
+        writes={BUF: {2 * PAGE: spec.pattern(4, PAGE)}},
+    )
+    await run.unmap(7, "driver B", b)
+    await run.check_bytes(7, buf, 0, run.ledger.model(BUF), "the buffer vs. a coherent machine")
+
+
+SEED_004 = Scenario(
+    "004-domain-reuse", "004", "two devices behind one IOMMU domain vs. separate ones", seed_004,
+    (
+        Variant("shared-domain", "pass", (), "SHARE_DOMAIN, the two devices of one domain",
+                {"shared": True}),
+        Variant("separate-domains", "pass", (), "SHARE_DOMAIN, devices in two domains", {}),
+        Variant("skip-clean-at-unmap", "detected", (7,),
+                "device B's unmap skips the clean: its copy is lost",
+                {"faults": ["SKIP_UNMAP_CLEAN"]}),
+    ),
+    unavailable=unavailable_004,
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# 001: pinned vs. dynamic importer while the exporter moves the buffer
+
+
+async def seed_001(run: Run) -> None:
+    p = run.params
+    buf = await run.buffer(BUF, 2 * PAGE, exporter="dma0", flags=["DYNAMIC"])
+    if p.get("pinned"):
+        b = await run.attach(buf, "dma1", "device B")  # static: mapped and pinned at attach
+        old = list(buf.pages)
+        await run.action(
+            1,
+            "exporter",
+            "move the buffer",
+            lambda: run.agent.buf_move(buf.id),
+            expect_error="EBUSY",
+        )
+        run.check(1, await run.refresh_pages(buf) == old, "a refused move changed the pages")
+        await run.map(2, "driver B", b)
+        await run.dma(
+            3,
+            "device B",
+            "dma1",
+            [Desc.fill(b.id, 2 * PAGE, 0x1111111111111111)],
+            action="dma (fill)",
+            writes={BUF: {0: _fill(0x1111111111111111, 2 * PAGE)}},
+        )
+        await run.unmap(4, "driver B", b)
+        await run.check_bytes(4, buf, 0, run.ledger.model(BUF), "the fill")
+        return
+    b = await run.attach(buf, "dma1", "device B", flags=["DYNAMIC"], faults=p.get("faults", []))
+    await run.map(1, "driver B", b)
+    await run.dma(
+        2,
+        "device B",
+        "dma1",
+        [Desc.fill(b.id, PAGE, 0x2222222222222222)],
+        action="dma (fill page 0)",
+        writes={BUF: {0: _fill(0x2222222222222222, PAGE)}},
+    )
+    old = list(buf.pages)
+    await run.action(3, "exporter", "move the buffer", lambda: run.agent.buf_move(buf.id))
+    new = await run.refresh_pages(buf)
+    run.check(3, not set(old) & set(new), f"the pages did not move: {old} -> {new}")
+    await run.dma(4, "device B", "dma1", [Desc.fill(b.id, PAGE, 0x3333333333333333, dst_off=PAGE)],
+                  action="dma (fill page 1, after move_notify)",
+                  writes={BUF: {PAGE: _fill(0x3333333333333333, PAGE)}})  # fmt: skip
+    txs = await run.transactions("dma1", 4)
+    pas = {s.pa & ~(PAGE - 1) for t in txs for s in t.segments if s.write}
+    run.check(4, pas <= set(new) and bool(pas),
+              f"device B's writes went to {len(pas - set(new))} page(s) outside the buffer's "
+              f"new pages ({len(pas & set(new))} inside)")  # fmt: skip
+    run.note = (
+        f"the move changed {len(set(old) - set(new))} of {len(old)} pages; device B's DMA after it "
+        f"wrote {len(pas & set(new))} new page(s), {len(pas - set(new))} other(s)"
+    )
+    run.machine.update(old_pages=[hex(x) for x in old], new_pages=[hex(x) for x in new],
+                       written_after_move=sorted(map(hex, pas)))  # fmt: skip
+    await run.unmap(5, "driver B", b)
+    await run.check_bytes(5, buf, 0, run.ledger.model(BUF), "the new pages")
+    late = _fill(0x3333333333333333, PAGE)
+    run.check(5, all(bytes(run.vm.ram.view(pa, PAGE)) != late for pa in old),
+              "bytes of the DMA after the move landed in the old pages")  # fmt: skip
+
+
+SEED_001 = Scenario(
+    "001-move", "001", "pinned vs. dynamic importer while the exporter moves the buffer", seed_001,
+    (
+        Variant("dynamic", "pass", (), "a dynamic importer re-maps after move_notify", {}),
+        Variant("pinned", "pass", (), "a static importer pins the buffer: the move is refused",
+                {"pinned": True}),
+        Variant("stale-addresses", "detected", (4,),
+                "USE_STALE: the importer keeps its pre-move addresses", {"faults": ["USE_STALE"]}),
+    ),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# 002: revoke
+
+
+async def seed_002(run: Run) -> None:
+    p = run.params
+    buf = await run.buffer(BUF, 2 * PAGE, exporter="dma0", faults=p.get("buf_faults", []))
+    b = await run.attach(buf, "dma1", "device B", faults=["USE_STALE", *p.get("faults", [])])
+    await run.cpu(1, "driver A", buf, write=(0, PAGE, 2))
+    await run.map(2, "driver B", b)
+    await run.dma(
+        3,
+        "device B",
+        "dma1",
+        [Desc.copy(b.id, b.id, PAGE, dst_off=PAGE)],
+        action="dma (copy page 0 to page 1)",
+        writes={BUF: {PAGE: spec.pattern(2, PAGE)}},
+    )
+    await run.action(4, "exporter", "revoke", lambda: run.agent.buf_revoke(buf.id))
+    await run.check_bytes(
+        4, buf, 0, run.ledger.model(BUF), "the buffer at revoke (device B's copy cleaned)"
+    )
+    before = run.host_bytes(buf)
+    await run.dma(
+        5,
+        "device B",
+        "dma1",
+        [Desc.fill(b.id, 2 * PAGE, 0xDEADDEADDEADDEAD)],
+        action="dma after revoke (stale addresses)",
+        expect_status="IOMMU_FAULT",
+    )
+    faults = (
+        next(r for r in run.records if r.step == 5)
+        .counters.get("dma1", {})
+        .get("translation_faults", 0)
+    )
+    run.check(5, faults > 0, "the DMA after revoke did not fault in the IOMMU")
+    run.check(5, run.host_bytes(buf) == before, "bytes landed in the buffer after revoke")
+    await run.action(
+        6,
+        "device B",
+        "clean the whole cache",
+        lambda: run.agent.cache_op(run.devices["dma1"], "CLEAN", whole=True),
+    )
+    await run.check_bytes(6, buf, 0, before, "the buffer after device B's cache is cleaned")
+    fresh = await run.attach(buf, "dma1", "device B")
+    await run.action(
+        7,
+        "driver B",
+        "map after revoke (new attachment)",
+        lambda: run.agent.map(fresh.id),
+        expect_error="ENODEV",
+    )
+
+
+SEED_002 = Scenario(
+    "002-revoke", "002", "revoke: DMA after revoke faults, no byte lands", seed_002,
+    (
+        Variant("revoke", "pass", (), "revoke cleans and unmaps; stale DMA faults", {}),
+        Variant("revoke-without-clean", "detected", (4, 6),
+                "SKIP_TEARDOWN_CLEAN: device B's dirty lines outlive the mapping",
+                {"buf_faults": ["SKIP_TEARDOWN_CLEAN"], "faults": ["SKIP_UNMAP_MAINT"]}),
+    ),
+)  # fmt: skip
+
+
+SEEDS: tuple[Scenario, ...] = (SEED_000, SEED_003, SEED_004, SEED_001, SEED_002)

@@ -1,0 +1,32 @@
+"""Which QEMU processes this test process started (directly or through a child)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def qemu_pids() -> set[int]:
+    """QEMU processes that are children of this test process (or of its children)."""
+    mine = {os.getpid()}
+    found = set()
+    changed = True
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            procs[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), comm)
+    while changed:
+        changed = False
+        for pid, (ppid, _) in procs.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                changed = True
+    for pid in mine:
+        if pid in procs and procs[pid][1].startswith("qemu-system"):
+            found.add(pid)
+    return found
