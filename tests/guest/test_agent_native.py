@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,10 +19,6 @@ from dmalab.artifacts.cache import repo_root
 from dmalab.artifacts.guest_code import GuestCode, build_agent
 from dmalab.machine.agent import AgentClient, AgentError
 from dmalab.spec import agent as spec
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("gcc") is None or shutil.which("make") is None, reason="needs gcc and make"
-)
 
 
 @pytest.fixture(scope="module")

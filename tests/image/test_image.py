@@ -56,7 +56,7 @@ def _qemu_binary() -> Path | None:
 def qemu() -> Path:
     binary = _qemu_binary()
     if binary is None or not binary.is_file():
-        pytest.skip("no QEMU: set DMALAB_QEMU to a qemu-system-x86_64")
+        pytest.fail("no QEMU: set DMALAB_QEMU to a qemu-system-x86_64")
     return binary
 
 
@@ -86,7 +86,7 @@ def _checkout(root: Path) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def stub_built(tmp_path_factory: pytest.TempPathFactory) -> image.ImageBuild:
     if shutil.which("gcc") is None or shutil.which("make") is None:
-        pytest.skip("gcc and make are needed to build the stand-in driver and agent")
+        pytest.fail("gcc and make are needed to build the stand-in driver and agent")
     root = _fake_checkout(tmp_path_factory.mktemp("checkout"), stubs=True)
     with _checkout(root):
         return image.ensure_image(progress=_quiet)

@@ -18,7 +18,7 @@ from dmalab.machine.vm import Vm, q35_argv
 def image() -> ImageBuild:
     build = ensure_image(lambda _m: None)
     if not build.parts.get("agent"):
-        pytest.skip("the guest image has no agent")
+        pytest.fail("the guest image has no agent")
     return build
 
 
