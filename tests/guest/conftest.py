@@ -9,16 +9,8 @@ import pytest
 import pytest_asyncio
 from guest_machine import TOPOLOGIES, Guest, boot
 
-from dmalab.artifacts.image import ImageBuild, ensure_image
+from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
-
-
-@pytest.fixture(scope="session")
-def guest_image() -> ImageBuild:
-    build = ensure_image(lambda _message: None)
-    if not (build.parts.get("driver") and build.parts.get("agent")):
-        pytest.fail(f"the image has no driver or agent: {build.parts}")
-    return build
 
 
 @pytest.fixture(scope="module", params=list(TOPOLOGIES))

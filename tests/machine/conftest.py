@@ -9,31 +9,9 @@ from typing import Any
 
 import pytest
 
-from dmalab.artifacts.image import ImageBuild, ensure_image
+from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
 from dmalab.machine.vm import Vm, q35_argv
-
-
-@pytest.fixture(scope="session")
-def image() -> ImageBuild:
-    build = ensure_image(lambda _m: None)
-    if not build.parts.get("agent"):
-        pytest.fail("the guest image has no agent")
-    return build
-
-
-@pytest.fixture
-def run_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private $XDG_RUNTIME_DIR, so a test sees every run directory left behind."""
-    base = tmp_path / "runtime"
-    base.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
-    return base
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    return tmp_path / "artifacts"
 
 
 @pytest.fixture

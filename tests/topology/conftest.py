@@ -9,16 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from dmalab.artifacts.image import ImageBuild, ensure_image
-
-
-@pytest.fixture(scope="session")
-def image() -> ImageBuild:
-    build = ensure_image(lambda _m: None)
-    if not build.parts.get("agent"):
-        pytest.fail("the guest image has no agent")
-    return build
-
 
 @pytest.fixture
 def run_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
