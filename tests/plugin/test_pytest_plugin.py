@@ -1,0 +1,128 @@
+"""The pytest plugin, run as a user runs it: a real topology booted per test process, restored
+before each test, and a failing test's report carrying the machine's artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dmalab.artifacts.cache import cache_root
+
+pytest_plugins = ["pytester"]
+
+TESTS = """
+import os
+import pytest
+
+@pytest.mark.topology("default")
+def test_dirty(dmalab_machine):
+    vm = dmalab_machine.vm
+    buf = dmalab_machine.run(vm.agent.buf_create("NCDMA", 4096))
+    dmalab_machine.run(vm.device("dma0").reset_stats())
+    with open(os.environ["PIDS"], "a") as f:
+        f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {vm.process.pid} {buf.id}\\n")
+
+@pytest.mark.topology("default")
+def test_clean(dmalab_machine):
+    vm = dmalab_machine.vm
+    # restored to just after boot: the agent has no buffers, the counters are the boot's
+    buf = dmalab_machine.run(vm.agent.buf_create("NCDMA", 4096))
+    counters = dmalab_machine.run(vm.device("dma0").counters())
+    assert buf.id == 1 and counters["iommu_map_events"] > 0
+    with open(os.environ["PIDS"], "a") as f:
+        f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {vm.process.pid} {buf.id}\\n")
+
+@pytest.mark.asyncio
+@pytest.mark.topology("default")
+async def test_async(dmalab_machine):
+    hello = await dmalab_machine.arun(dmalab_machine.vm.agent.hello())
+    assert hello.devices == 3
+
+@pytest.mark.topology("default")
+def test_fails(dmalab_machine):
+    counters = dmalab_machine.run(dmalab_machine.vm.device("dma1").counters())
+    assert counters["desc_completed"] == 12345, "deliberately failing"
+"""
+
+
+@pytest.fixture(scope="session")
+def real_cache(qemu_build: object, guest_image: object) -> Path:
+    """The build cache the session's QEMU and image live in, found before pytester moves HOME."""
+    return cache_root()
+
+
+@pytest.fixture
+def env(
+    real_cache: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Path]:
+    """The test file, the real build cache (pytester changes HOME), and a private runtime dir."""
+    pytester.makepyfile(test_machine=TESTS)
+    monkeypatch.setenv("DMALAB_CACHE", str(real_cache))
+    runtime = Path(tempfile.mkdtemp(prefix="dmalab-t-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("TMPDIR", str(runtime))
+    monkeypatch.setenv("PIDS", str(tmp_path / "pids"))
+    yield runtime
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _pids(tmp_path: Path) -> list[tuple[str, int, int]]:
+    rows = (tmp_path / "pids").read_text().split("\n")
+    return [(w, int(p), int(b)) for w, p, b in (r.split() for r in rows if r)]
+
+
+def test_plugin_serial(pytester: pytest.Pytester, env: Path, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--dmalab-accel", "tcg", f"--dmalab-artifacts={artifacts}",
+        f"--junitxml={tmp_path / 'junit.xml'}", "-k", "not async",
+        timeout=600,
+    )  # fmt: skip
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    assert "deliberately failing" in out
+    assert "dmalab default: console tail" in out and "DMALAB-READY" in out
+    assert "dmalab default: ncdma counters and violations" in out
+    assert len({pid for _, pid, _ in _pids(tmp_path)}) == 1  # one boot for the session
+    assert [b for *_, b in _pids(tmp_path)] == [1, 1]  # the second test started clean
+    (kept,) = (p for p in artifacts.iterdir() if "test_fails" in p.name)
+    assert {"console.log", "qemu.log", "qmp-events.jsonl", "ncdma-dma1.json"} <= {
+        p.name for p in kept.iterdir()
+    }
+    dump = json.loads((kept / "ncdma-dma1.json").read_text())
+    assert dump["counters"]["iommu_map_events"] > 0 and "violations" in dump
+    props = ET.parse(tmp_path / "junit.xml").findall(".//testcase[@name='test_fails']//property")
+    assert [(p.get("name"), p.get("value")) for p in props] == [("dmalab_artifacts", str(kept))]
+    assert list(env.iterdir()) == []  # no run directory, socket or temp dir left
+
+
+def test_plugin_xdist(pytester: pytest.Pytester, env: Path, tmp_path: Path) -> None:
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "--dist", "each", "--dmalab-accel", "tcg",
+        "-k", "not fails", timeout=600,
+    )  # fmt: skip
+    result.assert_outcomes(passed=6)  # each worker runs every test
+    rows = _pids(tmp_path)
+    workers = {w for w, _, _ in rows}
+    pids = {p for _, p, _ in rows}
+    assert workers == {"gw0", "gw1"} and len(pids) == 2  # one machine per worker, none shared
+    assert all(b == 1 for *_, b in rows)
+    assert list(env.iterdir()) == []  # the default artifacts dir went away: nothing failed
+
+
+def test_plugin_default_artifacts_kept_on_failure(pytester: pytest.Pytester, env: Path) -> None:
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--dmalab-accel", "tcg", "-k", "fails", timeout=600
+    )
+    result.assert_outcomes(failed=1)
+    (kept,) = env.iterdir()
+    assert kept.name.startswith("dmalab-pytest-")
+    assert f"dmalab: artifacts of failed tests in {kept}" in result.stdout.str()
+    (test_dir,) = (p for p in kept.iterdir() if p.name != "machines")
+    assert (test_dir / "ncdma-dma0.json").exists()
