@@ -10,7 +10,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from dmalab.scenarios.seeds import SEEDS
+from dmalab.scenarios.suite import SUITE
 
 SUITE_BUDGET_S = 60.0
 
@@ -30,7 +30,7 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verdict: PASS" in proc.stdout
     data = json.loads((tmp_path / "a" / "results.json").read_text())["results"]
-    variants = sum(len(s.variants) for s in SEEDS)
+    variants = sum(len(s.variants) for s in SUITE)
     assert len(data) == 2 * variants
     assert {r["topology"] for r in data} == {"default", "virtio-iommu"}
     unavailable = [r for r in data if r["outcome"] == "unavailable"]

@@ -45,12 +45,12 @@ def command(
         return
     from dmalab.scenarios.report import render_table, write_json, write_junit
     from dmalab.scenarios.runner import SHIPPED, run_suite
-    from dmalab.scenarios.seeds import SEEDS
+    from dmalab.scenarios.suite import SUITE
 
     progress = Progress()
     ensure_qemu(progress)
     ensure_image(lambda message: click.echo(message, err=True))
-    scenarios = [s for s in SEEDS if not only or s.seed in only or s.name in only]
+    scenarios = [s for s in SUITE if not only or s.seed in only or s.name in only]
     if not scenarios:
         raise click.BadParameter(f"no scenario matches {', '.join(only)}", param_hint="--scenario")
 

@@ -23,7 +23,7 @@ from dmalab.machine.devices import _walk_pci
 from dmalab.machine.launch import boot
 from dmalab.machine.snapshot import Snapshots
 from dmalab.scenarios.api import Result, Run, Scenario, Variant, verdict
-from dmalab.scenarios.seeds import SEEDS
+from dmalab.scenarios.suite import SUITE
 
 SHIPPED = ("default", "virtio-iommu")
 VARIANT_TIMEOUT_S = 60.0
@@ -146,7 +146,7 @@ async def machine(
 
 async def run_topology(
     topology: str,
-    scenarios: Sequence[Scenario] = SEEDS,
+    scenarios: Sequence[Scenario] = SUITE,
     *,
     accel: str | None = None,
     artifacts_dir: Path | None = None,
@@ -163,7 +163,7 @@ async def run_topology(
 
 async def run_suite(
     topologies: Sequence[str] = SHIPPED,
-    scenarios: Sequence[Scenario] = SEEDS,
+    scenarios: Sequence[Scenario] = SUITE,
     **kwargs: Any,
 ) -> list[Result]:
     results = []
