@@ -88,3 +88,16 @@ async def test_sigkill_mid_test_leaves_nothing(
     assert list(run_base.iterdir()) == []  # no run dir, socket or temp file in the runtime dir
     (run_dir,) = kept.iterdir()  # the failed run's artifacts, where we asked for them
     assert (run_dir / "console.log").read_bytes().count(b"DMALAB-READY") == 1
+
+
+async def test_console_shell_beside_the_agent(
+    qemu_build: QemuBuild, image: ImageBuild, run_base: Path
+) -> None:
+    async with launch.boot("default", qemu=qemu_build, image=image, accel="tcg") as vm:
+        assert vm.console is not None
+        start = len(vm.console.data)
+        # the arithmetic happens in the guest shell, so an echo of the input cannot match
+        await vm.console_write(b"echo shell-$((6 * 7)) $(cat /proc/1/comm)\n")
+        await vm.console.wait_for(b"shell-42 init", timeout=30, start=start)
+        assert (await vm.agent.echo(b"still here")) == b"still here"
+    assert qemu_pids() == set()

@@ -253,7 +253,7 @@ class Vm:
         return self.devices[id or self.ncdma_ids[0]]
 
     async def console_write(self, data: bytes) -> None:
-        """Type `data` on the serial console (the init runs a shell there once the agent exits)."""
+        """Type `data` on the serial console (the init keeps a shell there beside the agent)."""
         if self._console_sock is None:
             raise CheckFailed(f"{self.name}: the console is closed")
         await asyncio.get_running_loop().sock_sendall(self._console_sock, data)
