@@ -3,6 +3,7 @@ line naming the file, the field and the problem, with exit status 2 and no trace
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,12 +33,12 @@ def test_default_topology_argv() -> None:
         "pcie-root-port,id=rp-shared,bus=pcie.0,chassis=1",
         "pcie-pci-bridge,id=shared,bus=rp-shared",
         "ncdma,id=dma0,bus=shared,coherent=off,line-size=64,cache-size=262144,cache-ways=8,"
-        "iotlb-entries=64",
+        "iotlb-entries=64,max-xfer=67108864,vlog-size=256,xlog-size=64,xlog-segs=1024",
         "ncdma,id=dma1,bus=shared,coherent=off,line-size=64,cache-size=262144,cache-ways=8,"
-        "iotlb-entries=64",
+        "iotlb-entries=64,max-xfer=67108864,vlog-size=256,xlog-size=64,xlog-segs=1024",
         "pcie-root-port,id=rp-dma2,bus=pcie.0,chassis=2",
         "ncdma,id=dma2,bus=rp-dma2,coherent=off,line-size=64,cache-size=262144,cache-ways=8,"
-        "iotlb-entries=64",
+        "iotlb-entries=64,max-xfer=67108864,vlog-size=256,xlog-size=64,xlog-segs=1024",
         "virtio-serial-pci,id=vser,bus=pcie.0",
         "virtserialport,bus=vser.0,chardev=agent,name=dmalab.agent",
     ]
@@ -93,11 +94,45 @@ def test_placements_and_bypass(tmp_path: Path) -> None:
         "intel-iommu,caching-mode=off,intremap=off,aw-bits=48",
         "pxb-pcie,id=pxb-bypass,bus=pcie.0,bus_nr=128,bypass_iommu=on",
         "ncdma,id=a,bus=pcie.0,coherent=off,line-size=64,cache-size=262144,cache-ways=8,"
-        "iotlb-entries=0",
+        "iotlb-entries=0,max-xfer=67108864,vlog-size=256,xlog-size=64,xlog-segs=1024",
         "pcie-root-port,id=rp-b,bus=pxb-bypass,chassis=1",
         "ncdma,id=b,bus=rp-b,coherent=on,line-size=64,cache-size=262144,cache-ways=8,"
-        "iotlb-entries=64",
+        "iotlb-entries=64,max-xfer=67108864,vlog-size=256,xlog-size=64,xlog-segs=1024",
     ]
+
+
+def test_transfer_limit_and_log_sizes(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(
+        '[[device]]\nid = "a"\nmax-xfer = 4100\n'
+        '[[device]]\nid = "b"\nvlog-size = 1\nxlog-size = 4096\nxlog-segs = 65536\n'
+    )
+    a, b = load_topology(path).devices
+    assert (a.max_xfer, b.max_xfer) == (4100, 64 << 20)
+    ncdma = [d for d in devices(qemu_argv(load_topology(path), BOOT, accel="tcg")) if "ncdma" in d]
+    assert ncdma == [
+        "ncdma,id=a,bus=rp-a,coherent=off,line-size=64,cache-size=262144,cache-ways=8,"
+        "iotlb-entries=64,max-xfer=4100,vlog-size=256,xlog-size=64,xlog-segs=1024",
+        "ncdma,id=b,bus=rp-b,coherent=off,line-size=64,cache-size=262144,cache-ways=8,"
+        "iotlb-entries=64,max-xfer=67108864,vlog-size=1,xlog-size=4096,xlog-segs=65536",
+    ]
+
+
+def test_guest_test_topologies_are_the_shipped_ones_with_a_transfer_limit() -> None:
+    """tests/guest boots these: what users run, except that dma1 makes the driver split."""
+    guest = Path(__file__).parents[1] / "guest" / "topologies"
+    for name, shipped in (("intel-iommu", "default"), ("virtio-iommu", "virtio-iommu")):
+        ours, theirs = load_topology(guest / f"{name}.toml"), load_topology(shipped)
+        assert ours.name == name
+        assert (ours.machine, ours.iommu, ours.bridges, ours.kernel) == (
+            theirs.machine,
+            theirs.iommu,
+            theirs.bridges,
+            theirs.kernel,
+        )
+        assert ours.devices == tuple(
+            replace(d, max_xfer=4100) if d.id == "dma1" else d for d in theirs.devices
+        )
 
 
 def test_accel_must_be_resolved() -> None:
@@ -162,6 +197,32 @@ MALFORMED = [
         "device[0].coherent: must be true or false, not a string",
     ),
     ("iotlb negative", '[[device]]\nid = "a"\niotlb-entries = -1', "device[0].iotlb-entries"),
+    (
+        "max-xfer under a page",
+        '[[device]]\nid = "a"\nmax-xfer = 4095',
+        "device[0].max-xfer: must be in [4096, 1073741824], not 4095",
+    ),
+    (
+        "max-xfer over 1 GiB",
+        '[[device]]\nid = "a"\nmax-xfer = 1073741825',
+        "device[0].max-xfer: must be in [4096, 1073741824]",
+    ),
+    (
+        "max-xfer with a unit",
+        '[[device]]\nid = "a"\nmax-xfer = "4K"',
+        "device[0].max-xfer: must be an integer, not a string",
+    ),
+    ("vlog-size zero", '[[device]]\nid = "a"\nvlog-size = 0', "device[0].vlog-size: must be in"),
+    (
+        "xlog-size too large",
+        '[[device]]\nid = "a"\nxlog-size = 4097',
+        "device[0].xlog-size: must be in [1, 4096], not 4097",
+    ),
+    (
+        "xlog-segs a bool",
+        '[[device]]\nid = "a"\nxlog-segs = true',
+        "device[0].xlog-segs: must be an integer, not true or false",
+    ),
     ("unknown device kind", '[[device]]\nid = "a"\nkind = "edu"', "device[0].kind: must be one of"),
     ("unknown device field", '[[device]]\nid = "a"\ncache = 5', "device[0].cache: unknown field"),
     (

@@ -1,9 +1,9 @@
 """Topology files: what machine to build (docs/topology.md).
 
 A topology is a TOML file naming the machine (memory, CPUs, accelerator), at most one vIOMMU,
-PCIe-to-PCI bridges, ncdma devices with their cache and IOTLB properties and placement, and the
-guest kernel. `load_topology` validates everything before QEMU is involved: a mistake is reported
-as one line naming the file, the field and the problem.
+PCIe-to-PCI bridges, ncdma devices with their cache, IOTLB, transfer-size and log properties and
+placement, and the guest kernel. `load_topology` validates everything before QEMU is involved:
+a mistake is reported as one line naming the file, the field and the problem.
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ class NcdmaSpec:
     cache_size: int = 256 * 1024
     cache_ways: int = 8
     iotlb_entries: int = 64
+    #: Largest length one descriptor may ask for; the driver splits longer transfers.
+    max_xfer: int = 64 << 20
+    #: Violations kept (the first ones), transactions kept (the latest ones), and IOVA -> PA
+    #: segments kept per transaction; QEMU reserves the logs at realize.
+    vlog_size: int = 256
+    xlog_size: int = 64
+    xlog_segs: int = 1024
 
     def qemu_props(self) -> dict[str, str]:
         """The -device ncdma properties this spec sets (defaults included, so argv is explicit)."""
@@ -66,6 +73,10 @@ class NcdmaSpec:
             "cache-size": str(self.cache_size),
             "cache-ways": str(self.cache_ways),
             "iotlb-entries": str(self.iotlb_entries),
+            "max-xfer": str(self.max_xfer),
+            "vlog-size": str(self.vlog_size),
+            "xlog-size": str(self.xlog_size),
+            "xlog-segs": str(self.xlog_segs),
         }
 
 
@@ -261,6 +272,10 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
                 "cache-size",
                 "cache-ways",
                 "iotlb-entries",
+                "max-xfer",
+                "vlog-size",
+                "xlog-size",
+                "xlog-segs",
             ),
         )
         d.choice("kind", ("ncdma",), "ncdma")
@@ -288,6 +303,11 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
                 cache_size=size,
                 cache_ways=ways,
                 iotlb_entries=d.integer("iotlb-entries", 64, 0, 4096),
+                # The ranges ncdma's realize accepts, so QEMU never refuses a checked topology.
+                max_xfer=d.integer("max-xfer", 64 << 20, 4096, 1 << 30),
+                vlog_size=d.integer("vlog-size", 256, 1, 65536),
+                xlog_size=d.integer("xlog-size", 64, 1, 4096),
+                xlog_segs=d.integer("xlog-segs", 1024, 1, 65536),
             )
         )
 
