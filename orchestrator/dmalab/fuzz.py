@@ -90,14 +90,30 @@ CONFIGS: dict[str, FuzzConfig] = {
     c.name: c
     for c in (
         FuzzConfig("coherent", "coherent=on", None, "no cache, no IOMMU"),
-        FuzzConfig("cached", "cache-size=4096,cache-ways=2", None,
-                   "4 KiB 2-way cache (constant evictions), no IOMMU"),
-        FuzzConfig("coherent-iommu", "coherent=on,iotlb-entries=4",
-                   "intel-iommu,caching-mode=on", "no cache, intel-iommu, 4-entry IOTLB"),
-        FuzzConfig("cached-iommu", "cache-size=4096,cache-ways=2,iotlb-entries=4",
-                   "intel-iommu,caching-mode=on", "small cache, intel-iommu, 4-entry IOTLB"),
-        FuzzConfig("cached-iommu-notlb", "cache-size=4096,cache-ways=2,iotlb-entries=0",
-                   "intel-iommu,caching-mode=on", "small cache, intel-iommu, no IOTLB"),
+        FuzzConfig(
+            "cached",
+            "cache-size=4096,cache-ways=2",
+            None,
+            "4 KiB 2-way cache (constant evictions), no IOMMU",
+        ),
+        FuzzConfig(
+            "coherent-iommu",
+            "coherent=on,iotlb-entries=4",
+            "intel-iommu,caching-mode=on",
+            "no cache, intel-iommu, 4-entry IOTLB",
+        ),
+        FuzzConfig(
+            "cached-iommu",
+            "cache-size=4096,cache-ways=2,iotlb-entries=4",
+            "intel-iommu,caching-mode=on",
+            "small cache, intel-iommu, 4-entry IOTLB",
+        ),
+        FuzzConfig(
+            "cached-iommu-notlb",
+            "cache-size=4096,cache-ways=2,iotlb-entries=0",
+            "intel-iommu,caching-mode=on",
+            "small cache, intel-iommu, no IOTLB",
+        ),
     )
 }
 
@@ -131,17 +147,30 @@ class DescOp:
     reserved1: int = 0
 
     def raw(self) -> bytes:
-        return struct.pack("<BBHIQQQQQQQ", self.opcode, self.flags, self.reserved0, 0,
-                           self.cookie, self.src, self.dst, self.len, self.pattern, 0,
-                           self.reserved1)
+        return struct.pack(
+            "<BBHIQQQQQQQ",
+            self.opcode,
+            self.flags,
+            self.reserved0,
+            0,
+            self.cookie,
+            self.src,
+            self.dst,
+            self.len,
+            self.pattern,
+            0,
+            self.reserved1,
+        )
 
     def __str__(self) -> str:
         op = next((n for n, v in OPS.items() if v == self.opcode), str(self.opcode))
         extra = ""
         if self.reserved0 or self.reserved1:
             extra = f" reserved0={self.reserved0:#x} reserved1={self.reserved1:#x}"
-        return (f"desc {op} flags={self.flags:#x} src={self.src:#x} dst={self.dst:#x} "
-                f"len={self.len:#x} pattern={self.pattern:#x} cookie={self.cookie}{extra}")
+        return (
+            f"desc {op} flags={self.flags:#x} src={self.src:#x} dst={self.dst:#x} "
+            f"len={self.len:#x} pattern={self.pattern:#x} cookie={self.cookie}{extra}"
+        )
 
 
 @dataclass(frozen=True)
@@ -216,10 +245,17 @@ class FuzzResult:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "config": self.config, "seed": self.seed, "ops": self.ops, "steps": self.steps,
-            "seconds": round(self.seconds, 3), "ops_per_second": round(self.ops_per_second),
-            "descriptors": self.descriptors, "statuses": self.statuses,
-            "ring_errors": self.ring_errors, "counters": self.counters, "digest": self.digest,
+            "config": self.config,
+            "seed": self.seed,
+            "ops": self.ops,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "ops_per_second": round(self.ops_per_second),
+            "descriptors": self.descriptors,
+            "statuses": self.statuses,
+            "ring_errors": self.ring_errors,
+            "counters": self.counters,
+            "digest": self.digest,
         }
 
 
@@ -270,8 +306,13 @@ class RegModel:
 
     def rings_bell(self, offset: int, value: int) -> bool:
         """Whether this 32-bit write makes the device run (the step must settle before the next)."""
-        return (offset == REG["RING_TAIL"] and not self.error and self.ctrl & CTRL_ENABLE
-                and self.latched and (value & 0xFFFF_FFFF) < self.latched)
+        return (
+            offset == REG["RING_TAIL"]
+            and not self.error
+            and self.ctrl & CTRL_ENABLE
+            and self.latched
+            and (value & 0xFFFF_FFFF) < self.latched
+        )
 
 
 def expected_check(d: DescOp, max_xfer: int) -> int | None:
@@ -306,8 +347,12 @@ class Generator:
         self.config = config
         self.layout = layout
         # The rig hands the device over with its ring enabled at HEAD = TAIL = 0.
-        self.model = RegModel(ctrl=CTRL_ENABLE, base=layout.ring_iova, size=layout.ring_entries,
-                              latched=layout.ring_entries)
+        self.model = RegModel(
+            ctrl=CTRL_ENABLE,
+            base=layout.ring_iova,
+            size=layout.ring_entries,
+            latched=layout.ring_entries,
+        )
         self.healthy = True  # the ring is ours, enabled, no error, tail known
         self.tail = 0
         self.cookie = 0
@@ -399,8 +444,17 @@ class Generator:
 
     def _reg_write(self) -> RegWrite:
         r = self.rng
-        hot = [REG[n] for n in ("CTRL", "IRQ_STATUS", "RING_BASE_LO", "RING_BASE_HI",
-                                "RING_SIZE", "RING_TAIL")]
+        hot = [
+            REG[n]
+            for n in (
+                "CTRL",
+                "IRQ_STATUS",
+                "RING_BASE_LO",
+                "RING_BASE_HI",
+                "RING_SIZE",
+                "RING_TAIL",
+            )
+        ]
         x = r.random()
         if x < 0.6:
             offset = r.choice(hot)
@@ -422,16 +476,46 @@ class Generator:
         if offset == REG["CTRL"]:
             return r.choice((0, 1, 2, 3, 4, 5, 6, 7, 0xFFFF_FFFF, 1 | 8, 0x80000001))
         if offset == REG["RING_BASE_LO"]:
-            return r.choice((lay.ring_iova & 0xFFFF_FFFF, (lay.ring_iova + 8) & 0xFFFF_FFFF,
-                             0, 0xFFFF_FFC0, r.randrange(0, 1 << 32, 64)))
+            return r.choice(
+                (
+                    lay.ring_iova & 0xFFFF_FFFF,
+                    (lay.ring_iova + 8) & 0xFFFF_FFFF,
+                    0,
+                    0xFFFF_FFC0,
+                    r.randrange(0, 1 << 32, 64),
+                )
+            )
         if offset == REG["RING_BASE_HI"]:
             return r.choice((lay.ring_iova >> 32, 0, 0xFFFF_FFFF, r.getrandbits(32)))
         if offset == REG["RING_SIZE"]:
-            return r.choice((0, 1, 2, 3, 4, lay.ring_entries, 100, 65536, 65537, 131072,
-                             1 << r.randrange(0, 32)))
+            return r.choice(
+                (
+                    0,
+                    1,
+                    2,
+                    3,
+                    4,
+                    lay.ring_entries,
+                    100,
+                    65536,
+                    65537,
+                    131072,
+                    1 << r.randrange(0, 32),
+                )
+            )
         if offset == REG["RING_TAIL"]:
-            return r.choice((0, 1, lay.ring_entries - 1, lay.ring_entries, 65535, 65536,
-                             r.randrange(lay.ring_entries), 0xFFFF_FFFF))
+            return r.choice(
+                (
+                    0,
+                    1,
+                    lay.ring_entries - 1,
+                    lay.ring_entries,
+                    65535,
+                    65536,
+                    r.randrange(lay.ring_entries),
+                    0xFFFF_FFFF,
+                )
+            )
         if offset == REG["IRQ_STATUS"]:
             return r.choice((0, 1, 2, 3, 0xFFFF_FFFF))
         return r.choice((0, 1, 0xFFFF_FFFF))
@@ -465,8 +549,9 @@ class Generator:
         else:  # ignored by the device; sometimes garbage
             src = r.getrandbits(64) if r.random() < 0.05 else 0
         self.cookie += 1
-        return DescOp(opcode, flags, src, dst, length, r.getrandbits(64), self.cookie,
-                      reserved0, reserved1)
+        return DescOp(
+            opcode, flags, src, dst, length, r.getrandbits(64), self.cookie, reserved0, reserved1
+        )
 
     def _length(self) -> int:
         r = self.rng
@@ -497,8 +582,16 @@ class Generator:
         if x < 0.78:  # inside (or running off) a buffer
             b = r.randrange(BUFFERS)
             base = lay.buf_iova[b] if lay.iommu else lay.buf_pa[b]
-            return base + r.choice((0, r.randrange(BUFFER_SIZE), r.randrange(0, BUFFER_SIZE, 64),
-                                    BUFFER_SIZE - 1, BUFFER_SIZE - 64, PAGE - 1))
+            return base + r.choice(
+                (
+                    0,
+                    r.randrange(BUFFER_SIZE),
+                    r.randrange(0, BUFFER_SIZE, 64),
+                    BUFFER_SIZE - 1,
+                    BUFFER_SIZE - 64,
+                    PAGE - 1,
+                )
+            )
         lo, hi = SCRATCH
         if x < 0.84 and length < hi - lo:
             # elsewhere in RAM (as an IOVA: unmapped when an IOMMU translates), kept inside the
@@ -507,11 +600,13 @@ class Generator:
         if x < 0.88:  # the top of RAM: runs off its end
             return lay.ram_end - r.randint(1, TOP_SPAN)
         if x < 0.94:  # beyond RAM: unassigned holes below and above 4 GiB
-            return r.choice((
-                r.randrange(lay.ram_end, 0xB000_0000),
-                r.randrange(1 << 32, MMIO64_WINDOW[0]),
-                r.randrange(MMIO64_WINDOW[1], 1 << 46),
-            ))
+            return r.choice(
+                (
+                    r.randrange(lay.ram_end, 0xB000_0000),
+                    r.randrange(1 << 32, MMIO64_WINDOW[0]),
+                    r.randrange(MMIO64_WINDOW[1], 1 << 46),
+                )
+            )
         if x < 0.985:  # near 2^64
             return U64 + 1 - r.choice((1, 64, PAGE, r.randint(1, 1 << 20)))
         if x < 0.995 and not lay.iommu:  # the device's own registers (reentrancy)
@@ -569,8 +664,9 @@ class _Progress:
 
 
 class FuzzEngine:
-    def __init__(self, rig: NcdmaRig, dev: RigDevice, layout: Layout, seed: int,
-                 config: FuzzConfig) -> None:
+    def __init__(
+        self, rig: NcdmaRig, dev: RigDevice, layout: Layout, seed: int, config: FuzzConfig
+    ) -> None:
         self.rig = rig
         self.dev = dev
         self.q = rig.qtest
@@ -647,8 +743,9 @@ class FuzzEngine:
                 await self._write_descs(step.slots, descs)
             else:
                 start = 0  # a hostile doorbell: descriptors go at the start of our ring
-                await q.write(self.layout.ring_pa + start * spec.DESC_SIZE,
-                              b"".join(d.raw() for d in descs))
+                await q.write(
+                    self.layout.ring_pa + start * spec.DESC_SIZE, b"".join(d.raw() for d in descs)
+                )
             for d in descs:
                 self._record(d)
             for f in pending:
@@ -668,7 +765,8 @@ class FuzzEngine:
                 cmd = "writeq" if op.width == 8 else "writel"
                 pending.append(q.submit(f"{cmd} {self.bar0 + op.offset:#x} {op.value:#x}"))
                 bell = model.rings_bell(op.offset, op.value) or (
-                    op.width == 8 and model.rings_bell(op.offset + 4, op.value >> 32))
+                    op.width == 8 and model.rings_bell(op.offset + 4, op.value >> 32)
+                )
                 model.write(op.offset, op.value)
                 if op.width == 8:
                     model.write(op.offset + 4, op.value >> 32)
@@ -696,8 +794,9 @@ class FuzzEngine:
                 if op.pa is None:
                     await self.rig.unmap(self.dev, op.iova, PAGE)
                 else:
-                    await self.rig.map(self.dev, op.pa, PAGE, iova=op.iova, read=op.read,
-                                       write=op.write)
+                    await self.rig.map(
+                        self.dev, op.pa, PAGE, iova=op.iova, read=op.read, write=op.write
+                    )
             return
         if step.kind == "stats":
             for op in step.ops:
@@ -716,12 +815,14 @@ class FuzzEngine:
         for slot, d in zip(slots, descs, strict=True):
             run += d.raw()
             if slot == entries - 1:
-                futures.append(self.q.write(self.layout.ring_pa + run_start * spec.DESC_SIZE,
-                                            bytes(run)))
+                futures.append(
+                    self.q.write(self.layout.ring_pa + run_start * spec.DESC_SIZE, bytes(run))
+                )
                 run_start, run = 0, bytearray()
         if run:
-            futures.append(self.q.write(self.layout.ring_pa + run_start * spec.DESC_SIZE,
-                                        bytes(run)))
+            futures.append(
+                self.q.write(self.layout.ring_pa + run_start * spec.DESC_SIZE, bytes(run))
+            )
         await asyncio.gather(*futures)
 
     async def _quiesce(self) -> None:
@@ -736,8 +837,9 @@ class FuzzEngine:
     async def _check(self, step: Step) -> None:
         q = self.q
         regs_f = q.submit(f"b64read {self.bar0:#x} {REGS_SPAN:#x}")
-        cnt_f = q.submit(f"b64read {self.bar0 + spec.COUNTERS_OFFSET:#x} "
-                         f"{spec.Counters.sizeof():#x}")
+        cnt_f = q.submit(
+            f"b64read {self.bar0 + spec.COUNTERS_OFFSET:#x} {spec.Counters.sizeof():#x}"
+        )
         ring_f = None
         if step.slots:
             ring_f = q.read(self.layout.ring_pa, self.layout.ring_entries * spec.DESC_SIZE)
@@ -753,8 +855,11 @@ class FuzzEngine:
         parsed = spec.Counters.parse(cnt_raw)
         counters = {name: parsed[name] for name in spec.COUNTER_NAMES}
         if qmp_counters != counters:
-            diff = {k: (counters[k], qmp_counters.get(k)) for k in counters
-                    if counters[k] != qmp_counters.get(k)}
+            diff = {
+                k: (counters[k], qmp_counters.get(k))
+                for k in counters
+                if counters[k] != qmp_counters.get(k)
+            }
             raise self.fail(f"QMP counters differ from BAR0 counters: {diff}")
 
         m = self.gen.model
@@ -768,23 +873,34 @@ class FuzzEngine:
         if status & STATUS_BUSY:
             raise self.fail(f"STATUS {status:#x}: still BUSY after the step settled")
         if error != m.error:
-            if m.error == 0 and m.may_fault and error in (RERR["FETCH_FAULT"],
-                                                          RERR["STATUS_FAULT"]):
+            if (
+                m.error == 0
+                and m.may_fault
+                and error in (RERR["FETCH_FAULT"], RERR["STATUS_FAULT"])
+            ):
                 m.error = error
             else:
-                raise self.fail(f"ERROR is {KNOWN_RERR[error]}, the documented semantics give "
-                                f"{KNOWN_RERR.get(m.error, m.error)}")
+                raise self.fail(
+                    f"ERROR is {KNOWN_RERR[error]}, the documented semantics give "
+                    f"{KNOWN_RERR.get(m.error, m.error)}"
+                )
         if error:
             name = KNOWN_RERR[error]
             self.ring_errors[name] = self.ring_errors.get(name, 0) + 1
-        for reg, want in (("CTRL", m.ctrl), ("RING_BASE_LO", m.base & 0xFFFF_FFFF),
-                          ("RING_BASE_HI", m.base >> 32), ("RING_SIZE", m.size)):
+        for reg, want in (
+            ("CTRL", m.ctrl),
+            ("RING_BASE_LO", m.base & 0xFFFF_FFFF),
+            ("RING_BASE_HI", m.base >> 32),
+            ("RING_SIZE", m.size),
+        ):
             if regs[reg] != want:
                 raise self.fail(f"{reg} reads {regs[reg]:#x}, expected {want:#x}")
         limit = m.latched or 1
         if regs["RING_HEAD"] >= limit or regs["RING_TAIL"] >= limit:
-            raise self.fail(f"RING_HEAD {regs['RING_HEAD']} / RING_TAIL {regs['RING_TAIL']} "
-                            f"outside the latched ring of {m.latched} entries")
+            raise self.fail(
+                f"RING_HEAD {regs['RING_HEAD']} / RING_TAIL {regs['RING_TAIL']} "
+                f"outside the latched ring of {m.latched} entries"
+            )
         if bool(status & STATUS_ENABLED) != bool(m.ctrl & CTRL_ENABLE):
             raise self.fail(f"STATUS {status:#x} vs CTRL {m.ctrl:#x}")
 
@@ -808,14 +924,17 @@ class FuzzEngine:
         if self.counters is not None:
             for name, value in counters.items():
                 if value < self.counters[name]:
-                    raise self.fail(f"counter {name} went back from {self.counters[name]} to "
-                                    f"{value}")
+                    raise self.fail(
+                        f"counter {name} went back from {self.counters[name]} to {value}"
+                    )
             if step.slots:
                 grew_ok = counters["desc_completed"] - self.counters["desc_completed"]
                 grew_bad = counters["desc_errors"] - self.counters["desc_errors"]
                 if (grew_ok, grew_bad) != (ok, bad):
-                    raise self.fail(f"desc_completed/desc_errors grew by {grew_ok}/{grew_bad}, "
-                                    f"the ring shows {ok} OK / {bad} failed")
+                    raise self.fail(
+                        f"desc_completed/desc_errors grew by {grew_ok}/{grew_bad}, "
+                        f"the ring shows {ok} OK / {bad} failed"
+                    )
         self.counters = counters
 
     def _check_completion(self, d: DescOp, st: int, done: int) -> None:
@@ -887,14 +1006,16 @@ async def fuzz_config(
     engine: FuzzEngine | None = None
     started = time.monotonic()
     try:
-        async with ncdma_rig(qemu_argv, (config.device,), iommu=config.iommu,
-                             artifacts_dir=artifacts_dir) as rig:
+        async with ncdma_rig(
+            qemu_argv, (config.device,), iommu=config.iommu, artifacts_dir=artifacts_dir
+        ) as rig:
             dev = rig.devices[0]
             layout = await _layout(rig, dev)
             engine = FuzzEngine(rig, dev, layout, seed, config)
             started = time.monotonic()
-            await engine.run(ops, None if progress is None else
-                             lambda n: progress(config.name, n, ops))
+            await engine.run(
+                ops, None if progress is None else lambda n: progress(config.name, n, ops)
+            )
             seconds = time.monotonic() - started
             counters = engine.counters or await dev.host.counters()
     except QemuDied as exc:
@@ -904,9 +1025,15 @@ async def fuzz_config(
         head = str(cause) if isinstance(cause, CheckFailed) else str(engine.fail("QEMU died"))
         raise CheckFailed(f"{head}\n{exc}") from exc
     return FuzzResult(
-        config=config.name, seed=seed, ops=engine.op_index, steps=engine.steps, seconds=seconds,
-        descriptors=engine.descriptors, statuses=dict(sorted(engine.statuses.items())),
-        counters=counters, ring_errors=dict(sorted(engine.ring_errors.items())),
+        config=config.name,
+        seed=seed,
+        ops=engine.op_index,
+        steps=engine.steps,
+        seconds=seconds,
+        descriptors=engine.descriptors,
+        statuses=dict(sorted(engine.statuses.items())),
+        counters=counters,
+        ring_errors=dict(sorted(engine.ring_errors.items())),
         digest=engine.digest.hexdigest(),
     )
 
@@ -919,9 +1046,15 @@ async def _layout(rig: NcdmaRig, dev: RigDevice) -> Layout:
         buf_iova.append(await rig.map(dev, pa, BUFFER_SIZE))
     host = dev.host
     return Layout(
-        iommu=rig.iommu is not None, ring_pa=host.ring_pa, ring_iova=host.ring_iova,
-        ring_entries=host.entries, buf_pa=buf_pa, buf_iova=buf_iova,
-        ram_end=rig.vm.memory_size, bar0=host.bar0, max_xfer=await host.reg("MAX_XFER"),
+        iommu=rig.iommu is not None,
+        ring_pa=host.ring_pa,
+        ring_iova=host.ring_iova,
+        ring_entries=host.entries,
+        buf_pa=buf_pa,
+        buf_iova=buf_iova,
+        ram_end=rig.vm.memory_size,
+        bar0=host.bar0,
+        max_xfer=await host.reg("MAX_XFER"),
     )
 
 
@@ -931,8 +1064,9 @@ def resolve_configs(name: str) -> list[FuzzConfig]:
     if name not in CONFIGS:
         from dmalab.errors import BadInput
 
-        raise BadInput(f"unknown fuzz configuration {name!r}: choose from "
-                       f"{', '.join(CONFIGS)} or all")
+        raise BadInput(
+            f"unknown fuzz configuration {name!r}: choose from {', '.join(CONFIGS)} or all"
+        )
     return [CONFIGS[name]]
 
 
@@ -950,6 +1084,14 @@ async def fuzz(
     results = []
     for i, config in enumerate(configs):
         share = ops // len(configs) + (1 if i < ops % len(configs) else 0)
-        results.append(await fuzz_config(qemu_argv, config, seed=seed, ops=share,
-                                         artifacts_dir=artifacts_dir, progress=progress))
+        results.append(
+            await fuzz_config(
+                qemu_argv,
+                config,
+                seed=seed,
+                ops=share,
+                artifacts_dir=artifacts_dir,
+                progress=progress,
+            )
+        )
     return results

@@ -184,37 +184,70 @@ class Desc:
     flags: set[str] = field(default_factory=set)  # "WHOLE", "RAW"
 
     @classmethod
-    def copy(cls, src: int, dst: int, length: int, *, src_off: int = 0, dst_off: int = 0,
-             cookie: int = 0) -> Desc:
-        return cls("COPY", src=src, dst=dst, src_off=src_off, dst_off=dst_off, len=length,
-                   cookie=cookie)
+    def copy(
+        cls, src: int, dst: int, length: int, *, src_off: int = 0, dst_off: int = 0, cookie: int = 0
+    ) -> Desc:
+        return cls(
+            "COPY", src=src, dst=dst, src_off=src_off, dst_off=dst_off, len=length, cookie=cookie
+        )
 
     @classmethod
-    def fill(cls, dst: int, length: int, pattern: int, *, dst_off: int = 0,
-             cookie: int = 0) -> Desc:
+    def fill(
+        cls, dst: int, length: int, pattern: int, *, dst_off: int = 0, cookie: int = 0
+    ) -> Desc:
         return cls("FILL", dst=dst, dst_off=dst_off, len=length, pattern=pattern, cookie=cookie)
 
     @classmethod
-    def maint(cls, op: str, dst: int = 0, length: int = 0, *, dst_off: int = 0,
-              whole: bool = False, cookie: int = 0) -> Desc:
-        return cls(op, dst=dst, dst_off=dst_off, len=length, cookie=cookie,
-                   flags={"WHOLE"} if whole else set())
+    def maint(
+        cls,
+        op: str,
+        dst: int = 0,
+        length: int = 0,
+        *,
+        dst_off: int = 0,
+        whole: bool = False,
+        cookie: int = 0,
+    ) -> Desc:
+        return cls(
+            op,
+            dst=dst,
+            dst_off=dst_off,
+            len=length,
+            cookie=cookie,
+            flags={"WHOLE"} if whole else set(),
+        )
 
     @classmethod
-    def raw(cls, op: str, *, src: int = 0, dst: int = 0, length: int = 0, pattern: int = 0,
-            cookie: int = 0) -> Desc:
+    def raw(
+        cls,
+        op: str,
+        *,
+        src: int = 0,
+        dst: int = 0,
+        length: int = 0,
+        pattern: int = 0,
+        cookie: int = 0,
+    ) -> Desc:
         """A device descriptor exactly as given: src and dst are DMA addresses."""
-        return cls(op, src_off=src, dst_off=dst, len=length, pattern=pattern, cookie=cookie,
-                   flags={"RAW"})
+        return cls(
+            op, src_off=src, dst_off=dst, len=length, pattern=pattern, cookie=cookie, flags={"RAW"}
+        )
 
     def to_fields(self) -> dict[str, Any]:
         flags = 0
         for name in self.flags:
             flags |= spec.UdescFlags.flags[name]
         return {
-            "op": int(hw.Opcode.encmapping[self.op]), "flags": flags, "reserved0": 0,
-            "src": self.src, "dst": self.dst, "reserved1": 0, "src_off": self.src_off,
-            "dst_off": self.dst_off, "len": self.len, "pattern": self.pattern,
+            "op": int(hw.Opcode.encmapping[self.op]),
+            "flags": flags,
+            "reserved0": 0,
+            "src": self.src,
+            "dst": self.dst,
+            "reserved1": 0,
+            "src_off": self.src_off,
+            "dst_off": self.dst_off,
+            "len": self.len,
+            "pattern": self.pattern,
             "cookie": self.cookie,
         }
 
@@ -262,8 +295,13 @@ class AgentClient:
     """One connection to the agent. Use `async with AgentClient.over_socket(sock) as agent:`
     or construct it over an asyncio stream pair and call `start()`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self.timeout = timeout
@@ -381,30 +419,38 @@ class AgentClient:
 
     async def hello(self) -> Hello:
         r, tail = await self.request("HELLO")
-        return Hello(r.proto_version, r.uapi_version, r.page_size, r.devices,
-                     bytes(tail).decode(errors="replace"))
+        return Hello(
+            r.proto_version,
+            r.uapi_version,
+            r.page_size,
+            r.devices,
+            bytes(tail).decode(errors="replace"),
+        )
 
     async def echo(self, data: bytes = b"") -> bytes:
         _, tail = await self.request("ECHO", tail=data)
         return bytes(tail)
 
     async def read_file(self, path: str, max_len: int = 65536) -> bytes:
-        _, tail = await self.request("READ_FILE", {"max_len": max_len, "reserved": 0},
-                                     path.encode())
+        _, tail = await self.request(
+            "READ_FILE", {"max_len": max_len, "reserved": 0}, path.encode()
+        )
         return bytes(tail)
 
     async def write_file(self, path: str, data: bytes | str) -> None:
         raw = data.encode() if isinstance(data, str) else data
-        await self.request("WRITE_FILE", {"path_len": len(path.encode()), "reserved": 0},
-                           path.encode() + raw)
+        await self.request(
+            "WRITE_FILE", {"path_len": len(path.encode()), "reserved": 0}, path.encode() + raw
+        )
 
     async def kmsg_mark(self) -> int:
         r, _ = await self.request("KMSG_MARK")
         return int(r.seq)
 
     async def kmsg_read(self, since: int = 0, max_len: int = 1 << 20) -> KmsgRecords:
-        r, tail = await self.request("KMSG_READ", {"since": since, "max_len": max_len,
-                                                   "reserved": 0})
+        r, tail = await self.request(
+            "KMSG_READ", {"since": since, "max_len": max_len, "reserved": 0}
+        )
         text = bytes(tail).decode(errors="replace")
         records = [rec for rec in text.split("\n") if rec and not rec.startswith(" ")]
         return KmsgRecords(int(r.last_seq), records, bool(r.truncated))
@@ -426,11 +472,18 @@ class AgentClient:
     async def device_info(self, dev: int = 0) -> DeviceInfo:
         r, _ = await self.request("DEVICE_INFO", {"dev": dev, "reserved": 0})
         return DeviceInfo(
-            index=r.index, hw_id=r.hw_id, hw_version=r.hw_version,
-            caps=_flag_names(hw.Caps, r.caps), cache_line=r.cache_line,
-            cache_size=r.cache_size, cache_ways=r.cache_ways, iotlb_entries=r.iotlb_entries,
-            max_xfer=r.max_xfer, ring_entries=r.ring_entries,
-            irq_mode="msix" if r.irq_mode else "poll", dma_mask_bits=r.dma_mask_bits,
+            index=r.index,
+            hw_id=r.hw_id,
+            hw_version=r.hw_version,
+            caps=_flag_names(hw.Caps, r.caps),
+            cache_line=r.cache_line,
+            cache_size=r.cache_size,
+            cache_ways=r.cache_ways,
+            iotlb_entries=r.iotlb_entries,
+            max_xfer=r.max_xfer,
+            ring_entries=r.ring_entries,
+            irq_mode="msix" if r.irq_mode else "poll",
+            dma_mask_bits=r.dma_mask_bits,
             iommu_group=r.iommu_group,
             iommu_domain=str(spec.IommuDomain.decmapping.get(r.iommu_domain, r.iommu_domain)),
             pci_name=bytes(r.pci_name).split(b"\0", 1)[0].decode(),
@@ -448,15 +501,26 @@ class AgentClient:
     # -----------------------------------------------------------------------------------------
     # Buffers
 
-    async def buf_create(self, kind: str, size: int, *, dev: int = 0,
-                         flags: int | str | Sequence[str] = 0,
-                         faults: int | str | Sequence[str] = 0) -> Buffer:
+    async def buf_create(
+        self,
+        kind: str,
+        size: int,
+        *,
+        dev: int = 0,
+        flags: int | str | Sequence[str] = 0,
+        faults: int | str | Sequence[str] = 0,
+    ) -> Buffer:
         """kind: "NCDMA" (exported by device dev), "UDMABUF" or "HEAP_SYSTEM"."""
-        r, _ = await self.request("BUF_CREATE", {
-            "kind": kind, "dev": dev, "size": size,
-            "flags": _flag_value(spec.BufFlags, flags),
-            "faults": _flag_value(spec.Faults, faults),
-        })
+        r, _ = await self.request(
+            "BUF_CREATE",
+            {
+                "kind": kind,
+                "dev": dev,
+                "size": size,
+                "flags": _flag_value(spec.BufFlags, flags),
+                "faults": _flag_value(spec.Faults, faults),
+            },
+        )
         return Buffer(r.buf, r.handle, r.size)
 
     async def buf_free(self, buf: int) -> None:
@@ -465,10 +529,17 @@ class AgentClient:
     async def buf_info(self, buf: int, dev: int = spec.ANY_DEVICE) -> BufInfo:
         r, _ = await self.request("BUF_INFO", {"buf": buf, "dev": dev})
         return BufInfo(
-            kind=str(r.kind), state=_flag_names(spec.BufState, r.state), size=r.size,
-            flags=_flag_names(spec.BufFlags, r.flags), faults=_flag_names(spec.Faults, r.faults),
-            attachments=r.attachments, mappings=r.mappings, pins=r.pins,
-            cpu_owners=r.cpu_owners, moves=r.moves, generation=r.generation,
+            kind=str(r.kind),
+            state=_flag_names(spec.BufState, r.state),
+            size=r.size,
+            flags=_flag_names(spec.BufFlags, r.flags),
+            faults=_flag_names(spec.Faults, r.faults),
+            attachments=r.attachments,
+            mappings=r.mappings,
+            pins=r.pins,
+            cpu_owners=r.cpu_owners,
+            moves=r.moves,
+            generation=r.generation,
         )
 
     async def buf_move(self, buf: int) -> None:
@@ -478,8 +549,9 @@ class AgentClient:
         await self.request("BUF_REVOKE", {"buf": buf, "reserved": 0})
 
     async def buf_set_faults(self, buf: int, faults: int | str | Sequence[str]) -> None:
-        await self.request("BUF_SET_FAULTS",
-                           {"buf": buf, "faults": _flag_value(spec.Faults, faults)})
+        await self.request(
+            "BUF_SET_FAULTS", {"buf": buf, "faults": _flag_value(spec.Faults, faults)}
+        )
 
     async def buf_pages(self, buf: int, first: int = 0, count: int = 1) -> list[int]:
         """Physical addresses of pages first..first+count-1 (0: not present)."""
@@ -489,43 +561,67 @@ class AgentClient:
     # -----------------------------------------------------------------------------------------
     # CPU access (through the agent's mapping of the buffer; no implicit sync)
 
-    async def cpu_write_pattern(self, buf: int, offset: int, length: int, seed: int, *,
-                                background: bool = False) -> None:
+    async def cpu_write_pattern(
+        self, buf: int, offset: int, length: int, seed: int, *, background: bool = False
+    ) -> None:
         """Write spec.agent.pattern(seed, length) at offset."""
-        await self.request("CPU_WRITE", {"buf": buf, "mode": "PATTERN", "offset": offset,
-                                         "len": length, "seed": seed}, background=background)
+        await self.request(
+            "CPU_WRITE",
+            {"buf": buf, "mode": "PATTERN", "offset": offset, "len": length, "seed": seed},
+            background=background,
+        )
 
-    async def cpu_write(self, buf: int, offset: int, data: bytes, *,
-                        background: bool = False) -> None:
-        await self.request("CPU_WRITE", {"buf": buf, "mode": "DATA", "offset": offset,
-                                         "len": len(data), "seed": 0}, data,
-                           background=background)
+    async def cpu_write(
+        self, buf: int, offset: int, data: bytes, *, background: bool = False
+    ) -> None:
+        await self.request(
+            "CPU_WRITE",
+            {"buf": buf, "mode": "DATA", "offset": offset, "len": len(data), "seed": 0},
+            data,
+            background=background,
+        )
 
-    async def cpu_fill(self, buf: int, offset: int, length: int, byte: int, *,
-                       background: bool = False) -> None:
-        await self.request("CPU_WRITE", {"buf": buf, "mode": "BYTE", "offset": offset,
-                                         "len": length, "seed": byte & 0xFF},
-                           background=background)
+    async def cpu_fill(
+        self, buf: int, offset: int, length: int, byte: int, *, background: bool = False
+    ) -> None:
+        await self.request(
+            "CPU_WRITE",
+            {"buf": buf, "mode": "BYTE", "offset": offset, "len": length, "seed": byte & 0xFF},
+            background=background,
+        )
 
-    async def cpu_read(self, buf: int, offset: int, length: int, *,
-                       background: bool = False) -> bytes:
-        _, tail = await self.request("CPU_READ", {"buf": buf, "mode": "BYTES", "offset": offset,
-                                                  "len": length}, background=background)
+    async def cpu_read(
+        self, buf: int, offset: int, length: int, *, background: bool = False
+    ) -> bytes:
+        _, tail = await self.request(
+            "CPU_READ",
+            {"buf": buf, "mode": "BYTES", "offset": offset, "len": length},
+            background=background,
+        )
         return bytes(tail)
 
     async def cpu_crc32(self, buf: int, offset: int, length: int) -> int:
-        r, _ = await self.request("CPU_READ", {"buf": buf, "mode": "CRC32", "offset": offset,
-                                               "len": length})
+        r, _ = await self.request(
+            "CPU_READ", {"buf": buf, "mode": "CRC32", "offset": offset, "len": length}
+        )
         return int(r.crc32)
 
     async def cpu_verify(self, buf: int, offset: int, length: int, seed: int) -> Verify:
-        r, _ = await self.request("CPU_VERIFY", {"buf": buf, "reserved": 0, "offset": offset,
-                                                 "len": length, "seed": seed})
+        r, _ = await self.request(
+            "CPU_VERIFY", {"buf": buf, "reserved": 0, "offset": offset, "len": length, "seed": seed}
+        )
         first = None if r.first == (1 << 64) - 1 else int(r.first)
         return Verify(int(r.mismatches), first, int(r.expected), int(r.actual))
 
-    async def sync(self, buf: int, *, end: bool, read: bool = True, write: bool = True,
-                   background: bool = False) -> None:
+    async def sync(
+        self,
+        buf: int,
+        *,
+        end: bool,
+        read: bool = True,
+        write: bool = True,
+        background: bool = False,
+    ) -> None:
         """DMA_BUF_IOCTL_SYNC: start (end=False) or end a CPU access."""
         flags = (0x1 if read else 0) | (0x2 if write else 0) | (0x4 if end else 0)
         await self.request("SYNC", {"buf": buf, "flags": flags}, background=background)
@@ -533,24 +629,48 @@ class AgentClient:
     # -----------------------------------------------------------------------------------------
     # Attachments
 
-    async def attach(self, buf: int, dev: int = 0, *, flags: int | str | Sequence[str] = 0,
-                     faults: int | str | Sequence[str] = 0) -> Attachment:
-        r, _ = await self.request("ATTACH", {
-            "buf": buf, "dev": dev, "flags": _flag_value(spec.AttFlags, flags),
-            "faults": _flag_value(spec.Faults, faults),
-        })
+    async def attach(
+        self,
+        buf: int,
+        dev: int = 0,
+        *,
+        flags: int | str | Sequence[str] = 0,
+        faults: int | str | Sequence[str] = 0,
+    ) -> Attachment:
+        r, _ = await self.request(
+            "ATTACH",
+            {
+                "buf": buf,
+                "dev": dev,
+                "flags": _flag_value(spec.AttFlags, flags),
+                "faults": _flag_value(spec.Faults, faults),
+            },
+        )
         return Attachment(r.att, r.handle, dev, buf)
 
     async def detach(self, att: int) -> None:
         await self.request("DETACH", {"att": att, "reserved": 0})
 
-    async def map(self, att: int, direction: str | int = "BIDIRECTIONAL", *,
-                  timeout_ms: int = 0, background: bool = False) -> int:
+    async def map(
+        self,
+        att: int,
+        direction: str | int = "BIDIRECTIONAL",
+        *,
+        timeout_ms: int = 0,
+        background: bool = False,
+    ) -> int:
         """The device takes ownership; returns the number of DMA segments."""
-        r, _ = await self.request("MAP", {
-            "att": att, "dir": _enum_value(spec.Direction, direction), "timeout_ms": timeout_ms,
-            "reserved": 0,
-        }, background=background, timeout=max(self.timeout, timeout_ms / 1000 + 5))
+        r, _ = await self.request(
+            "MAP",
+            {
+                "att": att,
+                "dir": _enum_value(spec.Direction, direction),
+                "timeout_ms": timeout_ms,
+                "reserved": 0,
+            },
+            background=background,
+            timeout=max(self.timeout, timeout_ms / 1000 + 5),
+        )
         return int(r.nsegs)
 
     async def unmap(self, att: int, *, background: bool = False) -> None:
@@ -561,8 +681,12 @@ class AgentClient:
         return AttInfo(
             state=_flag_names(spec.AttState, r.state),
             dir=str(spec.Direction.decmapping.get(r.dir, r.dir)),
-            flags=_flag_names(spec.AttFlags, r.flags), faults=_flag_names(spec.Faults, r.faults),
-            nsegs=r.nsegs, size=r.size, maps=r.maps, generation=r.generation,
+            flags=_flag_names(spec.AttFlags, r.flags),
+            faults=_flag_names(spec.Faults, r.faults),
+            nsegs=r.nsegs,
+            size=r.size,
+            maps=r.maps,
+            generation=r.generation,
             segs=[(int(s.addr), int(s.len)) for s in items],
         )
 
@@ -570,8 +694,9 @@ class AgentClient:
         await self.request("ATT_SYNC", {"att": att, "flags": 1 if for_cpu else 2})
 
     async def att_set_faults(self, att: int, faults: int | str | Sequence[str]) -> None:
-        await self.request("ATT_SET_FAULTS",
-                           {"att": att, "faults": _flag_value(spec.Faults, faults)})
+        await self.request(
+            "ATT_SET_FAULTS", {"att": att, "faults": _flag_value(spec.Faults, faults)}
+        )
 
     # -----------------------------------------------------------------------------------------
     # Descriptors
@@ -580,34 +705,66 @@ class AgentClient:
         r, _ = await self.request("SUBMIT", {"dev": dev}, [d.to_fields() for d in descs])
         return Batch(int(r.batch), int(r.pieces))
 
-    async def wait(self, dev: int, batch: int | Batch, count: int, *, timeout_ms: int = 0,
-                   background: bool = False) -> list[Result]:
+    async def wait(
+        self,
+        dev: int,
+        batch: int | Batch,
+        count: int,
+        *,
+        timeout_ms: int = 0,
+        background: bool = False,
+    ) -> list[Result]:
         batch_id = batch.id if isinstance(batch, Batch) else batch
         _, items = await self.request(
             "WAIT",
-            {"dev": dev, "timeout_ms": timeout_ms, "batch": batch_id, "count": count,
-             "reserved": 0},
-            background=background, timeout=max(self.timeout, timeout_ms / 1000 + 5),
-        )
-        return [Result(status_name(i.status), int(i.pieces), int(i.done)) for i in items]
-
-    async def run(self, dev: int, descs: Sequence[Desc], *, timeout_ms: int = 0,
-                  background: bool = False) -> list[Result]:
-        """Submit and wait in one round trip."""
-        _, items = await self.request(
-            "RUN", {"dev": dev, "timeout_ms": timeout_ms, "reserved": 0},
-            [d.to_fields() for d in descs], background=background,
+            {
+                "dev": dev,
+                "timeout_ms": timeout_ms,
+                "batch": batch_id,
+                "count": count,
+                "reserved": 0,
+            },
+            background=background,
             timeout=max(self.timeout, timeout_ms / 1000 + 5),
         )
         return [Result(status_name(i.status), int(i.pieces), int(i.done)) for i in items]
 
-    async def cache_op(self, dev: int, op: str, *, att: int = 0, offset: int = 0,
-                       length: int = 0, whole: bool = False, raw: bool = False) -> str:
+    async def run(
+        self, dev: int, descs: Sequence[Desc], *, timeout_ms: int = 0, background: bool = False
+    ) -> list[Result]:
+        """Submit and wait in one round trip."""
+        _, items = await self.request(
+            "RUN",
+            {"dev": dev, "timeout_ms": timeout_ms, "reserved": 0},
+            [d.to_fields() for d in descs],
+            background=background,
+            timeout=max(self.timeout, timeout_ms / 1000 + 5),
+        )
+        return [Result(status_name(i.status), int(i.pieces), int(i.done)) for i in items]
+
+    async def cache_op(
+        self,
+        dev: int,
+        op: str,
+        *,
+        att: int = 0,
+        offset: int = 0,
+        length: int = 0,
+        whole: bool = False,
+        raw: bool = False,
+    ) -> str:
         """CLEAN, INVALIDATE or CLEAN_INVALIDATE of an attachment's range, of a raw DMA range,
         or of the whole cache; returns the device's status name."""
         flags = (0x1 if whole else 0) | (0x2 if raw else 0)
-        r, _ = await self.request("CACHE_OP", {
-            "dev": dev, "op": int(hw.Opcode.encmapping[op]), "flags": flags, "att": att,
-            "offset": offset, "len": length,
-        })
+        r, _ = await self.request(
+            "CACHE_OP",
+            {
+                "dev": dev,
+                "op": int(hw.Opcode.encmapping[op]),
+                "flags": flags,
+                "att": att,
+                "offset": offset,
+                "len": length,
+            },
+        )
         return status_name(r.status)

@@ -209,10 +209,35 @@ DeviceInfoReply = c.Struct(
 
 #: The driver's counters for one device (struct ncdma_drv_stats), in order.
 DRIVER_STAT_NAMES: tuple[str, ...] = (
-    "imp_maps", "imp_unmaps", "exp_maps", "exp_unmaps", "exp_shared_maps", "owner_maps",
-    "owner_unmaps", "syncs", "maint_descs", "cpu_begins", "cpu_ends", "moves", "moves_refused",
-    "move_notifies", "remaps", "revokes", "pins", "unpins", "owner_waits", "submits", "descs",
-    "pieces", "waits", "wait_timeouts", "irqs", "polls", "ring_errors", "attaches", "detaches",
+    "imp_maps",
+    "imp_unmaps",
+    "exp_maps",
+    "exp_unmaps",
+    "exp_shared_maps",
+    "owner_maps",
+    "owner_unmaps",
+    "syncs",
+    "maint_descs",
+    "cpu_begins",
+    "cpu_ends",
+    "moves",
+    "moves_refused",
+    "move_notifies",
+    "remaps",
+    "revokes",
+    "pins",
+    "unpins",
+    "owner_waits",
+    "submits",
+    "descs",
+    "pieces",
+    "waits",
+    "wait_timeouts",
+    "irqs",
+    "polls",
+    "ring_errors",
+    "attaches",
+    "detaches",
     "maint_fallbacks",
 )
 DRIVER_STATS_SLOTS = 32
@@ -394,58 +419,161 @@ class Op:
 
 
 OPS: tuple[Op, ...] = (
-    Op(0x01, "HELLO", "protocol and driver versions, page size, device count; tail: uname -r",
-       reply=HelloReply, reply_tail=BYTES),
+    Op(
+        0x01,
+        "HELLO",
+        "protocol and driver versions, page size, device count; tail: uname -r",
+        reply=HelloReply,
+        reply_tail=BYTES,
+    ),
     Op(0x02, "ECHO", "the request's tail, back", request_tail=BYTES, reply_tail=BYTES),
-    Op(0x03, "READ_FILE", "up to max_len bytes of the file named by the tail",
-       request=ReadFileRequest, request_tail=BYTES, reply_tail=BYTES),
-    Op(0x04, "WRITE_FILE", "write data to a file (sysfs, procfs); tail: path then data",
-       request=WriteFileRequest, request_tail=BYTES),
+    Op(
+        0x03,
+        "READ_FILE",
+        "up to max_len bytes of the file named by the tail",
+        request=ReadFileRequest,
+        request_tail=BYTES,
+        reply_tail=BYTES,
+    ),
+    Op(
+        0x04,
+        "WRITE_FILE",
+        "write data to a file (sysfs, procfs); tail: path then data",
+        request=WriteFileRequest,
+        request_tail=BYTES,
+    ),
     Op(0x05, "KMSG_MARK", "the newest kernel log sequence number", reply=KmsgMarkReply),
-    Op(0x06, "KMSG_READ", "kernel log records after a mark; tail: /dev/kmsg records",
-       request=KmsgReadRequest, reply=KmsgReadReply, reply_tail=BYTES),
+    Op(
+        0x06,
+        "KMSG_READ",
+        "kernel log records after a mark; tail: /dev/kmsg records",
+        request=KmsgReadRequest,
+        reply=KmsgReadReply,
+        reply_tail=BYTES,
+    ),
     Op(0x07, "MODULE_UNLOAD", "delete_module; tail: the module name", request_tail=BYTES),
     Op(0x08, "MODULE_LOAD", "finit_module; tail: path, NUL, parameters", request_tail=BYTES),
-    Op(0x09, "CLOSE_ALL", "forget every buffer and attachment, close the devices",
-       reply=CloseAllReply),
-    Op(0x10, "DEVICE_INFO", "NCDMA_IOC_INFO of /dev/ncdma<dev>", request=DevRequest,
-       reply=DeviceInfoReply),
-    Op(0x11, "STATS", "driver and device counters (NCDMA_IOC_STATS)", request=StatsRequest,
-       reply=StatsReply),
-    Op(0x20, "BUF_CREATE", "a buffer: an ncdma export, a udmabuf or a system dma-heap buffer",
-       request=BufCreateRequest, reply=BufCreateReply),
+    Op(
+        0x09,
+        "CLOSE_ALL",
+        "forget every buffer and attachment, close the devices",
+        reply=CloseAllReply,
+    ),
+    Op(
+        0x10,
+        "DEVICE_INFO",
+        "NCDMA_IOC_INFO of /dev/ncdma<dev>",
+        request=DevRequest,
+        reply=DeviceInfoReply,
+    ),
+    Op(
+        0x11,
+        "STATS",
+        "driver and device counters (NCDMA_IOC_STATS)",
+        request=StatsRequest,
+        reply=StatsReply,
+    ),
+    Op(
+        0x20,
+        "BUF_CREATE",
+        "a buffer: an ncdma export, a udmabuf or a system dma-heap buffer",
+        request=BufCreateRequest,
+        reply=BufCreateReply,
+    ),
     Op(0x21, "BUF_FREE", "detach and forget a buffer", request=BufRequest),
     Op(0x22, "BUF_INFO", "NCDMA_IOC_BUF_INFO", request=BufInfoRequest, reply=BufInfoReply),
     Op(0x23, "BUF_MOVE", "the exporter moves the backing pages", request=BufRequest),
     Op(0x24, "BUF_REVOKE", "the exporter revokes every mapping", request=BufRequest),
     Op(0x25, "BUF_SET_FAULTS", "faulty mode of the exporter", request=BufFaultsRequest),
-    Op(0x26, "BUF_PAGES", "physical addresses of pages of the buffer (its CPU mapping)",
-       request=BufPagesRequest, reply=CountReply, reply_tail=items(PhysAddr)),
-    Op(0x30, "CPU_WRITE", "CPU writes through the buffer's mapping (no sync)",
-       request=CpuWriteRequest, request_tail=BYTES),
-    Op(0x31, "CPU_READ", "CPU reads a range: bytes or their CRC-32",
-       request=CpuReadRequest, reply=CpuReadReply, reply_tail=BYTES),
-    Op(0x32, "CPU_VERIFY", "compare a range with pattern(seed)", request=CpuVerifyRequest,
-       reply=CpuVerifyReply),
+    Op(
+        0x26,
+        "BUF_PAGES",
+        "physical addresses of pages of the buffer (its CPU mapping)",
+        request=BufPagesRequest,
+        reply=CountReply,
+        reply_tail=items(PhysAddr),
+    ),
+    Op(
+        0x30,
+        "CPU_WRITE",
+        "CPU writes through the buffer's mapping (no sync)",
+        request=CpuWriteRequest,
+        request_tail=BYTES,
+    ),
+    Op(
+        0x31,
+        "CPU_READ",
+        "CPU reads a range: bytes or their CRC-32",
+        request=CpuReadRequest,
+        reply=CpuReadReply,
+        reply_tail=BYTES,
+    ),
+    Op(
+        0x32,
+        "CPU_VERIFY",
+        "compare a range with pattern(seed)",
+        request=CpuVerifyRequest,
+        reply=CpuVerifyReply,
+    ),
     Op(0x33, "SYNC", "DMA_BUF_IOCTL_SYNC on the buffer", request=SyncRequest),
-    Op(0x40, "ATTACH", "attach a buffer to a device (imports it there first if needed)",
-       request=AttachRequest, reply=AttachReply),
+    Op(
+        0x40,
+        "ATTACH",
+        "attach a buffer to a device (imports it there first if needed)",
+        request=AttachRequest,
+        reply=AttachReply,
+    ),
     Op(0x41, "DETACH", "detach (unmaps first)", request=AttRequest),
-    Op(0x42, "MAP", "the device takes ownership (NCDMA_IOC_MAP)", request=MapRequest,
-       reply=MapReply),
+    Op(
+        0x42,
+        "MAP",
+        "the device takes ownership (NCDMA_IOC_MAP)",
+        request=MapRequest,
+        reply=MapReply,
+    ),
     Op(0x43, "UNMAP", "the device gives ownership back", request=AttRequest),
-    Op(0x44, "ATT_INFO", "state and DMA segments of an attachment", request=AttInfoRequest,
-       reply=AttInfoReply, reply_tail=items(Seg)),
+    Op(
+        0x44,
+        "ATT_INFO",
+        "state and DMA segments of an attachment",
+        request=AttInfoRequest,
+        reply=AttInfoReply,
+        reply_tail=items(Seg),
+    ),
     Op(0x45, "ATT_SYNC", "streaming sync without unmapping", request=AttSyncRequest),
     Op(0x46, "ATT_SET_FAULTS", "faulty mode of an attachment", request=AttFaultsRequest),
-    Op(0x50, "SUBMIT", "queue a batch of descriptors", request=SubmitRequest,
-       request_tail=items(Desc), reply=SubmitReply),
-    Op(0x51, "WAIT", "wait for a batch; its per-descriptor results", request=WaitRequest,
-       reply=CountReply, reply_tail=items(Result)),
-    Op(0x52, "RUN", "SUBMIT then WAIT in one round trip", request=RunRequest,
-       request_tail=items(Desc), reply=RunReply, reply_tail=items(Result)),
-    Op(0x53, "CACHE_OP", "one device cache maintenance operation", request=CacheOpRequest,
-       reply=CacheOpReply),
+    Op(
+        0x50,
+        "SUBMIT",
+        "queue a batch of descriptors",
+        request=SubmitRequest,
+        request_tail=items(Desc),
+        reply=SubmitReply,
+    ),
+    Op(
+        0x51,
+        "WAIT",
+        "wait for a batch; its per-descriptor results",
+        request=WaitRequest,
+        reply=CountReply,
+        reply_tail=items(Result),
+    ),
+    Op(
+        0x52,
+        "RUN",
+        "SUBMIT then WAIT in one round trip",
+        request=RunRequest,
+        request_tail=items(Desc),
+        reply=RunReply,
+        reply_tail=items(Result),
+    ),
+    Op(
+        0x53,
+        "CACHE_OP",
+        "one device cache maintenance operation",
+        request=CacheOpRequest,
+        reply=CacheOpReply,
+    ),
 )
 
 OP_BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
@@ -537,25 +665,40 @@ def decode_payload(
         return fixed, rest
     count = int(fixed[tail.count_field])
     if len(rest) != count * tail.item_size:
-        raise ProtocolError(
-            f"{len(rest)} tail bytes for {count} items of {tail.item_size} bytes"
-        )
+        raise ProtocolError(f"{len(rest)} tail bytes for {count} items of {tail.item_size} bytes")
     assert tail.item is not None
     return fixed, [
         tail.item.parse(rest[i * tail.item_size : (i + 1) * tail.item_size]) for i in range(count)
     ]
 
 
-def encode_header(op: int, seq: int, length: int, *, flags: int = 0, status: int = 0,
-                  magic: int = MAGIC, version: int = VERSION) -> bytes:
+def encode_header(
+    op: int,
+    seq: int,
+    length: int,
+    *,
+    flags: int = 0,
+    status: int = 0,
+    magic: int = MAGIC,
+    version: int = VERSION,
+) -> bytes:
     return Header.build(
-        {"magic": magic, "version": version, "op": op, "seq": seq, "flags": flags,
-         "reserved": 0, "status": status, "length": length}
+        {
+            "magic": magic,
+            "version": version,
+            "op": op,
+            "seq": seq,
+            "flags": flags,
+            "reserved": 0,
+            "status": status,
+            "length": length,
+        }
     )
 
 
-def encode_request(op: Op, seq: int, fields: dict | None = None, tail: bytes | list = b"",
-                   *, flags: int = 0) -> bytes:
+def encode_request(
+    op: Op, seq: int, fields: dict | None = None, tail: bytes | list = b"", *, flags: int = 0
+) -> bytes:
     payload = encode_payload(op.request, op.request_tail, fields or {}, tail)
     return encode_header(op.code, seq, len(payload), flags=flags) + payload
 
@@ -569,8 +712,9 @@ def decode_request(message: bytes) -> tuple[c.Container, Op, c.Container, object
     return header, op, fixed, tail
 
 
-def encode_reply(op: Op, seq: int, fields: dict | None = None, tail: bytes | list = b"",
-                 *, flags: int = 0) -> bytes:
+def encode_reply(
+    op: Op, seq: int, fields: dict | None = None, tail: bytes | list = b"", *, flags: int = 0
+) -> bytes:
     payload = encode_payload(op.reply, op.reply_tail, fields or {}, tail)
     return encode_header(op.code, seq, len(payload), flags=flags | 0x1) + payload
 

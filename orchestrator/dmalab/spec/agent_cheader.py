@@ -89,8 +89,11 @@ def generate() -> str:
         "#define AGENT_TAIL_ITEMS 2",
     ]
     enums = (
-        ("AGENT_F", a.HeaderFlags), ("AGENT_BUF", a.BufKind), ("AGENT_WRITE", a.CpuWriteMode),
-        ("AGENT_READ", a.CpuReadMode), ("AGENT_SYNC", a.SyncFlags),
+        ("AGENT_F", a.HeaderFlags),
+        ("AGENT_BUF", a.BufKind),
+        ("AGENT_WRITE", a.CpuWriteMode),
+        ("AGENT_READ", a.CpuReadMode),
+        ("AGENT_SYNC", a.SyncFlags),
     )
     for prefix, con in enums:
         out += ["", *_enum_block(prefix, con)]
@@ -157,8 +160,11 @@ def main(argv: list[str]) -> int:
     path = header_path()
     if "--check" in argv:
         if not path.exists() or path.read_text() != generate():
-            print(f"{path} differs from orchestrator/dmalab/spec/agent.py: run "
-                  "`python -m dmalab.spec.agent_cheader`", file=sys.stderr)
+            print(
+                f"{path} differs from orchestrator/dmalab/spec/agent.py: run "
+                "`python -m dmalab.spec.agent_cheader`",
+                file=sys.stderr,
+            )
             return 1
         print(f"{path} is up to date")
         return 0
