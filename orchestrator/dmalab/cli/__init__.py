@@ -42,9 +42,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from dmalab.cli import bench, build, doctor, fuzz, run, shell, spec, topology, up
+    from dmalab.cli import bench, build, doctor, fuzz, report, run, shell, spec, topology, up
 
-    for module in (bench, build, doctor, fuzz, run, spec, topology, up, shell):
+    for module in (bench, build, doctor, fuzz, report, run, spec, topology, up, shell):
         main.add_command(module.command)
 
 
