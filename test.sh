@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The tests: set everything up (scripts/setup-env.sh), then lint, check the generated C header, and
+# The tests: set everything up (scripts/setup-env.sh), then lint and format-check, check the generated C header, and
 # run pytest with these arguments. A pytest run that collects no test is a failure.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup-env.sh
 .venv/bin/ruff check orchestrator tests
+.venv/bin/ruff format --check orchestrator tests
 .venv/bin/dmalab spec header --check
 status=0
 .venv/bin/pytest "$@" || status=$?
