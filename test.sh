@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The tests: set everything up (scripts/setup-env.sh), then lint and format-check, check the generated C header, and
-# run pytest with these arguments. A pytest run that collects no test is a failure.
+# The tests: set everything up (scripts/setup-env.sh), then lint and format-check, check the
+# generated C headers, and run pytest with these arguments. A pytest run that collects no test
+# is a failure.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup-env.sh
