@@ -16,6 +16,7 @@ from dmalab.bench import device as device_bench
 from dmalab.bench import image as image_bench
 from dmalab.bench import machine as machine_bench
 from dmalab.bench import parse_size
+from dmalab.bench import suite as suite_bench
 from dmalab.errors import BadInput, CheckFailed
 
 
@@ -153,3 +154,28 @@ def image(json_path: Path | None, check: bool) -> None:
     progress = Progress()
     report = image_bench.run(log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]]))
     _finish("image", report, image_bench.render_table(report), json_path, check, progress)
+
+
+@command.command("suite", short_help="Wall time of the built-in suite, -j 1 against -j 2.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the full results (machine, both runs, speed-up, targets) here.",
+)
+@click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
+@click.option("--accel", default=None, help="Override the topologies' accelerator (tcg, kvm).")
+def suite(json_path: Path | None, check: bool, accel: str | None) -> None:
+    """Run `dmalab run` (the whole built-in suite on the shipped topologies) with -j 1, then
+    with -j 2, and report each one's wall time against the 60 s target, the speed-up, and
+    whether both wrote the same results.
+    """
+    from dmalab.artifacts.image import ensure_image
+
+    progress = Progress()
+    ensure_qemu(progress)
+    ensure_image()
+    report = suite_bench.run(
+        accel=accel, log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]])
+    )
+    _finish("suite", report, suite_bench.render_table(report), json_path, check, progress)

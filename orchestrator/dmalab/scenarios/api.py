@@ -26,6 +26,10 @@ Steps normally run one after the other. With `run.concurrent = True` every step 
 actor's own thread of control (A and B are independent drivers): the host issues the steps in
 table order but does not wait for a step that blocks in the guest (an EXCLUSIVE map or CPU
 access waiting for the owner); the ledger follows the order in which steps really completed.
+
+A run has a seed (`dmalab run --seed`): the pattern constants a scenario writes are tags that
+`run.pattern_seed(tag)` and `run.fill_word(word)` turn into the bytes of this run. A matrix run
+also applies a policy (`POLICIES`): exporter flags added to every buffer the variant creates.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmalab.errors import CheckFailed
 from dmalab.machine.agent import AgentError, Desc
 from dmalab.scenarios.ownership import Ledger
 from dmalab.spec import agent as spec
@@ -55,6 +60,37 @@ KEY_COUNTERS = (
 )  # fmt: skip
 #: How long a step may stay pending before the host counts it as blocked in the guest.
 BLOCKED_AFTER_S = 0.25
+_MASK64 = (1 << 64) - 1
+
+#: Matrix policies: exporter flags added to every buffer a variant creates. `base` is the
+#: variant as written.
+POLICIES: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "cache-sgt": ("CACHE_SGT",),
+    "exclusive": ("EXCLUSIVE",),
+}
+#: The seed `dmalab run` uses unless told otherwise.
+DEFAULT_SEED = 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: every input bit moves every output bit."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def seed_salt(seed: int) -> int:
+    """What a run's seed XORs into every pattern tag. 0 for the default seed, so that its bytes
+    are the scenarios' constants as written and its results compare with older results files;
+    XOR keeps distinct tags distinct within a run."""
+    return _mix64(seed) ^ _mix64(DEFAULT_SEED)
+
+
+def fill_bytes(word: int, n: int) -> bytes:
+    """What FILL with `word` writes: byte i of the destination is byte i mod 8 of the word."""
+    return (word.to_bytes(8, "little") * (n // 8 + 1))[:n]
 
 
 def step_cookie(step: int, index: int = 0) -> int:
@@ -80,6 +116,33 @@ def describe_cookie(cookie: int) -> tuple[str, int | None, str]:
 # Declarations and results
 
 
+#: Where a `Cell` declaration holds: topologies whose devices are all coherent, the others, or
+#: both.
+CELL_TOPOLOGIES = ("any", "coherent", "noncoherent")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What a variant is known to do in matrix cells (a policy, on some topologies) other than
+    its own expectation: "n/a" (not run, `why` says why), or "pass" / "detected" at `steps`."""
+
+    policy: str
+    expect: str  # "pass", "detected" or "n/a"
+    why: str
+    steps: tuple[int, ...] = ()
+    on: str = "any"  # one of CELL_TOPOLOGIES
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES or self.on not in CELL_TOPOLOGIES:
+            raise ValueError(f"cell {self.policy!r} on {self.on!r}: unknown policy or topology")
+        if self.expect not in ("pass", "detected", "n/a") or (
+            self.expect == "detected" and not self.steps
+        ):
+            raise ValueError(f"cell {self.policy!r}: expect {self.expect!r} at {self.steps}")
+        if not self.why:
+            raise ValueError(f"cell {self.policy!r}: say why")
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -87,6 +150,29 @@ class Variant:
     steps: tuple[int, ...] = ()  # where a faulty variant must be detected
     about: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    #: Known outcomes in other matrix cells (`cell_expectation`).
+    cells: tuple[Cell, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A correct variant is correct everywhere: it may only be declared not applicable.
+        if self.expect == "pass" and any(c.expect != "n/a" for c in self.cells):
+            raise ValueError(f"variant {self.name}: a correct variant may only declare n/a cells")
+
+
+def cell_expectation(v: Variant, policy: str, coherent: bool) -> tuple[str, tuple[int, ...], str]:
+    """(expectation, steps, why) of variant `v` under `policy` on a topology whose devices are
+    all `coherent` or not. The expectation is "pass", "detected" (at least at `steps`),
+    "observe" (run and record, nothing enforced) or "n/a" (not run).
+
+    A correct variant must pass everywhere. A faulty one must be detected under `base` on a
+    noncoherent topology; elsewhere its outcome is observed, unless a `Cell` declares it."""
+    where = "coherent" if coherent else "noncoherent"
+    for c in v.cells:
+        if c.policy == policy and c.on in ("any", where):
+            return c.expect, c.steps, c.why
+    if v.expect == "pass" or (policy == "base" and not coherent):
+        return v.expect, v.steps, ""
+    return "observe", (), ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +218,8 @@ class Result:
     counters: dict[str, dict[str, int]]
     steps: list[StepRecord]
     note: str = ""
+    #: The matrix policy (`POLICIES`); None outside a matrix run (left out of the JSON).
+    policy: str | None = None
     #: Physical addresses and other facts that differ from boot to boot.
     machine: dict[str, Any] = field(default_factory=dict)
     #: Wall times (seconds); left out when two runs are compared.
@@ -143,7 +231,10 @@ class Result:
 
 
 def verdict(expect: str, expected_steps: Sequence[int], findings: Sequence[Finding]) -> str:
+    """The outcome of a variant that ran to its end; "observe" records what happened."""
     detected = {f.step for f in findings}
+    if expect == "observe":
+        return "detected" if findings else "pass"
     if expect == "pass":
         return "pass" if not findings else "FAIL"
     return "detected" if findings and set(expected_steps) <= detected else "FAIL"
@@ -170,7 +261,8 @@ class Att:
 
 
 class Run:
-    """One scenario variant on one booted machine (`vm`), devices named by topology id."""
+    """One scenario variant on one booted machine (`vm`), devices named by topology id, under a
+    matrix `policy` and the run's `seed`."""
 
     def __init__(
         self,
@@ -180,6 +272,8 @@ class Run:
         variant: Variant,
         *,
         shared: Any = None,
+        policy: str = "base",
+        seed: int = DEFAULT_SEED,
     ) -> None:
         self.vm = vm
         self.agent = vm.agent
@@ -189,24 +283,63 @@ class Run:
         self.params = variant.params
         #: Topology facts scenarios ask about (e.g. the devices sharing an IOMMU domain).
         self.shared = shared
+        self.policy = policy
+        self.policy_flags = POLICIES[policy]
+        self.seed = seed
+        self.salt = seed_salt(seed)
         self.ledger = Ledger()
         self.findings: list[Finding] = []
         self.records: list[StepRecord] = []
         self.buffers: dict[str, Buf] = {}
-        self.concurrent = False
+        self._concurrent = False
         self.note = ""
         self.machine: dict[str, Any] = {}
         self._order = 0
         self._counters: dict[str, dict[str, int]] = {}
         self._seen_violations: dict[str, int] = {}
         self._chains: dict[str, asyncio.Task[Any]] = {}
-        self._pending: dict[int, float] = {}
+        self._pending: dict[int, float] = {}  # step -> when issued (or last active)
+        self._completed = 0  # steps completed in concurrent mode
         self._lock = asyncio.Lock()
         self._flags: list[tuple[Finding, Any]] = []
         self._unmapping: dict[tuple[str, str], asyncio.Event] = {}
 
+    @property
+    def concurrent(self) -> bool:
+        """Whether each actor's steps run on their own. Always under the `exclusive` policy:
+        there one driver's step waits for another's unmap, which a single sequence of steps
+        would never reach."""
+        return self._concurrent or "EXCLUSIVE" in self.policy_flags
+
+    @concurrent.setter
+    def concurrent(self, value: bool) -> None:
+        self._concurrent = value
+
+    # -----------------------------------------------------------------------------------------
+    # The run's seed: pattern constants are tags
+
+    def pattern_seed(self, tag: int) -> int:
+        """The CPU pattern seed (`write=(offset, length, seed)`) for the scenario's `tag`."""
+        return (tag ^ self.salt) & _MASK64
+
+    def pattern(self, tag: int, n: int) -> bytes:
+        """The bytes a CPU pattern write of `tag` puts there."""
+        return spec.pattern(self.pattern_seed(tag), n)
+
+    def fill_word(self, word: int) -> int:
+        """The FILL word of this run for the scenario's constant `word`."""
+        return (word ^ self.salt) & _MASK64
+
+    def fill(self, word: int, n: int) -> bytes:
+        """The bytes FILL with the scenario's constant `word` writes."""
+        return fill_bytes(self.fill_word(word), n)
+
     # -----------------------------------------------------------------------------------------
     # Setup (not steps)
+
+    def buffer_flags(self, flags: Sequence[str] = ()) -> list[str]:
+        """The flags a buffer created with `flags` gets: the policy's are added."""
+        return [*flags, *(f for f in self.policy_flags if f not in flags)]
 
     async def start(self) -> None:
         for qid in self.devices:
@@ -225,8 +358,9 @@ class Run:
         faults: Sequence[str] = (),
     ) -> Buf:
         b = await self.agent.buf_create(
-            "NCDMA", size, dev=self.devices[exporter], flags=list(flags), faults=list(faults)
-        )
+            "NCDMA", size, dev=self.devices[exporter], flags=self.buffer_flags(flags),
+            faults=list(faults),
+        )  # fmt: skip
         buf = Buf(name, b.id, size, await self.agent.buf_pages(b.id, 0, (size + PAGE - 1) // PAGE))
         self.buffers[name] = buf
         self.ledger.add_buffer(name, size, self.host_bytes(buf))
@@ -323,6 +457,7 @@ class Run:
                 await self.agent.cpu_write_pattern(buf.id, off, n, seed, background=bg)
             if sync:
                 await self.agent.sync(buf.id, end=True, background=bg)
+            self._replied(step)
             await self._released(buf)
             after = self.host_bytes(buf)
             async with self._lock:
@@ -365,6 +500,7 @@ class Run:
     async def map(self, step: int, actor: str, att: Att, direction: str = "BIDIRECTIONAL") -> None:
         async def body() -> None:
             await self.agent.map(att.id, direction, background=self.concurrent)
+            self._replied(step)
             async with self._lock:
                 self.ledger.map(step, att.buf.name, att.label, self.host_bytes(att.buf))
                 await self._after(step, record)
@@ -378,6 +514,7 @@ class Run:
             done = self._unmapping.setdefault((att.buf.name, att.label), asyncio.Event())
             try:
                 await self.agent.unmap(att.id, background=self.concurrent)
+                self._replied(step)
                 async with self._lock:
                     await self._after(step, record)
                     self.ledger.unmap(step, att.buf.name, att.label, self.host_bytes(att.buf))
@@ -408,6 +545,7 @@ class Run:
             results = await self.agent.run(
                 self.devices[device], list(descs), background=self.concurrent
             )
+            self._replied(step)
             async with self._lock:
                 await self._after(step, record)
                 for i, r in enumerate(results):
@@ -446,6 +584,7 @@ class Run:
             except AgentError as exc:
                 error = exc.name
                 record.error = f"{exc.name}: {exc.message}"
+            self._replied(step)
             async with self._lock:
                 await self._after(step, record)
                 if error != expect_error:
@@ -479,15 +618,34 @@ class Run:
                 await body()
             finally:
                 self._pending.pop(record.step, None)
+                self._completed += 1
 
         self._chains[chain] = asyncio.ensure_future(run())
         await self.settle()
 
+    def _replied(self, step: int) -> None:
+        """The guest answered the step: it is not blocked (the host's reads follow)."""
+        if step in self._pending:
+            self._pending[step] = time.monotonic()
+
     async def settle(self) -> None:
-        """Wait until every issued step has completed or has been blocked for a while."""
+        """Wait until every issued step has completed or has been blocked for a while.
+
+        Whether a step is blocked in the guest is only known by its taking long. A completion
+        may have let blocked steps through, and their replies take a while on a busy host (other
+        machines running beside this one): so every completion restarts their clocks, and the
+        next step is issued only once they stayed blocked that long again, or completed. Then
+        the steps complete in the same order however loaded the host is."""
         await asyncio.sleep(0)
+        seen = self._completed
         while True:
+            if all(t.done() for t in self._chains.values()):
+                return
             now = time.monotonic()
+            if self._completed != seen:
+                seen = self._completed
+                for step in self._pending:
+                    self._pending[step] = now
             fresh = [t for t in self._pending.values() if now - t < BLOCKED_AFTER_S]
             if not fresh:
                 await asyncio.sleep(0.02)  # a chain may be starting its next step
@@ -497,10 +655,20 @@ class Run:
             await asyncio.sleep(0.01)
 
     async def finish(self, timeout: float = 20.0) -> None:
-        """Wait for every step (concurrent mode)."""
-        if self._chains:
-            await asyncio.wait_for(asyncio.gather(*self._chains.values()), timeout)
-            self._chains.clear()
+        """Wait for every step (concurrent mode); steps still blocked after `timeout` seconds
+        fail the variant with one line naming them."""
+        if not self._chains:
+            return
+        chains = list(self._chains.values())
+        _, pending = await asyncio.wait(chains, timeout=timeout)
+        if pending:
+            blocked = ", ".join(f"{s} ({self._label(s)})" for s in sorted(self._pending))
+            for task in pending:
+                task.cancel()
+            raise CheckFailed(f"steps still blocked after {timeout:g} s: {blocked or '?'}")
+        self._chains.clear()
+        for task in chains:
+            task.result()  # a step's exception is the variant's
 
     async def _after(self, step: int, record: StepRecord) -> None:
         self._order += 1

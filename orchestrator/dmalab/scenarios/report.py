@@ -1,13 +1,14 @@
-"""Scenario results as a terminal table, JSON and JUnit XML (stdlib only)."""
+"""Scenario results as a terminal table (or a matrix), JSON and JUnit XML (stdlib only)."""
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from dmalab.scenarios.api import Result
+from dmalab.scenarios.api import Result, Scenario, Variant, cell_expectation
 from dmalab.scenarios.runner import as_json
 
 VERDICTS = {
@@ -15,12 +16,18 @@ VERDICTS = {
     ("detected", "detected"): "detected as expected",
     ("pass", "unavailable"): "n/a",
     ("detected", "unavailable"): "n/a",
+    # Matrix cells where nothing is enforced: what happened is recorded.
+    ("observe", "pass"): "clean (observed)",
+    ("observe", "detected"): "detected (observed)",
+    ("observe", "unavailable"): "n/a",
 }
 SHORT = {
     "stale_reads": "stale", "lost_writes": "lost", "conflicting_writes": "conflict",
     "writebacks_after_unmap": "wb-unmapped", "iommu_map_events": "MAP",
     "iommu_unmap_events": "UNMAP", "translation_faults": "faults",
 }  # fmt: skip
+#: Observed cells show this many detected steps, then "...".
+MATRIX_STEPS = 3
 
 
 def verdict_text(r: Result) -> str:
@@ -36,27 +43,45 @@ def key_counters(r: Result) -> str:
     return " ".join(f"{k}={v}" for k, v in total.items())
 
 
-def render_table(results: Sequence[Result]) -> str:
-    rows = [("scenario", "topology", "variant", "expect", "verdict", "steps", "s", "key counters")]
-    for r in results:
-        steps = ",".join(map(str, r.detected_steps)) or "-"
-        rows.append((r.scenario, r.topology, r.variant, r.expectation, verdict_text(r), steps,
-                     f"{r.timing.get('seconds', 0):.2f}", key_counters(r)))  # fmt: skip
+def _where(r: Result) -> str:
+    where = f"{r.scenario}/{r.topology}/{r.variant}"
+    return f"{where} [{r.policy}]" if r.policy is not None else where
+
+
+def _columns(rows: Sequence[Sequence[str]], header: int = 1) -> list[str]:
+    """Rows as left-aligned columns, the last one unpadded, a rule under the `header` rows."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for row in rows:
-        lines.append(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        )
-    lines.insert(1, "-" * len(lines[0]))
-    notes = [f"  {r.scenario}/{r.topology}/{r.variant}: {r.note}" for r in results if r.note]
-    failures = []
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in rows
+    ]
+    lines.insert(header, "-" * max(len(line) for line in lines))
+    return [line.rstrip() for line in lines]
+
+
+def _failures(results: Sequence[Result]) -> list[str]:
+    out = []
     for r in results:
         if not r.ok:
-            failures.append(f"  {r.scenario}/{r.topology}/{r.variant} (expected {r.expectation} "
-                            f"at steps {r.expected_steps or '-'}):")  # fmt: skip
-            failures += [f"    {e}" for e in r.evidence] or ["    no finding"]
-    out = "\n".join(lines)
+            out.append(f"  {_where(r)} (expected {r.expectation} "
+                       f"at steps {r.expected_steps or '-'}):")  # fmt: skip
+            out += [f"    {e}" for e in r.evidence] or ["    no finding"]
+    return out
+
+
+def render_table(results: Sequence[Result]) -> str:
+    policy = any(r.policy is not None for r in results)
+    head = ("scenario", "topology", "variant", *(("policy",) if policy else ()), "expect",
+            "verdict", "steps", "s", "key counters")  # fmt: skip
+    rows: list[tuple[str, ...]] = [head]
+    for r in results:
+        steps = ",".join(map(str, r.detected_steps)) or "-"
+        rows.append((r.scenario, r.topology, r.variant, *((r.policy or "",) if policy else ()),
+                     r.expectation, verdict_text(r), steps, f"{r.timing.get('seconds', 0):.2f}",
+                     key_counters(r)))  # fmt: skip
+    out = "\n".join(_columns(rows))
+    notes = [f"  {_where(r)}: {r.note}" for r in results if r.note]
+    failures = _failures(results)
     if notes:
         out += "\n\nnotes:\n" + "\n".join(notes)
     if failures:
@@ -64,25 +89,125 @@ def render_table(results: Sequence[Result]) -> str:
     return out
 
 
-def write_json(results: Sequence[Result], path: Path) -> None:
-    path.write_text(json.dumps({"results": as_json(results)}, indent=2) + "\n")
+def matrix_cell(r: Result) -> str:
+    """One cell of the matrix: `pass`, `det 4,11` (detected at its expected steps), `n/a`,
+    `FAIL`, or in parentheses what a cell that enforces nothing showed."""
+    if r.outcome == "unavailable":
+        return "n/a"
+    if not r.ok:
+        return "FAIL"
+    if r.expectation == "observe":
+        if r.outcome == "pass":
+            return "(clean)"
+        steps = ",".join(map(str, r.detected_steps[:MATRIX_STEPS]))
+        more = ",..." if len(r.detected_steps) > MATRIX_STEPS else ""
+        return f"(det {steps}{more})"
+    if r.expectation == "detected":
+        return "det " + ",".join(map(str, r.expected_steps))
+    return "pass"
+
+
+def _expect_of(v: Variant) -> str:
+    return "pass" if v.expect == "pass" else "det " + ",".join(map(str, v.steps))
+
+
+def render_matrix(
+    results: Sequence[Result], scenarios: Sequence[Scenario], coherent: Mapping[str, bool]
+) -> str:
+    """Rows scenario/variant, columns topology/policy (`coherent`: which topologies have only
+    coherent devices), then why cells are n/a or declared, and the failures. Cells in
+    parentheses are recorded, not enforced."""
+    variants = {(sc.name, v.name): v for sc in scenarios for v in sc.variants}
+    cols: list[tuple[str, str]] = []
+    rows: dict[tuple[str, str], dict[tuple[str, str], Result]] = {}
+    for r in results:
+        col = (r.topology, r.policy or "base")
+        if col not in cols:
+            cols.append(col)
+        rows.setdefault((r.scenario, r.variant), {})[col] = r
+    topo_row = [t if i == 0 or cols[i - 1][0] != t else "" for i, (t, _) in enumerate(cols)]
+    table: list[tuple[str, ...]] = [
+        ("", "", *topo_row),
+        ("scenario/variant", "expect", *(p for _, p in cols)),
+    ]
+    for (sc, name), cells in rows.items():
+        v = variants.get((sc, name))
+        table.append((f"{sc}/{name}", _expect_of(v) if v else "?",
+                      *(matrix_cell(cells[c]) if c in cells else "" for c in cols)))  # fmt: skip
+    out = "\n".join(_columns(table, header=2))
+    # One line per (row, reason), naming the policies and, unless it is all of them, the
+    # topologies it applies to; in the order of the rows.
+    topologies = list(dict.fromkeys(t for t, _ in cols))
+    reasons: dict[tuple[str, str, str], tuple[list[str], list[str]]] = {}
+    for r in results:
+        v = variants.get((r.scenario, r.variant))
+        policy = r.policy or "base"
+        why = cell_expectation(v, policy, coherent.get(r.topology, False))[2] if v else ""
+        if r.outcome == "unavailable":
+            text = f"n/a: {r.note}"
+        elif why:
+            steps = ",".join(map(str, r.expected_steps))
+            text = f"{r.expectation}{' at ' + steps if steps else ''}: {why}"
+        else:
+            continue
+        pols, topos = reasons.setdefault((r.scenario, r.variant, text), ([], []))
+        for values, value in ((pols, policy), (topos, r.topology)):
+            if value not in values:
+                values.append(value)
+    order = {key: i for i, key in enumerate(rows)}
+    lines = []
+    for (sc, name, text), (pols, topos) in sorted(
+        reasons.items(), key=lambda kv: order[kv[0][0], kv[0][1]]
+    ):
+        on = "" if len(topos) == len(topologies) else f" on {', '.join(topos)}"
+        lines.append(f"  {sc}/{name} [{', '.join(pols)}]{on}: {text}")
+    if lines:
+        out += "\n\nn/a and declared cells:\n" + "\n".join(lines)
+    failures = _failures(results)
+    if failures:
+        out += "\n\nfailures:\n" + "\n".join(failures)
+    return out
+
+
+def write_json(
+    results: Sequence[Result],
+    path: Path,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    timing: Mapping[str, Any] | None = None,
+) -> None:
+    """results.json: `meta` (how the run was made), `results`, `timing` (whole-run wall times)."""
+    doc: dict[str, Any] = {}
+    if meta is not None:
+        doc["meta"] = dict(meta)
+    doc["results"] = as_json(results)
+    if timing is not None:
+        doc["timing"] = dict(timing)
+    write_doc(doc, path)
+
+
+def write_doc(doc: Mapping[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def write_junit(results: Sequence[Result], path: Path) -> None:
+    """One `testsuite` per topology (per topology and policy in a matrix run), one `testcase`
+    per variant; `failure` with the evidence, `skipped` for n/a."""
     suites = ET.Element("testsuites", name="dmalab")
-    by_topo: dict[str, list[Result]] = {}
+    groups: dict[str, list[Result]] = {}
     for r in results:
-        by_topo.setdefault(r.topology, []).append(r)
-    for topo, rs in by_topo.items():
+        name = r.topology if r.policy is None else f"{r.topology}.{r.policy}"
+        groups.setdefault(name, []).append(r)
+    for group, rs in groups.items():
         suite = ET.SubElement(
-            suites, "testsuite", name=f"dmalab.{topo}", tests=str(len(rs)),
+            suites, "testsuite", name=f"dmalab.{group}", tests=str(len(rs)),
             failures=str(sum(not r.ok for r in rs)),
             skipped=str(sum(r.outcome == "unavailable" for r in rs)),
             time=f"{sum(r.timing.get('seconds', 0) for r in rs):.3f}",
         )  # fmt: skip
         for r in rs:
             case = ET.SubElement(
-                suite, "testcase", classname=f"{topo}.{r.scenario}", name=r.variant,
+                suite, "testcase", classname=f"{group}.{r.scenario}", name=r.variant,
                 time=f"{r.timing.get('seconds', 0):.3f}",
             )  # fmt: skip
             if r.outcome == "unavailable":
@@ -91,8 +216,7 @@ def write_junit(results: Sequence[Result], path: Path) -> None:
                 fail = ET.SubElement(
                     case, "failure",
                     message=f"expected {r.expectation} at steps {r.expected_steps}, "
-                    f"got {r.outcome} "
-                    f"at steps {r.detected_steps}",
+                    f"got {r.outcome} at steps {r.detected_steps}",
                 )  # fmt: skip
                 fail.text = "\n".join(r.evidence)
             out = ET.SubElement(case, "system-out")

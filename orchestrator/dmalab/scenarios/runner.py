@@ -1,20 +1,25 @@
-"""Run scenarios: boot each topology once, save a snapshot, restore it before every variant.
+"""Run scenarios: boot each topology, save a snapshot, restore it before every variant.
 
-`run_suite(topologies, scenarios)` returns a `Result` per (scenario, topology, variant). Each
-machine is booted with `launch.boot`, the guest's `/dev/ncdmaN` are matched to the topology's
-device ids by PCI address, devices that share an IOMMU group are noted (seed 004), and the state
-right after boot is saved; every variant starts from it, so results do not depend on the order
-or on what ran before. Wall times go to `Result.timing` only.
+`run_suite(topologies, scenarios)` returns a `SuiteRun`: a `Result` per (topology, policy,
+scenario, variant) in that canonical order, the run's `meta` and its wall times. Each machine is
+booted with `launch.boot`, the guest's `/dev/ncdmaN` are matched to the topology's device ids by
+PCI address, devices that share an IOMMU group are noted (seed 004), and the state right after
+boot is saved; every variant starts from it, so results depend neither on the order nor on which
+machine ran them (but for what the guest's physical page layout decides: docs/scenarios.md,
+"Determinism"). That is what lets `jobs` machines run at once with the same results. Wall times
+go to `timing` only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +27,26 @@ from dmalab.errors import CheckFailed
 from dmalab.machine.devices import _walk_pci
 from dmalab.machine.launch import boot
 from dmalab.machine.snapshot import Snapshots
-from dmalab.scenarios.api import Result, Run, Scenario, Variant, verdict
+from dmalab.machine.topology import Topology, load_topology
+from dmalab.scenarios.api import (
+    DEFAULT_SEED,
+    POLICIES,
+    Result,
+    Run,
+    Scenario,
+    Variant,
+    cell_expectation,
+    verdict,
+)
 from dmalab.scenarios.suite import SUITE
 
 SHIPPED = ("default", "virtio-iommu")
+#: `dmalab run --matrix` without -t: the shipped topologies and the coherent baseline.
+MATRIX_TOPOLOGIES = ("default", "virtio-iommu", "coherent")
 VARIANT_TIMEOUT_S = 60.0
+#: Another machine of a topology that already has one is booted only when each would still
+#: run this many variants: a boot and a snapshot cost about as much as ten variants.
+JOIN_MIN_VARIANTS = 10
 
 
 async def device_map(vm: Any) -> tuple[dict[str, int], tuple[str, str] | None]:
@@ -47,19 +67,27 @@ async def device_map(vm: Any) -> tuple[dict[str, int], tuple[str, str] | None]:
     return dict(sorted(index.items())), shared  # type: ignore[return-value]
 
 
+def all_coherent(topology: Topology) -> bool:
+    """Whether every device of the topology is coherent (no device cache): the baseline."""
+    return bool(topology.devices) and all(d.coherent for d in topology.devices)
+
+
+def _skipped(sc: Scenario, v: Variant, topology: str, why: str, policy: str | None) -> Result:
+    return Result(sc.name, sc.seed, topology, v.name, v.expect, "unavailable", list(v.steps),
+                  [], [], {}, [], note=why, policy=policy, timing={"seconds": 0.0})  # fmt: skip
+
+
 async def run_variant(
-    vm: Any, devices: dict[str, int], shared: Any, topology: str, sc: Scenario, v: Variant
+    run: Run, sc: Scenario, expect: str, steps: Sequence[int], why: str = ""
 ) -> Result:
-    run = Run(vm, devices, topology, v, shared=shared)
+    """Run `sc`'s body for `run.variant` and judge it against `expect` at `steps`."""
+    v = run.variant
     start = time.perf_counter()
-    why = sc.unavailable(run) if sc.unavailable else None
-    if why:
-        return Result(sc.name, sc.seed, topology, v.name, v.expect, "unavailable", list(v.steps),
-                      [], [], {}, [], note=why, timing={"seconds": 0.0})  # fmt: skip
     error = None
     try:
         await run.start()
         await asyncio.wait_for(sc.body(run), VARIANT_TIMEOUT_S)
+        await run.finish()
     except Exception as exc:  # the variant failed to run: report it, go on with the next
         error = f"{type(exc).__name__}: {exc}"
         for task in run._chains.values():
@@ -67,29 +95,29 @@ async def run_variant(
         if not isinstance(exc, CheckFailed):
             error += "\n" + traceback.format_exc(limit=4)
     findings = run.final_findings()
-    outcome = "FAIL" if error else verdict(v.expect, v.steps, findings)
+    outcome = "FAIL" if error else verdict(expect, steps, findings)
     evidence = [f.line for f in findings]
     if error:
         evidence.append(f"error: {error}")
+    order = sorted(run.records, key=lambda r: r.order)
+    note = run.note or (
+        "steps completed in the order " + ", ".join(str(r.step) for r in order)
+        if run.concurrent
+        else ""
+    )
     return Result(
         scenario=sc.name,
         seed=sc.seed,
-        topology=topology,
+        topology=run.topology,
         variant=v.name,
-        expectation=v.expect,
+        expectation=expect,
         outcome=outcome,
-        expected_steps=list(v.steps),
+        expected_steps=list(steps),
         detected_steps=sorted({f.step for f in findings}),
         evidence=evidence,
         counters=run.counters_total(),
-        steps=sorted(run.records, key=lambda r: r.order),
-        note=run.note
-        or (
-            "steps completed in the order "
-            + ", ".join(str(r.step) for r in sorted(run.records, key=lambda r: r.order))
-            if run.concurrent
-            else ""
-        ),
+        steps=order,
+        note="; ".join(x for x in (why, note) if x),
         machine=run.machine,
         timing={"seconds": round(time.perf_counter() - start, 3)},
     )
@@ -105,27 +133,47 @@ class Machine:
         self.snaps = Snapshots(vm)
         self.devices: dict[str, int] = {}
         self.shared: tuple[str, str] | None = None
+        topo = getattr(vm, "topology", None)
+        self.coherent = isinstance(topo, Topology) and all_coherent(topo)
         self.boot_seconds = 0.0
-        self._fresh = True
+        self.save_seconds = 0.0
+        self._dirty = False  # a variant ran since the snapshot was taken or restored
 
     async def prepare(self) -> None:
         self.devices, self.shared = await device_map(self.vm)
-        await self.snaps.save("booted")
+        self.save_seconds = await self.snaps.save("booted")
+
+    async def run_one(
+        self, sc: Scenario, v: Variant, *, policy: str = "base", seed: int = DEFAULT_SEED,
+        matrix: bool = False,
+    ) -> Result:  # fmt: skip
+        """One variant under `policy` (a matrix cell when `matrix`), from the snapshot."""
+        run = Run(self.vm, self.devices, self.topology, v, shared=self.shared, policy=policy,
+                  seed=seed)  # fmt: skip
+        expect, steps, why = cell_expectation(v, policy, self.coherent)
+        label = policy if matrix else None
+        skip = why if expect == "n/a" else (sc.unavailable(run) if sc.unavailable else None)
+        if skip:
+            return _skipped(sc, v, self.topology, skip, label)
+        restore_s = 0.0
+        if self._dirty:
+            restore_s = await self.snaps.restore("booted")
+        self._dirty = True
+        r = await run_variant(run, sc, expect, steps, why)
+        r.policy = label
+        r.timing["restore_seconds"] = round(restore_s, 3)
+        return r
 
     async def run(
         self, sc: Scenario, variants: Sequence[str] | None = None,
-        on_result: Callable[[Result], None] | None = None,
+        on_result: Callable[[Result], None] | None = None, *, policy: str = "base",
+        seed: int = DEFAULT_SEED,
     ) -> list[Result]:  # fmt: skip
         out = []
         for v in sc.variants:
             if variants is not None and v.name not in variants:
                 continue
-            restore_s = 0.0
-            if not self._fresh:
-                restore_s = await self.snaps.restore("booted")
-            self._fresh = False
-            r = await run_variant(self.vm, self.devices, self.shared, self.topology, sc, v)
-            r.timing["restore_seconds"] = round(restore_s, 3)
+            r = await self.run_one(sc, v, policy=policy, seed=seed)
             out.append(r)
             if on_result:
                 on_result(r)
@@ -134,42 +182,185 @@ class Machine:
 
 @contextlib.asynccontextmanager
 async def machine(
-    topology: str, *, accel: str | None = None, artifacts_dir: Path | None = None
+    topology: str,
+    *,
+    accel: str | None = None,
+    artifacts_dir: Path | None = None,
+    loaded: Topology | None = None,
+    name: str | None = None,
 ) -> AsyncIterator[Machine]:
+    """Boot `topology` (a shipped name or a file; `loaded` if already read) and yield it with
+    its snapshot saved; the machine is shut down on the way out, whatever happened."""
     t0 = time.perf_counter()
-    async with boot(topology, accel=accel, artifacts_dir=artifacts_dir) as vm:
+    options = {"name": name} if name else {}
+    async with boot(loaded or topology, accel=accel, artifacts_dir=artifacts_dir, **options) as vm:
         m = Machine(vm, topology)
         m.boot_seconds = time.perf_counter() - t0
         await m.prepare()
         yield m
 
 
-async def run_topology(
-    topology: str,
-    scenarios: Sequence[Scenario] = SUITE,
-    *,
-    accel: str | None = None,
-    artifacts_dir: Path | None = None,
-    on_result: Callable[[Result], None] | None = None,
-) -> list[Result]:
-    results: list[Result] = []
-    async with machine(topology, accel=accel, artifacts_dir=artifacts_dir) as m:
-        for sc in scenarios:
-            results += await m.run(sc, on_result=on_result)
-        if results:
-            results[0].timing["boot_seconds"] = round(m.boot_seconds, 3)
-    return results
+# ---------------------------------------------------------------------------------------------
+# The suite, on one machine per topology or several at once
+
+
+@dataclass(frozen=True)
+class Item:
+    """One variant to run: where it goes in the results, and the cell it belongs to."""
+
+    index: int
+    topology: str
+    policy: str
+    scenario: Scenario
+    variant: Variant
+
+
+@dataclass
+class SuiteRun:
+    results: list[Result]
+    meta: dict[str, Any]
+    #: Whole-run wall times: `wall_seconds` and one entry per machine booted.
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return suite_ok(self.results)
+
+    def doc(self) -> dict[str, Any]:
+        """What results.json holds."""
+        return {"meta": self.meta, "results": as_json(self.results), "timing": self.timing}
+
+
+def dmalab_version() -> str:
+    try:
+        return metadata.version("dmalab")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def plan(
+    topologies: Sequence[str], scenarios: Sequence[Scenario], policies: Sequence[str]
+) -> list[Item]:
+    """Every variant to run, in the canonical order: topology, policy, scenario, variant."""
+    items: list[Item] = []
+    for topo in topologies:
+        for policy in policies:
+            for sc in scenarios:
+                for v in sc.variants:
+                    items.append(Item(len(items), topo, policy, sc, v))
+    return items
 
 
 async def run_suite(
     topologies: Sequence[str] = SHIPPED,
     scenarios: Sequence[Scenario] = SUITE,
+    *,
+    policies: Sequence[str] | None = None,
+    seed: int = DEFAULT_SEED,
+    jobs: int = 1,
+    accel: str | None = None,
+    artifacts_dir: Path | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> SuiteRun:
+    """Every variant of `scenarios` on every topology (under every policy of a matrix run:
+    `policies` given), on at most `jobs` machines at once.
+
+    A job boots a machine of a topology nobody has started yet, in the order given; once every
+    topology has one, a free job boots another machine of the topology with the most variants
+    left per machine, if each would still run `JOIN_MIN_VARIANTS`. The machines of a topology
+    take its variants one by one, in the canonical order. `on_result` sees each result as it
+    arrives; the returned results are in the canonical order."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
+    matrix = policies is not None
+    pols = list(policies) if policies is not None else ["base"]
+    for p in pols:
+        if p not in POLICIES:
+            raise ValueError(f"unknown policy {p!r}")
+    loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
+    items = plan(topologies, scenarios, pols)
+    queues = {t: collections.deque(i for i in items if i.topology == t) for t in topologies}
+    running = dict.fromkeys(topologies, 0)
+    booted = dict.fromkeys(topologies, 0)
+    results: dict[int, Result] = {}
+    machines: list[dict[str, Any]] = []
+    start = time.perf_counter()
+
+    def pick() -> str | None:
+        for t in topologies:
+            if queues[t] and booted[t] == 0:
+                return t
+        left = [t for t in topologies if queues[t]]
+        if not left:
+            return None
+        best = max(left, key=lambda t: len(queues[t]) / (running[t] + 1))
+        return best if len(queues[best]) / (running[best] + 1) >= JOIN_MIN_VARIANTS else None
+
+    async def job() -> None:
+        while (topo := pick()) is not None:
+            booted[topo] += 1
+            running[topo] += 1
+            number = booted[topo]
+            entry: dict[str, Any] = {"topology": topo, "vm": number}
+            machines.append(entry)
+            t0 = time.perf_counter()
+            try:
+                async with machine(
+                    topo, accel=accel, artifacts_dir=artifacts_dir, loaded=loaded[topo],
+                    name=f"{loaded[topo].name}-{number}",
+                ) as m:  # fmt: skip
+                    entry["boot_seconds"] = round(m.boot_seconds, 3)
+                    entry["snapshot_seconds"] = round(m.save_seconds, 3)
+                    entry["variants"] = 0
+                    while queues[topo]:
+                        item = queues[topo].popleft()
+                        r = await m.run_one(item.scenario, item.variant, policy=item.policy,
+                                            seed=seed, matrix=matrix)  # fmt: skip
+                        r.timing["vm"] = number
+                        results[item.index] = r
+                        entry["variants"] += 1
+                        if on_result:
+                            on_result(r)
+            finally:
+                running[topo] -= 1
+                entry["seconds"] = round(time.perf_counter() - t0, 3)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(jobs, len(items)) or 1):
+                group.create_task(job())
+    except BaseExceptionGroup as eg:
+        # One job failed and the others were cancelled (their machines are shut down by now):
+        # report the failure itself, not the group.
+        raise _first(eg) from None
+    meta = {
+        "seed": seed,
+        "topologies": list(topologies),
+        "scenarios": [sc.name for sc in scenarios],
+        "policies": pols,
+        "matrix": matrix,
+        "dmalab": dmalab_version(),
+    }
+    timing = {"wall_seconds": round(time.perf_counter() - start, 3), "machines": machines}
+    return SuiteRun([results[i.index] for i in items], meta, timing)
+
+
+def _first(eg: BaseExceptionGroup) -> BaseException:
+    """The first exception of a group that is not a cancellation (nested groups flattened)."""
+    for exc in eg.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return eg.exceptions[0]
+
+
+async def run_topology(
+    topology: str,
+    scenarios: Sequence[Scenario] = SUITE,
     **kwargs: Any,
 ) -> list[Result]:
-    results = []
-    for topo in topologies:
-        results += await run_topology(topo, scenarios, **kwargs)
-    return results
+    return (await run_suite([topology], scenarios, **kwargs)).results
 
 
 def suite_ok(results: Sequence[Result]) -> bool:
@@ -178,10 +369,12 @@ def suite_ok(results: Sequence[Result]) -> bool:
 
 def as_json(results: Sequence[Result], *, timing: bool = True) -> list[dict[str, Any]]:
     """JSON-ready results; `timing=False` leaves out what differs from run to run (wall times,
-    physical addresses), for comparing two runs."""
+    physical addresses), for comparing two runs. `policy` is there only in a matrix run."""
     out = []
     for r in results:
         d = asdict(r)
+        if d["policy"] is None:
+            d.pop("policy")
         if not timing:
             d.pop("timing")
             d.pop("machine")
