@@ -14,7 +14,16 @@ import pytest
 
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.topology import load_topology, shipped_topologies
-from dmalab.scenarios.api import PAGE, Att, Buf, Result, Scenario, StepRecord, Variant
+from dmalab.scenarios.api import (
+    PAGE,
+    Att,
+    Buf,
+    Result,
+    Scenario,
+    StepRecord,
+    Variant,
+    fill_bytes,
+)  # fmt: skip
 from dmalab.scenarios.declarative import load_file, load_text, parse_text
 from dmalab.scenarios.ownership import Ledger
 from dmalab.scenarios.runner import Machine
@@ -96,6 +105,19 @@ class Recorder:
         self.log: list[tuple[Any, ...]] = []
         self.labels: dict[int, str] = {}
         self._ids = itertools.count(1)
+
+    # The seed's salt is 0 here (seed 1), so patterns are the scenario's own constants.
+    def pattern_seed(self, tag: int) -> int:
+        return tag
+
+    def fill_word(self, word: int) -> int:
+        return word
+
+    def pattern(self, tag: int, n: int) -> bytes:
+        return spec.pattern(tag, n)
+
+    def fill(self, word: int, n: int) -> bytes:
+        return fill_bytes(word, n)
 
     async def buffer(self, name: str, size: int, *, exporter: str, flags: Any = (),
                      faults: Any = ()) -> Buf:  # fmt: skip

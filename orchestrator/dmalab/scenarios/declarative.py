@@ -713,11 +713,6 @@ def _check_sequence(src: _Source, variant: str, active: list[StepDecl]) -> None:
 # Running
 
 
-def _fill(pattern: int, n: int) -> bytes:
-    """What FILL writes: byte i of the destination is byte i mod 8 of the pattern."""
-    return (pattern.to_bytes(8, "little") * (n // 8 + 1))[:n]
-
-
 async def _run(sf: ScenarioFile, run: Run) -> None:
     p = run.params
     run.concurrent = bool(p.get("concurrent", sf.concurrent))
@@ -758,7 +753,7 @@ async def _do(
     buf = bufs[s.buffer]
     model = run.ledger.model
     if s.action == "cpu":
-        write = (s.write.offset, s.write.length, s.pattern) if s.write else None
+        write = (s.write.offset, s.write.length, run.pattern_seed(s.pattern)) if s.write else None
         read = (s.read.offset, s.read.length) if s.read else None
         await run.cpu(s.n, s.who, buf, write=write, read=read, sync=s.sync, action=s.label)
     elif s.action == "map":
@@ -782,8 +777,8 @@ async def _do(
     elif s.action == "dma-fill":
         assert s.dst is not None
         a = atts[s.actor, s.buffer]
-        desc = Desc.fill(a.id, s.dst.length, s.pattern, dst_off=s.dst.offset)
-        filled = {s.buffer: {s.dst.offset: _fill(s.pattern, s.dst.length)}}
+        desc = Desc.fill(a.id, s.dst.length, run.fill_word(s.pattern), dst_off=s.dst.offset)
+        filled = {s.buffer: {s.dst.offset: run.fill(s.pattern, s.dst.length)}}
         await run.dma(s.n, s.who, a.device, [desc], action=s.label, expect_status=s.status,
                       writes=filled if s.status == "OK" else None)  # fmt: skip
     else:
@@ -793,8 +788,8 @@ async def _do(
         span = s.checked
         expected = {
             "coherent": lambda: model(s.buffer)[span.offset : span.offset + span.length],
-            "cpu-pattern": lambda: spec.pattern(s.pattern, span.length),
-            "fill": lambda: _fill(s.pattern, span.length),
+            "cpu-pattern": lambda: run.pattern(s.pattern, span.length),
+            "fill": lambda: run.fill(s.pattern, span.length),
             "zero": lambda: bytes(span.length),
         }[s.equals]()
         await run.check_bytes(s.n, buf, span.offset, expected, s.label)
