@@ -541,20 +541,44 @@ static const struct dma_buf_ops ncdma_xops_cached = {
 	.cache_sgt_mapping = true,
 };
 
+static void ncdma_free_page_list(struct list_head *list)
+{
+	struct page *p, *tmp;
+
+	list_for_each_entry_safe(p, tmp, list, lru) {
+		list_del(&p->lru);
+		__free_page(p);
+	}
+}
+
+/*
+ * No page directly follows the one before it: adjacent pages would merge into one sg segment
+ * and one IOMMU mapping, so segment and MAP counts would depend on where the page allocator
+ * happened to put a buffer on this boot. A page that follows its predecessor is set aside
+ * (at most about one per page) and freed once the buffer is complete.
+ */
 static struct page **ncdma_alloc_pages(unsigned long n)
 {
 	struct page **pages = kvcalloc(n, sizeof(*pages), GFP_KERNEL);
-	unsigned long i;
+	LIST_HEAD(spare);
+	unsigned long i = 0;
+	struct page *p;
 
 	if (!pages)
 		return NULL;
-	for (i = 0; i < n; i++) {
-		pages[i] = alloc_page(GFP_KERNEL | __GFP_ZERO);
-		if (!pages[i]) {
+	while (i < n) {
+		p = alloc_page(GFP_KERNEL | __GFP_ZERO);
+		if (!p) {
+			ncdma_free_page_list(&spare);
 			ncdma_free_pages(pages, n);
 			return NULL;
 		}
+		if (i && page_to_pfn(p) == page_to_pfn(pages[i - 1]) + 1)
+			list_add(&p->lru, &spare);
+		else
+			pages[i++] = p;
 	}
+	ncdma_free_page_list(&spare);
 	return pages;
 }
 
@@ -713,6 +737,10 @@ int ncdma_xbuf_revoke(struct ncdma_xbuf *xb)
 
 		xb->revoked = true;
 		ncdma_holders_maint(xb, op, NCDMA_REASON_REVOKE, true);
+		/* No device owns a revoked buffer: waiting maps and CPU faults go on at once. */
+		spin_lock(&xb->owner_lock);
+		xb->dev_owner = NULL;
+		spin_unlock(&xb->owner_lock);
 		list_for_each_entry(xa, &xb->atts, node) {
 			struct ncdma_xmap *m = xa->map;
 
@@ -725,6 +753,7 @@ int ncdma_xbuf_revoke(struct ncdma_xbuf *xb)
 		ncdma_stat_inc(xb->nd, ST_REVOKES);
 	}
 	mutex_unlock(&xb->lock);
+	wake_up_all(&xb->owner_wq);
 	dma_buf_move_notify(dmabuf);
 	dma_resv_unlock(dmabuf->resv);
 	return 0;

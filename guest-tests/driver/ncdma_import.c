@@ -218,6 +218,8 @@ static int ncdma_att_map(struct ncdma_att *att, u32 udir, u32 timeout_ms, u32 *n
 
 	if (udir > NCDMA_DIR_FROM_DEVICE)
 		return -EINVAL;
+	if (ncdma_att_revoked(att))
+		return -ENODEV;	/* checked again under the lock; here so as not to wait for an owner */
 	if (xb && ncdma_xbuf_exclusive(xb)) {
 		ret = ncdma_xbuf_claim_device(xb, att->nd, att, timeout_ms);
 		if (ret)

@@ -459,7 +459,9 @@ SEED_002 = Scenario(
                     Cell("cache-sgt", "detected", "revoke tears a cached mapping down the same "
                          "way: the skipped clean loses B's copy as before", (4, 6),
                          on="noncoherent"),
-                    *_coherent("pass", NO_CACHE, policies=("base", "cache-sgt")),
+                    Cell("exclusive", "detected", "revoke also ends B's ownership; the skipped "
+                         "clean loses B's copy as before", (4, 6), on="noncoherent"),
+                    *_coherent("pass", NO_CACHE),
                 )),
     ),
 )  # fmt: skip
