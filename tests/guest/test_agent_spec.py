@@ -22,7 +22,6 @@ from dmalab.spec import ncdma as hw
 ROOT = repo_root()
 AGENT_DIR = ROOT / "guest-tests" / "agent"
 UAPI = ROOT / "guest-tests" / "include" / "ncdma-uapi.h"
-needs_gcc = pytest.mark.usefixtures()  # gcc comes with the set-up (scripts/setup-env.sh)
 
 
 def sample(con: c.Construct, salt: int = 1) -> Any:
@@ -199,7 +198,6 @@ def _compile_and_run(tmp_path: Path, source: str, *extra: str) -> str:
     return subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
 
 
-@needs_gcc
 def test_structs_have_the_spec_layout(tmp_path: Path) -> None:
     """The C structs (generated and UAPI) have the sizes and offsets construct computes."""
     checks: list[tuple[str, str, int]] = []
@@ -274,7 +272,6 @@ def test_spec_mirrors_the_driver_uapi() -> None:
     assert len(names) + sum(int(n) for _, n in fields if n) == spec.DRIVER_STATS_SLOTS
 
 
-@needs_gcc
 def test_agent_pattern_and_crc_match_python(tmp_path: Path) -> None:
     """The agent's own generator and CRC (compiled from agent.c) produce what the host predicts."""
     harness = (
