@@ -253,3 +253,21 @@ def test_load_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text("[]")
     with pytest.raises(BadInput, match=r"results\.json: not a dmalab results file"):
         load(tmp_path)
+
+
+def test_observed_cells_are_not_failures(doc: dict[str, Any]) -> None:
+    """A matrix cell that enforces nothing may go from clean to detected without a regression;
+    it only regresses when it fails (its run broke) or disappears."""
+    old, new = edited(doc), edited(doc)
+    for d in (old, new):
+        r = find(d, "000-arnd-table", "default", "table")
+        r["expectation"], r["policy"] = "observe", "exclusive"
+    find(old, "000-arnd-table", "default", "table")["outcome"] = "pass"
+    cmp = compare(old, new)
+    (c,) = cmp.changed
+    assert (c.old_verdict, c.new_verdict) == ("clean (observed)", "detected (observed)")
+    assert not c.regression and not cmp.regressed
+    find(new, "000-arnd-table", "default", "table")["outcome"] = "fail"
+    assert compare(old, new).regressions == [
+        "000-arnd-table/default/table [policy exclusive]: clean (observed) -> FAIL"
+    ]

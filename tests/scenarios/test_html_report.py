@@ -196,3 +196,24 @@ def test_write_html(doc: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     write_html(doc, out)
     assert out.read_text(encoding="utf-8") == render_html(doc)
+
+
+def test_matrix_grid_and_run_timing(doc: dict[str, Any]) -> None:
+    """Results with a policy get a topology x policy grid; observed cells are not failures."""
+    assert 'id="matrix"' not in render_html(doc)
+    for r in doc["results"]:
+        r["policy"] = "base"
+    observed = copy.deepcopy(doc["results"][0])
+    observed.update(policy="cache-sgt", expectation="observe", outcome="detected")
+    doc["results"].append(observed)
+    doc["timing"] = {"wall_seconds": 21.5, "machines": [{"boot_seconds": 7.25}, {}]}
+    html = render_html(doc)
+    page = Page(html)
+    assert page.errors == []
+    text = " ".join(page.text)
+    assert "Verdict: PASS (17 results)" in text and "1 detected (observed)" in text
+    assert 'id="matrix"' in html and "Failures" not in text
+    grid = html[html.index('id="matrix"') : html.index('id="verdicts"')]
+    assert grid.count("<tr>") == 1 + len({(r["scenario"], r["variant"]) for r in doc["results"]})
+    assert "cache-sgt" in grid and "(det " in grid and "det 4,11" in grid
+    assert "21.5 s wall, 2 machine(s) booted (7.2-7.2 s" in text

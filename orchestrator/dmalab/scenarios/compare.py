@@ -15,22 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.errors import BadInput
+from dmalab.scenarios.verdicts import FAIL, verdict
 
-#: The same verdicts as the terminal table (report.py); anything else is FAIL.
-VERDICTS = {
-    ("pass", "pass"): "pass",
-    ("detected", "detected"): "detected as expected",
-    ("pass", "unavailable"): "n/a",
-    ("detected", "unavailable"): "n/a",
-}
-#: The devices' violation counters (docs/ncdma.md), plus the IOMMU's translation faults.
-VIOLATIONS = (
-    "stale_reads",
-    "lost_writes",
-    "conflicting_writes",
-    "writebacks_after_unmap",
-    "translation_faults",
-)
 REQUIRED = ("scenario", "topology", "variant", "expectation", "outcome")
 #: Per-result fields compared as plain values (verdict, steps, counters, evidence have their own).
 FIELDS = ("seed", "expectation", "expected_steps", "note")
@@ -79,25 +65,11 @@ def results_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def verdict_of(r: dict[str, Any]) -> str:
-    return VERDICTS.get((str(r.get("expectation")), str(r.get("outcome"))), "FAIL")
+    return verdict(r.get("expectation"), r.get("outcome"))
 
 
 def is_ok(r: dict[str, Any]) -> bool:
-    return verdict_of(r) != "FAIL"
-
-
-def counter_totals(r: dict[str, Any]) -> dict[str, int]:
-    """Each counter summed over the result's devices."""
-    total: dict[str, int] = {}
-    per_dev = r.get("counters")
-    if not isinstance(per_dev, dict):
-        return total
-    for counters in per_dev.values():
-        if isinstance(counters, dict):
-            for k, v in counters.items():
-                if isinstance(v, int) and not isinstance(v, bool):
-                    total[k] = total.get(k, 0) + v
-    return total
+    return verdict_of(r) != FAIL
 
 
 @dataclass(frozen=True)
@@ -170,11 +142,11 @@ class ResultChange:
 
     @property
     def regression(self) -> bool:
-        return self.old_verdict != "FAIL" and self.new_verdict == "FAIL"
+        return self.old_verdict != FAIL and self.new_verdict == FAIL
 
     @property
     def improvement(self) -> bool:
-        return self.old_verdict == "FAIL" and self.new_verdict != "FAIL"
+        return self.old_verdict == FAIL and self.new_verdict != FAIL
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -223,7 +195,7 @@ class Comparison:
         """One line per result that got worse: ok -> FAIL, disappeared, or new and failing."""
         out = [f"{c.key}: {c.old_verdict} -> {c.new_verdict}" for c in self.changed if c.regression]
         out += [f"{e.key}: removed (was {e.verdict})" for e in self.removed]
-        out += [f"{e.key}: new, FAIL" for e in self.added if e.verdict == "FAIL"]
+        out += [f"{e.key}: new, FAIL" for e in self.added if e.verdict == FAIL]
         return out
 
     @property
@@ -364,7 +336,7 @@ def render_text(cmp: Comparison) -> str:
         f"new: {cmp.new} ({cmp.new_count} results)",
     ]
     regressions = [c for c in cmp.changed if c.regression]
-    failing_new = [e for e in cmp.added if e.verdict == "FAIL"]
+    failing_new = [e for e in cmp.added if e.verdict == FAIL]
     if cmp.regressed:
         lines += ["", f"REGRESSIONS ({len(cmp.regressions)}):"]
         for c in regressions:
@@ -389,7 +361,7 @@ def render_text(cmp: Comparison) -> str:
             )
             lines.append(f"  {c.key} ({verdict})")
             lines += _detail(c)
-    added_ok = [e for e in cmp.added if e.verdict != "FAIL"]
+    added_ok = [e for e in cmp.added if e.verdict != FAIL]
     if added_ok:
         lines += ["", f"added ({len(added_ok)}):"] + [f"  {e.key}: {e.verdict}" for e in added_ok]
     lines += ["", f"unchanged: {cmp.unchanged}"]

@@ -15,26 +15,16 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from dmalab.scenarios.compare import (
+from dmalab.scenarios.compare import result_key, results_of, verdict_of
+from dmalab.scenarios.verdicts import (
+    FAIL,
+    VERDICT_CLASS,
+    VIOLATION_LABELS,
     VIOLATIONS,
     counter_totals,
-    result_key,
-    results_of,
-    verdict_of,
+    key_counters,
 )
 
-#: Counter names as the terminal table abbreviates them (report.py).
-SHORT = {
-    "stale_reads": "stale", "lost_writes": "lost", "conflicting_writes": "conflict",
-    "writebacks_after_unmap": "wb-unmapped", "iommu_map_events": "MAP",
-    "iommu_unmap_events": "UNMAP", "translation_faults": "faults",
-}  # fmt: skip
-VIOLATION_LABELS = {
-    "stale_reads": "stale reads", "lost_writes": "lost writes",
-    "conflicting_writes": "conflicting writes", "writebacks_after_unmap": "write-backs after unmap",
-    "translation_faults": "translation faults",
-}  # fmt: skip
-VERDICT_CLASS = {"pass": "pass", "detected as expected": "detected", "n/a": "na", "FAIL": "fail"}
 #: (dark, light) per topology: the dark one for `detected` variants, the light one for `pass`.
 PALETTE = (
     ("#1f5fa8", "#9cc3ea"),
@@ -57,16 +47,18 @@ def write_html(doc: dict[str, Any], path: Path) -> None:
 def render_html(doc: dict[str, Any]) -> str:
     """The report for a parsed results.json (`{"results": [...]}`, optionally `"meta"`)."""
     results = results_of(doc)
-    failures = [(i, r) for i, r in enumerate(results) if verdict_of(r) == "FAIL"]
+    failures = [(i, r) for i, r in enumerate(results) if verdict_of(r) == FAIL]
     parts = [
         _head(results, failures),
         _verdict_banner(results, failures),
         _meta(doc.get("meta")),
-        _nav(bool(failures)),
+        _run_timing(doc.get("timing")),
+        _nav(bool(failures), any("policy" in r for r in results)),
     ]
     if failures:
         parts.append(_failures(failures))
     parts += [
+        _matrix_grid(results),
         _verdict_table(results),
         '<section id="plots"><h2>Plots</h2>',
         _map_events_plot(results),
@@ -118,6 +110,8 @@ tr.finding td { background: #fff8e6; }
   font-weight: 600; color: #fff; white-space: nowrap; }
 .badge.pass { background: var(--pass); } .badge.detected { background: var(--detected); }
 .badge.na { background: var(--na); } .badge.fail { background: var(--fail); }
+.badge.observed { background: #fff; color: var(--muted); border: 1px solid var(--line); }
+table.grid td { text-align: center; } table.grid td:first-child { text-align: left; }
 .failure { border: 1px solid #f0c5c0; border-left: 5px solid var(--fail); border-radius: 4px;
   padding: 6px 12px; margin: 10px 0; }
 .failure h3 { margin-top: 4px; }
@@ -161,7 +155,7 @@ def _verdict_banner(results: Sequence[dict[str, Any]], failures: Sequence[Any]) 
     counts: dict[str, int] = {}
     for r in results:
         counts[verdict_of(r)] = counts.get(verdict_of(r), 0) + 1
-    order = ("FAIL", "pass", "detected as expected", "n/a")
+    order = (FAIL, "pass", "detected as expected", "clean (observed)", "detected (observed)", "n/a")
     summary = ", ".join(f"{counts[v]} {v}" for v in order if v in counts)
     if failures:
         head = f"Verdict: FAIL ({len(failures)} of {len(results)} results)"
@@ -179,8 +173,21 @@ def _meta(meta: Any) -> str:
     return f'<dl class="meta">{rows}</dl>'
 
 
-def _nav(failures: bool) -> str:
+def _run_timing(timing: Any) -> str:
+    """One line on the whole run: its wall time and the machines it booted."""
+    if not isinstance(timing, dict) or not isinstance(timing.get("wall_seconds"), int | float):
+        return ""
+    machines = [m for m in timing.get("machines") or [] if isinstance(m, dict)]
+    boots = [m["boot_seconds"] for m in machines if isinstance(m.get("boot_seconds"), int | float)]
+    text = f"{timing['wall_seconds']:.1f} s wall, {len(machines)} machine(s) booted"
+    if boots:
+        text += f" ({min(boots):.1f}-{max(boots):.1f} s to boot and snapshot each)"
+    return f'<p class="muted">{escape(text)}</p>'
+
+
+def _nav(failures: bool, grid: bool = False) -> str:
     links = [("failures", "Failures")] if failures else []
+    links += [("matrix", "Matrix")] if grid else []
     links += [("verdicts", "Verdict table"), ("plots", "Plots"), ("details", "Per-step detail")]
     return "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in links) + "</nav>"
 
@@ -232,14 +239,64 @@ def _failures(failures: Sequence[tuple[int, dict[str, Any]]]) -> str:
 
 
 def _key_counters(r: dict[str, Any]) -> str:
-    totals = counter_totals(r)
-    return " ".join(f"{SHORT[k]}={totals[k]}" for k in SHORT if totals.get(k))
+    return key_counters(r.get("counters"))
 
 
 def _seconds(r: dict[str, Any]) -> str:
     timing = r.get("timing")
     seconds = timing.get("seconds") if isinstance(timing, dict) else None
     return f"{seconds:.2f}" if isinstance(seconds, int | float) else ""
+
+
+def _grid_text(r: dict[str, Any]) -> str:
+    """A matrix cell's text, as in the terminal matrix (report.matrix_cell)."""
+    verdict = verdict_of(r)
+    steps = r.get("detected_steps") if verdict.startswith("detected") else None
+    if verdict == "detected as expected":
+        steps = r.get("expected_steps")
+    if verdict == FAIL or not isinstance(steps, list):
+        return {"clean (observed)": "(clean)"}.get(verdict, verdict)
+    text = "det " + ",".join(str(s) for s in steps[:3]) + (",..." if len(steps) > 3 else "")
+    return f"({text})" if verdict == "detected (observed)" else text
+
+
+def _matrix_grid(results: Sequence[dict[str, Any]]) -> str:
+    """Scenario/variant rows against topology x policy columns; only for --matrix runs."""
+    if not any("policy" in r for r in results):
+        return ""
+    cols: list[tuple[str, str]] = []
+    rows: list[tuple[str, str]] = []
+    cells: dict[tuple[tuple[str, str], tuple[str, str]], tuple[int, dict[str, Any]]] = {}
+    for i, r in enumerate(results):
+        col = (str(r.get("topology", "?")), _plain(r.get("policy") or "-"))
+        row = (str(r.get("scenario", "?")), str(r.get("variant", "?")))
+        cols += [col] if col not in cols else []
+        rows += [row] if row not in rows else []
+        cells[row, col] = (i, r)
+    head = "<th>scenario / variant</th>" + "".join(
+        f"<th>{escape(t)}<br><span class='muted'>{escape(p)}</span></th>" for t, p in cols
+    )
+    body = []
+    for row in rows:
+        tds = [f"<td>{escape(row[0])} / {escape(row[1])}</td>"]
+        for col in cols:
+            if (row, col) not in cells:
+                tds.append("<td></td>")
+                continue
+            i, r = cells[row, col]
+            verdict = verdict_of(r)
+            cls = VERDICT_CLASS.get(verdict, "fail")
+            tds.append(
+                f'<td><a href="#r{i}"><span class="badge {cls}">'
+                f"{escape(_grid_text(r))}</span></a></td>"
+            )
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    return (
+        '<section id="matrix"><h2>Matrix</h2><p class="muted">det N: detected at the expected '
+        "steps; in parentheses: a cell that enforces nothing, showing what happened.</p>"
+        f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
+        "</tbody></table></section>"
+    )
 
 
 def _verdict_table(results: Sequence[dict[str, Any]]) -> str:
@@ -263,13 +320,14 @@ def _verdict_table(results: Sequence[dict[str, Any]]) -> str:
         ]
         row = "".join(f"<td>{c}</td>" for c in cells)
         row += f'<td class="num">{_seconds(r)}</td><td class="muted">{escape(_note(r))}</td>'
-        cls = ' class="fail-row"' if verdict == "FAIL" else ""
+        cls = ' class="fail-row"' if verdict == FAIL else ""
         rows.append(f"<tr{cls}>{row}</tr>")
     th = "".join(f"<th>{h}</th>" for h in head)
     return (
         '<section id="verdicts"><h2>Verdict table</h2>'
         '<p class="muted">pass: no finding; detected as expected: findings at least at every '
-        "expected step; n/a: the topology lacks the mechanism; FAIL: anything else.</p>"
+        "expected step; observed: a matrix cell that enforces nothing, recorded as it came; "
+        "n/a: the topology lacks the mechanism; FAIL: anything else.</p>"
         f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
 
@@ -362,7 +420,7 @@ def violation_totals(
     for r in results:
         group = (str(r.get("topology", "?")), str(r.get("expectation", "?")))
         per_kind = totals.setdefault(group, dict.fromkeys(VIOLATIONS, 0))
-        counters = counter_totals(r)
+        counters = counter_totals(r.get("counters"))
         for kind in VIOLATIONS:
             per_kind[kind] += counters.get(kind, 0)
     return totals
@@ -563,7 +621,7 @@ def _details(results: Sequence[dict[str, Any]]) -> str:
     out = ['<section id="details"><h2>Per-step detail</h2>']
     for i, r in enumerate(results):
         verdict = verdict_of(r)
-        is_open = " open" if verdict == "FAIL" else ""
+        is_open = " open" if verdict == FAIL else ""
         out.append(
             f'<details id="r{i}"{is_open}><summary>{escape(_label(r))}{_badge(verdict)}</summary>'
         )

@@ -10,37 +10,19 @@ from typing import Any
 
 from dmalab.scenarios.api import Result, Scenario, Variant, cell_expectation
 from dmalab.scenarios.runner import as_json
+from dmalab.scenarios.verdicts import key_counters as _key_counters
+from dmalab.scenarios.verdicts import verdict
 
-VERDICTS = {
-    ("pass", "pass"): "pass",
-    ("detected", "detected"): "detected as expected",
-    ("pass", "unavailable"): "n/a",
-    ("detected", "unavailable"): "n/a",
-    # Matrix cells where nothing is enforced: what happened is recorded.
-    ("observe", "pass"): "clean (observed)",
-    ("observe", "detected"): "detected (observed)",
-    ("observe", "unavailable"): "n/a",
-}
-SHORT = {
-    "stale_reads": "stale", "lost_writes": "lost", "conflicting_writes": "conflict",
-    "writebacks_after_unmap": "wb-unmapped", "iommu_map_events": "MAP",
-    "iommu_unmap_events": "UNMAP", "translation_faults": "faults",
-}  # fmt: skip
 #: Observed cells show this many detected steps, then "...".
 MATRIX_STEPS = 3
 
 
 def verdict_text(r: Result) -> str:
-    return VERDICTS.get((r.expectation, r.outcome), "FAIL")
+    return verdict(r.expectation, r.outcome)
 
 
 def key_counters(r: Result) -> str:
-    total: dict[str, int] = {}
-    for per_dev in r.counters.values():
-        for k, v in per_dev.items():
-            if k in SHORT:
-                total[SHORT[k]] = total.get(SHORT[k], 0) + v
-    return " ".join(f"{k}={v}" for k, v in total.items())
+    return _key_counters(r.counters)
 
 
 def _where(r: Result) -> str:
