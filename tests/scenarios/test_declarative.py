@@ -183,6 +183,8 @@ def test_the_shipped_000_declares_what_the_python_seed_does() -> None:
     assert [(v.name, v.expect, v.steps) for v in sc.variants] == [
         (v.name, v.expect, v.steps) for v in SEED_000.variants
     ]
+    # Cells too, reasons and all: the matrix treats the file like the seed.
+    assert [v.cells for v in sc.variants] == [v.cells for v in SEED_000.variants]
     exclusive = sc.variants[-1].params
     assert exclusive == {"concurrent": True, "buffers": {"buf": {"flags": ["EXCLUSIVE"]}}}
 
@@ -276,6 +278,14 @@ def test_the_suite_has_the_seeds_then_the_files() -> None:
 # ---------------------------------------------------------------------------------------------
 # Mistakes: one line naming the file, the field and the problem
 
+_LOST = 'actors.A.faults = ["SKIP_UNMAP_CLEAN"]'
+
+
+def _cell(*lines: str) -> str:
+    """The last variant with a [[variant.cell]] made of `lines`."""
+    return "\n".join([_LOST, "[[variant.cell]]", *lines])
+
+
 MISTAKES = [
     # (replace this in GOOD, with this, the field named, part of the problem)
     ("pages = 2", "pages = ", "line 6, column 9", "not valid TOML: Invalid value"),
@@ -332,6 +342,24 @@ MISTAKES = [
     ('faults = ["USE_STALE"]', 'faults = "USE_STALE"', "actors.B.faults",
      "must be a list, not a string"),
     ("n = 1", "n = 0", "step[0].n", "must be in [1, 65535], not 0"),
+    (_LOST, _cell('policy = "exclusiv"', 'expect = "pass"', 'why = "w"'),
+     "variant[1].cell[0].policy", "must be one of base, cache-sgt, exclusive, not 'exclusiv'"),
+    (_LOST, _cell('policy = "exclusive"', 'expect = "pass"'), "variant[1].cell[0].why", "missing"),
+    (_LOST, _cell('policy = "base"', 'expect = "pass"', 'why = " "'), "variant[1].cell[0].why",
+     "must not be empty"),
+    (_LOST, _cell('policy = "exclusive"', 'expect = "detected"', 'why = "w"'),
+     "variant[1].cell[0].steps", "missing: a detected variant names the steps"),
+    (_LOST, _cell('policy = "exclusive"', 'expect = "n/a"', 'why = "w"', "steps = [4]"),
+     "variant[1].cell[0].steps", "an 'n/a' cell names no steps"),
+    (_LOST, _cell('policy = "exclusive"', 'expect = "detected"', 'why = "w"', "steps = [9]"),
+     "variant[1].cell[0].steps", "step 9 does not run in variant 'lost'"),
+    (_LOST, _cell('policy = "exclusive"', 'expect = "pass"', 'why = "w"', "[[variant.cell]]",
+                  'policy = "exclusive"', 'expect = "pass"', 'why = "w"', 'on = "coherent"'),
+     "variant[1].cell[1].on", "exclusive on coherent topologies is already cell[0] (on any)"),
+    (_LOST, _cell('policy = "base"', 'expect = "pass"', 'why = "w"', 'on = "both"'),
+     "variant[1].cell[0].on", "must be one of any, coherent, noncoherent, not 'both'"),
+    (_LOST, _cell('policy = "base"', 'expect = "pass"', 'why = "w"', "when = 1"),
+     "variant[1].cell[0].when", "unknown field (expected one of: policy, expect, why, steps, on)"),
 ]  # fmt: skip
 
 

@@ -21,7 +21,17 @@ from typing import Any, NoReturn
 
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.agent import Desc
-from dmalab.scenarios.api import PAGE, Att, Buf, Run, Scenario, Variant
+from dmalab.scenarios.api import (
+    CELL_TOPOLOGIES,
+    PAGE,
+    POLICIES,
+    Att,
+    Buf,
+    Cell,
+    Run,
+    Scenario,
+    Variant,
+)
 from dmalab.spec import agent as spec
 from dmalab.spec import ncdma as hw
 
@@ -52,7 +62,9 @@ _STEP_KEYS = {
     "dma-fill": ("to", "pattern", "status", "label"),
     "check": ("range", "equals", "pattern", "label"),
 }
-_VARIANT_KEYS = ("name", "expect", "steps", "about", "concurrent", "buffers", "actors")
+_VARIANT_KEYS = ("name", "expect", "steps", "about", "concurrent", "buffers", "actors", "cell")
+_CELL_KEYS = ("policy", "expect", "why", "steps", "on")
+CELL_EXPECTATIONS = ("pass", "detected", "n/a")
 _LABELS = {
     int: "an integer",
     bool: "true or false",
@@ -647,29 +659,56 @@ def _variants(
             src.fail(t.where, f"no step runs in variant {name!r} (check only-in and skip-in)")
         _check_sequence(src, name, active)
         numbers = sorted({s.n for s in active})
-        detected = t.get("steps", list, [])
-        for j, n in enumerate(detected):
-            if isinstance(n, bool) or not isinstance(n, int):
-                src.fail(f"{t.where}.steps[{j}]", f"must be a step number, not {_kind(n)}")
-            if n not in numbers:
-                src.fail(
-                    f"{t.where}.steps",
-                    f"step {n} does not run in variant {name!r} (its steps: "
-                    f"{', '.join(map(str, numbers))})",
-                )
-        if expect == "detected" and not detected:
-            t.fail("steps", "missing: a detected variant names the steps it must be caught at")
-        if expect == "pass" and detected:
-            t.fail("steps", "a pass variant must have no finding: leave steps out")
+        detected = _detected_steps(t, name, expect, numbers)
         params: dict[str, Any] = {"concurrent": t.get("concurrent", bool, concurrent)}
         if t.has("buffers"):
             params["buffers"] = _overrides(t, "buffers", buffers, BUF_FLAGS, "buffer")
         if t.has("actors"):
             params["actors"] = _overrides(t, "actors", actors, ATT_FLAGS, "actor")
-        out.append(
-            Variant(name, expect, tuple(sorted(set(detected))), t.text("about", "") or "", params)
-        )
+        cells = _cells(src, t, name, numbers)
+        about = t.text("about", "") or ""
+        out.append(Variant(name, expect, detected, about, params, cells))
     return tuple(out)
+
+
+def _detected_steps(t: _Table, variant: str, expect: str, numbers: list[int]) -> tuple[int, ...]:
+    """The `steps` of a variant or a cell: steps that run in the variant, present exactly when
+    `expect` is "detected"."""
+    detected = t.get("steps", list, [])
+    for j, n in enumerate(detected):
+        if isinstance(n, bool) or not isinstance(n, int):
+            t.src.fail(f"{t.where}.steps[{j}]", f"must be a step number, not {_kind(n)}")
+        if n not in numbers:
+            t.fail(
+                "steps",
+                f"step {n} does not run in variant {variant!r} (its steps: "
+                f"{', '.join(map(str, numbers))})",
+            )
+    if expect == "detected" and not detected:
+        t.fail("steps", "missing: a detected variant names the steps it must be caught at")
+    if expect == "pass" and detected:
+        t.fail("steps", "a pass variant must have no finding: leave steps out")
+    if expect != "detected" and detected:
+        t.fail("steps", f"an {expect!r} cell names no steps: leave steps out")
+    return tuple(sorted(set(detected)))
+
+
+def _cells(src: _Source, variant: _Table, name: str, numbers: list[int]) -> tuple[Cell, ...]:
+    """A variant's [[variant.cell]]: what it must show in other matrix cells, and why."""
+    raws = variant.get("cell", list, [])
+    cells: list[Cell] = []
+    for k, raw in enumerate(raws):
+        t = _Table(src, f"{variant.where}.cell[{k}]", raw, _CELL_KEYS)
+        policy = t.choice("policy", tuple(POLICIES))
+        expect = t.choice("expect", CELL_EXPECTATIONS)
+        on = t.choice("on", CELL_TOPOLOGIES, "any")
+        why = t.text("why", required=True)
+        steps = _detected_steps(t, name, expect, numbers)
+        for j, c in enumerate(cells):
+            if c.policy == policy and (c.on == on or "any" in (c.on, on)):
+                t.fail("on", f"{policy} on {on} topologies is already cell[{j}] (on {c.on})")
+        cells.append(Cell(policy, expect, why, steps, on))
+    return tuple(cells)
 
 
 def _check_sequence(src: _Source, variant: str, active: list[StepDecl]) -> None:
