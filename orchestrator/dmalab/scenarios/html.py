@@ -21,6 +21,7 @@ from dmalab.scenarios.verdicts import (
     VERDICT_CLASS,
     VIOLATION_LABELS,
     VIOLATIONS,
+    cell_text,
     counter_totals,
     key_counters,
 )
@@ -248,16 +249,10 @@ def _seconds(r: dict[str, Any]) -> str:
     return f"{seconds:.2f}" if isinstance(seconds, int | float) else ""
 
 
-def _grid_text(r: dict[str, Any]) -> str:
-    """A matrix cell's text, as in the terminal matrix (report.matrix_cell)."""
-    verdict = verdict_of(r)
-    steps = r.get("detected_steps") if verdict.startswith("detected") else None
-    if verdict == "detected as expected":
-        steps = r.get("expected_steps")
-    if verdict == FAIL or not isinstance(steps, list):
-        return {"clean (observed)": "(clean)"}.get(verdict, verdict)
-    text = "det " + ",".join(str(s) for s in steps[:3]) + (",..." if len(steps) > 3 else "")
-    return f"({text})" if verdict == "detected (observed)" else text
+def _cell_text(r: dict[str, Any]) -> str:
+    return cell_text(
+        r.get("expectation"), r.get("outcome"), r.get("expected_steps"), r.get("detected_steps")
+    )
 
 
 def _matrix_grid(results: Sequence[dict[str, Any]]) -> str:
@@ -284,11 +279,10 @@ def _matrix_grid(results: Sequence[dict[str, Any]]) -> str:
                 tds.append("<td></td>")
                 continue
             i, r = cells[row, col]
-            verdict = verdict_of(r)
-            cls = VERDICT_CLASS.get(verdict, "fail")
+            cls = VERDICT_CLASS.get(verdict_of(r), "fail")
             tds.append(
                 f'<td><a href="#r{i}"><span class="badge {cls}">'
-                f"{escape(_grid_text(r))}</span></a></td>"
+                f"{escape(_cell_text(r))}</span></a></td>"
             )
         body.append(f"<tr>{''.join(tds)}</tr>")
     return (

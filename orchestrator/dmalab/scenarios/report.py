@@ -10,11 +10,8 @@ from typing import Any
 
 from dmalab.scenarios.api import Result, Scenario, Variant, cell_expectation
 from dmalab.scenarios.runner import as_json
+from dmalab.scenarios.verdicts import cell_text, verdict
 from dmalab.scenarios.verdicts import key_counters as _key_counters
-from dmalab.scenarios.verdicts import verdict
-
-#: Observed cells show this many detected steps, then "...".
-MATRIX_STEPS = 3
 
 
 def verdict_text(r: Result) -> str:
@@ -72,21 +69,7 @@ def render_table(results: Sequence[Result]) -> str:
 
 
 def matrix_cell(r: Result) -> str:
-    """One cell of the matrix: `pass`, `det 4,11` (detected at its expected steps), `n/a`,
-    `FAIL`, or in parentheses what a cell that enforces nothing showed."""
-    if r.outcome == "unavailable":
-        return "n/a"
-    if not r.ok:
-        return "FAIL"
-    if r.expectation == "observe":
-        if r.outcome == "pass":
-            return "(clean)"
-        steps = ",".join(map(str, r.detected_steps[:MATRIX_STEPS]))
-        more = ",..." if len(r.detected_steps) > MATRIX_STEPS else ""
-        return f"(det {steps}{more})"
-    if r.expectation == "detected":
-        return "det " + ",".join(map(str, r.expected_steps))
-    return "pass"
+    return cell_text(r.expectation, r.outcome, r.expected_steps, r.detected_steps)
 
 
 def _expect_of(v: Variant) -> str:

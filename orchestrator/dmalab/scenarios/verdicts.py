@@ -51,8 +51,27 @@ SHORT = {
 }  # fmt: skip
 
 
+#: Observed matrix cells show this many detected steps, then "...".
+MATRIX_STEPS = 3
+
+
 def verdict(expectation: Any, outcome: Any) -> str:
     return VERDICTS.get((str(expectation), str(outcome)), FAIL)
+
+
+def cell_text(expectation: Any, outcome: Any, expected: Any, detected: Any) -> str:
+    """One matrix cell: `pass`, `det 4,11` (detected at its expected steps), `n/a`, `FAIL`, or
+    in parentheses what a cell that enforces nothing showed: `(clean)`, `(det 4,11,12)`."""
+    v = verdict(expectation, outcome)
+    if v == "detected as expected":
+        return "det " + ",".join(map(str, expected or ()))
+    if v == "clean (observed)":
+        return "(clean)"
+    if v == "detected (observed)":
+        steps = list(detected or ())
+        more = ",..." if len(steps) > MATRIX_STEPS else ""
+        return f"(det {','.join(map(str, steps[:MATRIX_STEPS]))}{more})"
+    return v
 
 
 def counter_totals(per_dev: Any) -> dict[str, int]:
