@@ -68,10 +68,6 @@ def verdict_of(r: dict[str, Any]) -> str:
     return verdict(r.get("expectation"), r.get("outcome"))
 
 
-def is_ok(r: dict[str, Any]) -> bool:
-    return verdict_of(r) != FAIL
-
-
 @dataclass(frozen=True)
 class Key:
     scenario: str

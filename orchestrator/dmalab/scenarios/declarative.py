@@ -665,7 +665,7 @@ def _variants(
             params["buffers"] = _overrides(t, "buffers", buffers, BUF_FLAGS, "buffer")
         if t.has("actors"):
             params["actors"] = _overrides(t, "actors", actors, ATT_FLAGS, "actor")
-        cells = _cells(src, t, name, numbers)
+        cells = _cells(t, name, numbers)
         about = t.text("about", "") or ""
         out.append(Variant(name, expect, detected, about, params, cells))
     return tuple(out)
@@ -693,12 +693,12 @@ def _detected_steps(t: _Table, variant: str, expect: str, numbers: list[int]) ->
     return tuple(sorted(set(detected)))
 
 
-def _cells(src: _Source, variant: _Table, name: str, numbers: list[int]) -> tuple[Cell, ...]:
+def _cells(variant: _Table, name: str, numbers: list[int]) -> tuple[Cell, ...]:
     """A variant's [[variant.cell]]: what it must show in other matrix cells, and why."""
     raws = variant.get("cell", list, [])
     cells: list[Cell] = []
     for k, raw in enumerate(raws):
-        t = _Table(src, f"{variant.where}.cell[{k}]", raw, _CELL_KEYS)
+        t = _Table(variant.src, f"{variant.where}.cell[{k}]", raw, _CELL_KEYS)
         policy = t.choice("policy", tuple(POLICIES))
         expect = t.choice("expect", CELL_EXPECTATIONS)
         on = t.choice("on", CELL_TOPOLOGIES, "any")
