@@ -194,9 +194,16 @@ static void ncdma_region_add(MemoryListener *l, MemoryRegionSection *section)
         s->degraded = true;
     }
     QLIST_INSERT_HEAD(&s->notifiers, nn, next);
-    s->replaying = true;
-    memory_region_iommu_replay(mr, &nn->n);
-    s->replaying = false;
+    /*
+     * A replay reports existing mappings as MAPs, which an UNMAP-only notifier
+     * does not want; and without a replay callback of its own (SMMUv3) QEMU's
+     * generic replay walks the whole 64-bit region page by page.
+     */
+    if (nn->n.notifier_flags & IOMMU_NOTIFIER_MAP) {
+        s->replaying = true;
+        memory_region_iommu_replay(mr, &nn->n);
+        s->replaying = false;
+    }
 }
 
 static void ncdma_region_del(MemoryListener *l, MemoryRegionSection *section)

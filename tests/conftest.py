@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,22 @@ def guest_image() -> ImageBuild:
 @pytest.fixture(scope="session")
 def image(guest_image: ImageBuild) -> ImageBuild:
     return guest_image
+
+
+@pytest.fixture(scope="session")
+def images(guest_image: ImageBuild) -> Callable[[str], ImageBuild]:
+    """The guest image of an architecture ("x86_64", "aarch64"), with the driver and agent."""
+    built = {"x86_64": guest_image}
+
+    def get(arch: str) -> ImageBuild:
+        if arch not in built:
+            build = ensure_image(lambda _message: None, arch=arch)
+            if not (build.parts.get("driver") and build.parts.get("agent")):
+                pytest.fail(f"the {arch} guest image has no driver or agent: {build.parts}")
+            built[arch] = build
+        return built[arch]
+
+    return get
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import pytest
 
 from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
-from dmalab.machine.vm import Vm, q35_argv
+from dmalab.machine.qemu_argv import Boot, qemu_argv
+from dmalab.machine.topology import minimal_topology
+from dmalab.machine.vm import Vm
 
 
 @pytest.fixture
@@ -21,13 +23,13 @@ def make_vm(
     """Vm(...) for the q35 + intel-iommu + one ncdma machine; keyword arguments go to Vm."""
 
     def make(iommu: str | None = "intel-iommu", ram_mib: int = 512, **kwargs: Any) -> Vm:
-        cmdline = image.cmdline_for(iommu or "none")
+        topology = minimal_topology("vm", iommu=iommu, memory_mib=ram_mib)
+        boot = Boot(image.kernel, image.initramfs, image.cmdline_for(iommu or "none"))
         return Vm(
             qemu_build.base_argv(),
-            lambda fd: q35_argv(
-                image.kernel, image.initramfs, cmdline, ram_fd=fd, ram_mib=ram_mib, iommu=iommu
-            ),
+            lambda fd: qemu_argv(topology, boot, accel="tcg", ram_fd=fd),
             ram_mib=ram_mib,
+            topology=topology,
             artifacts_dir=artifacts,
             **kwargs,
         )

@@ -19,8 +19,7 @@ from dmalab.artifacts import apt, qemu
 from dmalab.artifacts.cache import tree_hash
 from dmalab.artifacts.progress import Progress
 from dmalab.cli import _Group, main
-from dmalab.cli import build as build_cli
-from dmalab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, BadInput, EnvironmentProblem
+from dmalab.errors import EXIT_BAD_INPUT, BadInput, EnvironmentProblem
 
 SHOWSRC = """\
 Package: qemu
@@ -142,30 +141,44 @@ def test_manifest_is_written_whole(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
-def _publish_fake(bin_dir: Path, size_delta: int = 0) -> None:
+def _publish_fake(
+    bin_dir: Path, size_delta: int = 0, arches: tuple[str, ...] = qemu.ARCHES
+) -> None:
     bin_dir.mkdir(parents=True)
-    binary = bin_dir / qemu.TARGET
-    binary.write_bytes(b"\x7fELF" + b"\0" * 60)
-    manifest = {"binary_size": binary.stat().st_size + size_delta, "firmware_dirs": []}
+    binaries = {}
+    for arch in arches:
+        binary = bin_dir / qemu.TARGETS[arch]
+        binary.write_bytes(b"\x7fELF" + b"\0" * 60)
+        binaries[arch] = {"file": binary.name, "size": binary.stat().st_size + size_delta}
+    manifest = {"binaries": binaries, "firmware_dirs": []}
     qemu.write_manifest(bin_dir / "manifest.json", manifest)
 
 
 def test_a_complete_published_build_is_found(tmp_path: Path) -> None:
     _publish_fake(tmp_path / "good")
     found = qemu._published(tmp_path / "good")
-    assert found is not None and found.binary == tmp_path / "good" / qemu.TARGET
+    assert found is not None
+    assert found.binaries == {
+        "x86_64": tmp_path / "good" / "qemu-system-x86_64",
+        "aarch64": tmp_path / "good" / "qemu-system-aarch64",
+    }
+    assert found.binary == found.binaries["x86_64"]
 
 
 def test_an_incomplete_published_build_is_ignored(tmp_path: Path) -> None:
     _publish_fake(tmp_path / "truncated", size_delta=1)
     assert qemu._published(tmp_path / "truncated") is None
+    _publish_fake(tmp_path / "one-target", arches=("x86_64",))
+    assert qemu._published(tmp_path / "one-target") is None
     (tmp_path / "no-manifest").mkdir()
     assert qemu._published(tmp_path / "no-manifest") is None
 
 
-def test_base_argv_passes_every_firmware_dir() -> None:
-    build = qemu.QemuBuild(Path("/q/qemu"), [Path("/usr/share/qemu"), Path("/fw")], {})
+def test_base_argv_passes_every_firmware_dir_for_each_arch() -> None:
+    binaries = {"x86_64": Path("/q/qemu"), "aarch64": Path("/q/qemu-a")}
+    build = qemu.QemuBuild(binaries, [Path("/usr/share/qemu"), Path("/fw")], {})
     assert build.base_argv() == ["/q/qemu", "-L", "/usr/share/qemu", "-L", "/fw"]
+    assert build.base_argv("aarch64") == ["/q/qemu-a", "-L", "/usr/share/qemu", "-L", "/fw"]
 
 
 # --- tool output and progress -----------------------------------------------------------------
@@ -267,10 +280,32 @@ def test_dmalab_qemu_uses_the_users_binary(tmp_path: Path, monkeypatch: pytest.M
     fake.write_text("#!/bin/sh\necho 'QEMU emulator version 10.1.50'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("DMALAB_QEMU", str(fake))
+    monkeypatch.delenv("DMALAB_QEMU_AARCH64", raising=False)
     build = qemu.ensure_qemu()
     assert build.binary == fake
     assert build.manifest["source"] == "DMALAB_QEMU"
     assert build.manifest["qemu_version"] == "QEMU emulator version 10.1.50"
+    with pytest.raises(
+        EnvironmentProblem, match="set DMALAB_QEMU_AARCH64 to a qemu-system-aarch64"
+    ):
+        build.base_argv("aarch64")
+
+
+def test_dmalab_qemu_aarch64_uses_the_users_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = {}
+    for arch, var in qemu.USER_QEMU_VARS.items():
+        fakes[arch] = tmp_path / qemu.TARGETS[arch]
+        fakes[arch].write_text(f"#!/bin/sh\necho 'QEMU emulator version 10.1.50 {arch}'\n")
+        fakes[arch].chmod(0o755)
+        monkeypatch.setenv(var, str(fakes[arch]))
+    build = qemu.ensure_qemu()
+    assert build.binaries == fakes
+    assert build.manifest["qemu_versions"]["aarch64"].endswith("aarch64")
+    monkeypatch.setenv("DMALAB_QEMU_AARCH64", str(tmp_path))
+    with pytest.raises(BadInput, match=f"DMALAB_QEMU_AARCH64={tmp_path} is not an executable"):
+        qemu.ensure_qemu()
 
 
 def test_dmalab_qemu_that_is_not_executable_is_bad_input(
@@ -367,13 +402,6 @@ def test_build_qemu_prints_the_binary_last(tmp_path: Path, monkeypatch: pytest.M
     assert result.stdout.splitlines()[-1] == str(fake)
 
 
-def test_build_image_without_an_image_builder(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(build_cli, "_image_available", lambda: False)
-    result = CliRunner().invoke(main, ["build", "image"])
-    assert result.exit_code == EXIT_ENVIRONMENT
-    assert "not available yet" in result.stderr
-
-
 def test_interrupt_exits_130_with_one_line() -> None:
     @click.group(cls=_Group)
     def group() -> None:
@@ -405,9 +433,10 @@ def test_python_dash_m_dmalab_runs() -> None:
 # --- the real build -----------------------------------------------------------------------------
 
 
-def test_built_qemu_runs_and_lists_ncdma(qemu_build: qemu.QemuBuild) -> None:
+@pytest.mark.parametrize("arch", qemu.ARCHES)
+def test_built_qemu_runs_and_lists_ncdma(qemu_build: qemu.QemuBuild, arch: str) -> None:
     proc = subprocess.run(
-        [*qemu_build.base_argv(), "-device", "help"],
+        [*qemu_build.base_argv(arch), "-device", "help"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -431,4 +460,4 @@ def test_unchanged_build_runs_no_tool(
     started = time.monotonic()
     again = qemu.ensure_qemu()
     assert time.monotonic() - started < 1.0
-    assert again.binary == qemu_build.binary
+    assert again.binaries == qemu_build.binaries

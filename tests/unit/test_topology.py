@@ -265,7 +265,10 @@ def test_malformed_topology_is_one_line_with_file_field_problem(
 def test_unknown_topology_name_lists_the_shipped_ones() -> None:
     result = CliRunner().invoke(main, ["topology", "check", "no-such-topology"])
     assert result.exit_code == 2
-    assert "shipped: coherent, default, virtio-iommu" in result.stderr
+    assert (
+        "shipped: arm64-smmuv3, arm64-virtio-iommu, coherent, default, virtio-iommu"
+        in result.stderr
+    )
 
 
 def test_list_names_every_shipped_topology() -> None:

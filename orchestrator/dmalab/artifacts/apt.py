@@ -74,6 +74,9 @@ class AptRepo:
 
     name: str
     lines: tuple[str, ...]
+    #: Debian architecture of the packages (None: the host's). Set, it replaces the host's
+    #: architecture for this configuration only: nothing enters the system's multiarch.
+    arch: str | None = None
 
     @property
     def root(self) -> Path:
@@ -92,7 +95,9 @@ class AptRepo:
             f"Dir::Cache={root / 'cache'}",
             "-o",
             "APT::Sandbox::User=root",
-        ]
+            *(["-o", f"APT::Architecture={self.arch}", "-o", f"APT::Architectures={self.arch}"]
+              if self.arch else []),
+        ]  # fmt: skip
 
     def update(self, *, max_age_s: float = 6 * 3600) -> None:
         """Refresh the index unless it was refreshed within max_age_s."""
@@ -141,10 +146,11 @@ def source_repo(suite: str) -> AptRepo:
     return AptRepo(f"{suite}-src", (f"deb-src [signed-by={KEYRING}] {mirror()} {suite} main",))
 
 
-def binary_repo(name: str, *suites: str) -> AptRepo:
-    """Binary packages from the given suites; "*-security" comes from the security archive."""
+def binary_repo(name: str, *suites: str, arch: str | None = None) -> AptRepo:
+    """Binary packages from the given suites ("*-security" comes from the security archive), of
+    Debian architecture `arch` (None: the host's)."""
     lines = []
     for suite in suites:
         uri = mirror(security=suite.endswith("-security"))
         lines.append(f"deb [signed-by={KEYRING}] {uri} {suite} main")
-    return AptRepo(name, tuple(lines))
+    return AptRepo(name, tuple(lines), arch)

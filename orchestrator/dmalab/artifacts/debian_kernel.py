@@ -22,22 +22,31 @@ from dmalab.artifacts.apt import AptRepo, binary_repo
 from dmalab.errors import EnvironmentProblem
 
 SUITES = ("bookworm", "bookworm-backports", "bookworm-security")
-FLAVOUR = "amd64"
+#: Guest architecture (QEMU's name) -> Debian's architecture and kernel flavour.
+DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+HOST_ARCH = "amd64"
 _ABI = r"6\.12\.[0-9]+\+deb12"
-# Each role is one package; {abi} is the kernel's ABI name, e.g. 6.12.117+deb12.
+# Each role is one package; {abi} is the kernel's ABI name, e.g. 6.12.117+deb12, {flavour} the
+# Debian architecture.
 ROLES = {
-    "image": f"linux-image-{{abi}}-{FLAVOUR}-unsigned",
-    "headers": f"linux-headers-{{abi}}-{FLAVOUR}",
+    "image": "linux-image-{abi}-{flavour}-unsigned",
+    "headers": "linux-headers-{abi}-{flavour}",
     "headers-common": "linux-headers-{abi}-common",
     "kbuild": "linux-kbuild-{abi}",
 }
+#: Roles that run on the build machine (kbuild's host tools), so they come in the host's
+#: architecture whatever the guest's.
+HOST_ROLES = ("kbuild",)
 BUSYBOX = "busybox-static"
-_PATTERNS = (
-    f"^linux-image-{_ABI}-{FLAVOUR}-unsigned$",
-    f"^linux-headers-{_ABI}-({FLAVOUR}|common)$",
-    f"^linux-kbuild-{_ABI}$",
-    f"^{BUSYBOX}$",
-)
+
+
+def _patterns(flavour: str) -> tuple[str, ...]:
+    return (
+        f"^linux-image-{_ABI}-{flavour}-unsigned$",
+        f"^linux-headers-{_ABI}-({flavour}|common)$",
+        f"^linux-kbuild-{_ABI}$",
+        f"^{BUSYBOX}$",
+    )
 
 
 @dataclass(frozen=True)
@@ -58,24 +67,42 @@ class Resolution:
 
     abi: str  # 6.12.117+deb12
     packages: dict[str, Package]
+    flavour: str = HOST_ARCH
 
     @property
     def release(self) -> str:
         """`uname -r` of the kernel: 6.12.117+deb12-amd64."""
-        return f"{self.abi}-{FLAVOUR}"
+        return f"{self.abi}-{self.flavour}"
 
     def to_json(self) -> dict[str, object]:
-        return {"abi": self.abi, "packages": {k: asdict(v) for k, v in self.packages.items()}}
+        return {
+            "abi": self.abi,
+            "flavour": self.flavour,
+            "packages": {k: asdict(v) for k, v in self.packages.items()},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Resolution:
         packages = data["packages"]
         assert isinstance(packages, dict)
-        return cls(str(data["abi"]), {k: Package(**v) for k, v in packages.items()})
+        return cls(
+            str(data["abi"]),
+            {k: Package(**v) for k, v in packages.items()},
+            str(data.get("flavour", HOST_ARCH)),
+        )
 
 
-def repo() -> AptRepo:
-    return binary_repo("guest-bookworm", *SUITES)
+def repo(arch: str = "x86_64") -> AptRepo:
+    """The private apt for the guest's packages (`arch` is QEMU's name of the guest's)."""
+    flavour = DEBIAN_ARCH[arch]
+    if flavour == HOST_ARCH:
+        return binary_repo("guest-bookworm", *SUITES)
+    return binary_repo(f"guest-bookworm-{flavour}", *SUITES, arch=flavour)
+
+
+def repo_for(arch: str, role: str) -> AptRepo:
+    """Where the package of `role` comes from: kbuild's host tools from the host's archive."""
+    return repo("x86_64") if role in HOST_ROLES else repo(arch)
 
 
 def _abi_key(abi: str) -> tuple[int, ...]:
@@ -106,42 +133,53 @@ def _lists_fingerprint(apt: AptRepo) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()
 
 
-def resolve(apt: AptRepo, cache: Path, on_query: Callable[[], None] = lambda: None) -> Resolution:
-    """The newest kernel ABI with all its packages in the index, and busybox-static.
+def resolve(arch: str, cache: Path, on_query: Callable[[], None] = lambda: None) -> Resolution:
+    """The newest kernel ABI with all its packages in the indexes, and busybox-static, for the
+    guest architecture `arch`.
 
     The answer is cached against the index files, so a warm build does not run apt-cache."""
-    fingerprint = _lists_fingerprint(apt)
+    flavour = DEBIAN_ARCH[arch]
+    guest, host = repo(arch), repo("x86_64")
+    apts = [guest] if guest == host else [guest, host]
+    fingerprint = "".join(_lists_fingerprint(a) for a in apts)
     memo = cache / "resolution.json"
     if memo.is_file():
         saved = json.loads(memo.read_text())
         if saved.get("fingerprint") == fingerprint:
             return Resolution.from_json(saved["resolution"])
     on_query()
-    text = apt.run("apt-cache", "show", "--no-all-versions", *_PATTERNS)
-    by_name = {
-        s["Package"]: Package(s["Package"], s["Version"], s["SHA256"], int(s["Size"]))
-        for s in _stanzas(text)
-    }
+    found = {a.name: _index(a, _patterns(flavour)) for a in apts}
     abis = {
         m.group(1)
-        for name in by_name
-        if (m := re.fullmatch(rf"linux-image-({_ABI})-{FLAVOUR}-unsigned", name))
+        for name in found[guest.name]
+        if (m := re.fullmatch(rf"linux-image-({_ABI})-{flavour}-unsigned", name))
     }
     for abi in sorted(abis, key=_abi_key, reverse=True):
-        names = {role: pattern.format(abi=abi) for role, pattern in ROLES.items()}
-        if all(n in by_name for n in names.values()) and BUSYBOX in by_name:
-            packages = {role: by_name[n] for role, n in names.items()}
-            packages["busybox"] = by_name[BUSYBOX]
-            resolution = Resolution(abi, packages)
+        packages = {}
+        for role, pattern in ROLES.items():
+            index = found[repo_for(arch, role).name]
+            if (name := pattern.format(abi=abi, flavour=flavour)) in index:
+                packages[role] = index[name]
+        if len(packages) == len(ROLES) and BUSYBOX in found[guest.name]:
+            packages["busybox"] = found[guest.name][BUSYBOX]
+            resolution = Resolution(abi, packages, flavour)
             cache.mkdir(parents=True, exist_ok=True)
             memo.write_text(
                 json.dumps({"fingerprint": fingerprint, "resolution": resolution.to_json()})
             )
             return resolution
     raise EnvironmentProblem(
-        f"no complete Debian 6.12 kernel (image, headers, kbuild) or no {BUSYBOX} in "
+        f"no complete Debian 6.12 {flavour} kernel (image, headers, kbuild) or no {BUSYBOX} in "
         f"{', '.join(SUITES)}: check the apt sources in /etc/apt"
     )
+
+
+def _index(apt: AptRepo, patterns: tuple[str, ...]) -> dict[str, Package]:
+    text = apt.run("apt-cache", "show", "--no-all-versions", *patterns)
+    return {
+        s["Package"]: Package(s["Package"], s["Version"], s["SHA256"], int(s["Size"]))
+        for s in _stanzas(text)
+    }
 
 
 def _sha256(path: Path) -> str:

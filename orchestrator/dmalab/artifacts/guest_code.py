@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmalab.artifacts import elf
+from dmalab.artifacts.cache import cache_root
+from dmalab.artifacts.host_packages import ensure_packages
 from dmalab.errors import EnvironmentProblem
 
 GUEST_TESTS = "guest-tests"
@@ -31,6 +33,30 @@ _OUTPUTS = (
     "*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "*.a", "Module.symvers", "modules.order",
     ".tmp_versions", AGENT_FILE,
 )  # fmt: skip
+
+
+#: Guest architecture -> (kbuild ARCH, cross-compiler prefix, Debian packages of the compiler
+#: and its C library). Debian's cross compilers install beside the host's, outside multiarch.
+CROSS = {
+    "x86_64": ("x86", "", ()),
+    "aarch64": (
+        "arm64",
+        "aarch64-linux-gnu-",
+        ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "binutils-aarch64-linux-gnu"),
+    ),
+}
+
+
+def compiler(arch: str) -> str:
+    """The C compiler that builds guest code for `arch`."""
+    return f"{CROSS[arch][1]}gcc"
+
+
+def ensure_compiler(arch: str) -> None:
+    """Install the cross compiler for `arch` if it is missing (once, before any build)."""
+    packages = CROSS[arch][2]
+    if packages:
+        ensure_packages(packages, f"building {arch} guest code", cache_root() / "image-apt.log")
 
 
 def _is_output(rel: Path) -> bool:
@@ -93,20 +119,24 @@ def _make(args: list[str], workdir: Path, product: str, log: Path) -> bytes:
     return built.read_bytes()
 
 
-def build_driver(scratch: Path, headers: Path, log: Path) -> bytes:
-    """ncdma.ko built against headers (a kbuild tree). BTF for modules is switched off: it
-    needs pahole, and nothing here loads BTF from this module."""
+def build_driver(scratch: Path, headers: Path, log: Path, arch: str = "x86_64") -> bytes:
+    """ncdma.ko built against headers (a kbuild tree), cross-compiled for arm64. BTF for
+    modules is switched off: it needs pahole, and nothing here loads BTF from this module."""
     if not (headers / "Makefile").is_file():
         raise EnvironmentProblem(f"kernel headers {headers}: no Makefile, cannot build ncdma.ko")
+    karch, cross, _ = CROSS[arch]
     workdir = scratch / GUEST_TESTS / DRIVER_DIR
-    args = ["make", "-C", str(headers), f"M={workdir}", "CONFIG_DEBUG_INFO_BTF_MODULES=", "modules"]
-    return _make(args, workdir, DRIVER_FILE, log)
+    args = ["make", "-C", str(headers), f"M={workdir}", "CONFIG_DEBUG_INFO_BTF_MODULES="]
+    if cross:
+        args += [f"ARCH={karch}", f"CROSS_COMPILE={cross}"]
+    return _make([*args, "modules"], workdir, DRIVER_FILE, log)
 
 
-def build_agent(scratch: Path, log: Path) -> bytes:
+def build_agent(scratch: Path, log: Path, arch: str = "x86_64") -> bytes:
     """dmalab-agent, which must be static: the initramfs has no C library."""
     workdir = scratch / GUEST_TESTS / AGENT_DIR
-    data = _make(["make", "-C", str(workdir)], workdir, AGENT_FILE, log)
+    args = ["make", "-C", str(workdir), f"CC={compiler(arch)}"]
+    data = _make(args, workdir, AGENT_FILE, log)
     try:
         dynamic = elf.has_interpreter(data)
     except elf.NotElf as exc:

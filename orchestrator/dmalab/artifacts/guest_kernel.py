@@ -4,6 +4,7 @@ user's own kernel and lib/modules tree. Either way the rest of the build sees on
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dmalab.artifacts import bzimage, debian_kernel, kmod
+from dmalab.artifacts.apt import AptRepo
 from dmalab.errors import BadInput, EnvironmentProblem
 
 Progress = Callable[[str], None]
@@ -20,6 +22,21 @@ Progress = Callable[[str], None]
 #: How old the private apt index may get before a build refreshes it.
 INDEX_MAX_AGE_S = 6 * 3600
 VMLINUX = "vmlinux"
+#: What QEMU boots fastest, per guest architecture: the uncompressed ELF vmlinux through the PVH
+#: entry on x86, the uncompressed Image on arm64 (QEMU would otherwise inflate it every boot).
+BOOT_FILE = {"x86_64": VMLINUX, "aarch64": "Image"}
+
+
+def boot_kernel(arch: str, kernel: Path) -> bytes:
+    """The bootable uncompressed kernel of `arch` from a distribution kernel file."""
+    if arch == "x86_64":
+        return bzimage.vmlinux_from(kernel)
+    data = kernel.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    if data[0x38:0x3C] != b"ARM\x64":
+        raise BadInput(f"kernel {kernel}: not an arm64 Image (gzip'd or plain)")
+    return data
 
 
 class StaleIndex(EnvironmentProblem):
@@ -37,6 +54,7 @@ def phase(progress: Progress, what: str) -> Iterator[None]:
 @dataclass
 class KernelSource:
     source: str  # "debian" or "user"
+    arch: str  # QEMU's name: x86_64, aarch64
     release: str  # uname -r
     modules: kmod.ModuleTree | None
     fingerprint: dict[str, str]  # what identifies this kernel in the image's cache key
@@ -46,9 +64,15 @@ class KernelSource:
     origin: Path | None = None  # the user's kernel file
 
 
-def refresh_index(progress: Progress, *, max_age_s: float = INDEX_MAX_AGE_S) -> None:
-    """Refresh the private index when it is old; offline, go on with the one we have."""
-    apt = debian_kernel.repo()
+def refresh_index(
+    progress: Progress, arch: str = "x86_64", *, max_age_s: float = INDEX_MAX_AGE_S
+) -> None:
+    """Refresh the private indexes `arch` needs when old; offline, go on with what we have."""
+    for apt in {debian_kernel.repo(arch), debian_kernel.repo()}:
+        _refresh(progress, apt, max_age_s)
+
+
+def _refresh(progress: Progress, apt: AptRepo, max_age_s: float) -> None:
     stamp = apt.root / "updated"
     before = stamp.stat().st_mtime if stamp.exists() else None
     stale = before is None or time.time() - before >= max_age_s
@@ -65,17 +89,17 @@ def refresh_index(progress: Progress, *, max_age_s: float = INDEX_MAX_AGE_S) -> 
         progress(f"apt index refresh failed, going on with the cached index ({exc})")
 
 
-def resolution(progress: Progress, work: Path) -> debian_kernel.Resolution:
-    refresh_index(progress)
+def resolution(progress: Progress, work: Path, arch: str = "x86_64") -> debian_kernel.Resolution:
+    refresh_index(progress, arch)
     return debian_kernel.resolve(
-        debian_kernel.repo(), work, lambda: progress("resolving the newest Debian 6.12 kernel ...")
+        arch, work, lambda: progress("resolving the newest Debian 6.12 kernel ...")
     )
 
 
-def debian(progress: Progress, work: Path) -> KernelSource:
-    """Debian's newest 6.12 kernel; downloads and unpacking happen only when a build needs them."""
-    resolved = resolution(progress, work)
-    apt = debian_kernel.repo()
+def debian(progress: Progress, work: Path, arch: str = "x86_64") -> KernelSource:
+    """Debian's newest 6.12 kernel for `arch`; downloads and unpacking happen only when a build
+    needs them."""
+    resolved = resolution(progress, work, arch)
     release = resolved.release
     debs_dir, unpacked = work / "debs", work / "unpacked"
     image_pkg = resolved.packages["image"]
@@ -87,22 +111,28 @@ def debian(progress: Progress, work: Path) -> KernelSource:
         if need:
             size = sum(p.size for p in need) / 1e6
             with phase(progress, f"downloading {len(need)} packages ({size:.0f} MB)"):
+                by_repo: dict[AptRepo, list[debian_kernel.Package]] = {}
+                for role in roles:
+                    by_repo.setdefault(debian_kernel.repo_for(arch, role), []).append(
+                        resolved.packages[role]
+                    )
                 try:
-                    debian_kernel.fetch(apt, packages, debs_dir)
+                    for apt, group in by_repo.items():
+                        debian_kernel.fetch(apt, group, debs_dir)
                 except EnvironmentProblem as exc:
                     raise StaleIndex(str(exc)) from exc
         return {r: debs_dir / p.deb_name for r, p in zip(roles, packages, strict=True)}
 
     def vmlinux() -> Path:
-        target = image_root / VMLINUX
+        target = image_root / BOOT_FILE[arch]
         if target.is_file():
             return target
         # Fetch every package at once: one apt call, and a later offline build finds them all.
         debs = fetch(tuple(resolved.packages))
         with phase(progress, f"unpacking {image_pkg.name}"):
             debian_kernel.unpack([debs["image"]], image_root)
-        with phase(progress, "extracting vmlinux"):
-            _write_atomic(target, bzimage.vmlinux_from(image_root / "boot" / f"vmlinuz-{release}"))
+        with phase(progress, f"extracting {target.name}"):
+            _write_atomic(target, boot_kernel(arch, image_root / "boot" / f"vmlinuz-{release}"))
         return target
 
     def headers() -> Path:
@@ -116,6 +146,7 @@ def debian(progress: Progress, work: Path) -> KernelSource:
 
     return KernelSource(
         source="debian",
+        arch=arch,
         release=release,
         modules=kmod.ModuleTree(image_root / "lib" / "modules" / release),
         fingerprint={r: f"{p.name}={p.version} {p.sha256}" for r, p in resolved.packages.items()},
@@ -125,16 +156,21 @@ def debian(progress: Progress, work: Path) -> KernelSource:
     )
 
 
-def user(progress: Progress, work: Path, kernel: Path, modules: Path | None) -> KernelSource:
-    """A user's kernel (bzImage or vmlinux) and optionally its lib/modules/<release> tree, whose
-    build/ directory then provides the headers for ncdma.ko."""
+def user(
+    progress: Progress, work: Path, kernel: Path, modules: Path | None, arch: str = "x86_64"
+) -> KernelSource:
+    """A user's kernel (x86: bzImage or vmlinux; arm64: Image, gzip'd or not) and optionally its
+    lib/modules/<release> tree, whose build/ directory then provides the headers for ncdma.ko."""
     kernel = kernel.expanduser().absolute()
     if not kernel.is_file():
         raise BadInput(f"kernel {kernel}: no such file")
     data = kernel.read_bytes()
-    if not (bzimage.is_bzimage(data) or data[:4] == b"\x7fELF"):
-        raise BadInput(f"kernel {kernel}: neither a bzImage nor an ELF vmlinux")
-    release = bzimage.release(data)
+    if arch == "x86_64":
+        if not (bzimage.is_bzimage(data) or data[:4] == b"\x7fELF"):
+            raise BadInput(f"kernel {kernel}: neither a bzImage nor an ELF vmlinux")
+        release = bzimage.release(data)
+    else:
+        release = bzimage.release(boot_kernel(arch, kernel))
     fingerprint = {"kernel": hashlib.sha256(data).hexdigest()}
     tree = None
     build = None
@@ -155,17 +191,18 @@ def user(progress: Progress, work: Path, kernel: Path, modules: Path | None) -> 
         raise BadInput(f"kernel {kernel}: no Linux version string in it")
 
     def vmlinux() -> Path:
-        target = work / "user-kernels" / fingerprint["kernel"][:20] / VMLINUX
+        target = work / "user-kernels" / fingerprint["kernel"][:20] / BOOT_FILE[arch]
         if target.is_file():
             os.utime(target)  # most recently used: kept when old ones are pruned
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        with phase(progress, f"extracting vmlinux from {kernel}"):
-            _write_atomic(target, bzimage.vmlinux_from(kernel))
+        with phase(progress, f"extracting {target.name} from {kernel}"):
+            _write_atomic(target, boot_kernel(arch, kernel))
         return target
 
     return KernelSource(
         source="user",
+        arch=arch,
         release=release,
         modules=tree,
         fingerprint=fingerprint,

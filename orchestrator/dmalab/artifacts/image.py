@@ -1,5 +1,6 @@
-"""The guest image: an uncompressed vmlinux (QEMU boots it directly through its PVH entry) and an
-uncompressed initramfs (busybox, images/init, modules, and ncdma.ko and dmalab-agent when their
+"""The guest image, one per guest architecture: an uncompressed kernel (x86: the vmlinux QEMU
+boots through its PVH entry; arm64: the Image) and an uncompressed initramfs (busybox,
+images/init, modules, and ncdma.ko and dmalab-agent when their
 source exists), with a manifest.json beside them saying exactly what went in.
 
 Images are cached under the cache root by a key over the content of every input, so a warm
@@ -27,11 +28,11 @@ from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash
 from dmalab.artifacts.guest_kernel import KernelSource, Progress, phase
 from dmalab.errors import BadInput
 
+HOST_ARCH = "x86_64"
 #: Bump when the image or manifest changes in a way the inputs do not show.
 FORMAT = 1
 KEEP_BUILDS = 6
 MANIFEST = "manifest.json"
-KERNEL_FILE = "vmlinux"
 INITRAMFS_FILE = "initramfs.cpio"
 PARTS = (guest_code.DRIVER_DIR, guest_code.AGENT_DIR)
 
@@ -47,13 +48,14 @@ class ImageBuild:
     """A built image: the files to boot and what they were made from."""
 
     manifest: Path
-    kernel: Path  # vmlinux, for -kernel (PVH entry)
+    kernel: Path  # vmlinux (x86, PVH entry) or Image (arm64), for -kernel
     initramfs: Path  # newc cpio, uncompressed, for -initrd
     kernel_release: str  # uname -r in the guest
     versions: dict[str, str]  # Debian package -> version
     cmdline: str  # the default kernel command line
     iommu_cmdline: dict[str, str] = field(default_factory=dict)  # vIOMMU -> words to add
     parts: dict[str, bool] = field(default_factory=dict)  # "driver", "agent" -> included
+    arch: str = "x86_64"  # QEMU's name of the guest architecture
 
     def cmdline_for(self, iommu: str = "none", *extra: str) -> str:
         """The kernel command line for a machine with this vIOMMU ("none", "intel-iommu",
@@ -74,6 +76,7 @@ class ImageBuild:
             cmdline=data["cmdline"]["default"],
             iommu_cmdline=data["cmdline"]["iommu"],
             parts={name: part["included"] for name, part in data["parts"].items()},
+            arch=data.get("arch", "x86_64"),
         )
 
 
@@ -87,14 +90,18 @@ class _Recipe:
     iommu_cmdline: dict[str, str]
 
     @classmethod
-    def load(cls, root: Path) -> _Recipe:
+    def load(cls, root: Path, arch: str) -> _Recipe:
         data = tomllib.loads((root / "recipe.toml").read_text())
         cmdline = data["cmdline"]
+        own = data["arch"][arch]
+        iommu = {**cmdline["iommu"], **own.get("iommu", {})}
         return cls(
             root=root,
             modules=tuple(data["initramfs"]["modules"]),
-            cmdline=" ".join(cmdline["default"]),
-            iommu_cmdline={name: " ".join(words) for name, words in cmdline["iommu"].items()},
+            cmdline=" ".join([*own["cmdline"], *cmdline["default"]]),
+            iommu_cmdline={
+                name: " ".join(words) for name, words in iommu.items() if name in own["iommus"]
+            },
         )
 
 
@@ -108,27 +115,34 @@ class _Job:
     guest: guest_code.GuestCode
     kernel: Path | None
     modules: Path | None
+    arch: str
 
 
 def ensure_image(
     progress: Progress = stderr_progress,
     kernel: Path | None = None,
     modules: Path | None = None,
+    arch: str = "x86_64",
 ) -> ImageBuild:
-    """Build the guest image unless an identical one is cached; return it.
+    """Build the guest image for `arch` (x86_64 or aarch64) unless an identical one is cached.
 
-    kernel and modules bring a user's own kernel (a bzImage or vmlinux built with CONFIG_PVH=y)
-    and its lib/modules/<release> tree (whose build/ then provides the headers for ncdma.ko)."""
+    kernel and modules bring a user's own kernel (x86: a bzImage or vmlinux built with
+    CONFIG_PVH=y; arm64: an Image) and its lib/modules/<release> tree (whose build/ then provides
+    the headers for ncdma.ko)."""
     if modules is not None and kernel is None:
         raise BadInput("modules given without kernel: pass the kernel they belong to as well")
+    if arch not in guest_kernel.BOOT_FILE:
+        raise BadInput(f"arch {arch!r}: expected one of {', '.join(guest_kernel.BOOT_FILE)}")
     checkout = repo_root()
     job = _Job(
         progress=progress,
-        work=cache_root() / "image",
-        recipe=_Recipe.load(checkout / "images"),
+        # The x86 image keeps the directory it always had.
+        work=cache_root() / ("image" if arch == "x86_64" else f"image-{arch}"),
+        recipe=_Recipe.load(checkout / "images", arch),
         guest=guest_code.GuestCode(checkout),
         kernel=kernel,
         modules=modules,
+        arch=arch,
     )
     started = time.monotonic()
     with locked(job.work / "lock"):
@@ -136,7 +150,7 @@ def ensure_image(
             build, fresh = _ensure(job)
         except guest_kernel.StaleIndex as exc:
             progress(f"download failed ({exc}): refreshing the apt index and trying again")
-            guest_kernel.refresh_index(progress, max_age_s=0)
+            guest_kernel.refresh_index(progress, arch, max_age_s=0)
             build, fresh = _ensure(job)
     verb = "built" if fresh else "up to date"
     progress(f"{verb} in {time.monotonic() - started:.1f} s: {build.manifest.parent}")
@@ -145,11 +159,12 @@ def ensure_image(
 
 def _ensure(job: _Job) -> tuple[ImageBuild, bool]:
     if job.kernel is not None:
-        source = guest_kernel.user(job.progress, job.work, job.kernel, job.modules)
+        source = guest_kernel.user(job.progress, job.work, job.kernel, job.modules, job.arch)
     else:
-        source = guest_kernel.debian(job.progress, job.work)
+        source = guest_kernel.debian(job.progress, job.work, job.arch)
     inputs: dict[str, object] = {
         "format": FORMAT,
+        "arch": job.arch,
         "code": _own_code_hash(),
         "recipe": tree_hash(job.recipe.root),
         "kernel": source.fingerprint,
@@ -157,7 +172,7 @@ def _ensure(job: _Job) -> tuple[ImageBuild, bool]:
     }
     if inputs["parts"]:
         inputs["guest_code"] = job.guest.content_hash()
-        inputs["compiler"] = _compiler_version()
+        inputs["compiler"] = _compiler_version(guest_code.compiler(job.arch))
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     out = job.work / "builds" / key[:20]
     if (out / MANIFEST).is_file():
@@ -186,12 +201,12 @@ def _own_code_hash() -> str:
     return digest.hexdigest()
 
 
-def _compiler_version() -> str:
+def _compiler_version(gcc: str) -> str:
     try:
-        proc = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=False)
+        proc = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        return "no gcc"
-    return (proc.stdout.splitlines() or ["no gcc"])[0]
+        return f"no {gcc}"
+    return (proc.stdout.splitlines() or [f"no {gcc}"])[0]
 
 
 def _sha256_file(path: Path) -> str:
@@ -213,22 +228,29 @@ def _build(job: _Job, source: KernelSource, key: str, out: Path) -> ImageBuild:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
 
+    if has_driver or has_agent:
+        guest_code.ensure_compiler(job.arch)
     # The agent needs nothing from the kernel: build it beside the kernel work (make and the
     # compiler are separate processes, so a thread is enough).
     with job.guest.scratch() as scratch, ThreadPoolExecutor(max_workers=1) as pool:
         agent_job = None
         if has_agent:
             progress("building dmalab-agent (alongside)")
-            agent_job = pool.submit(guest_code.build_agent, scratch, staging / "agent-build.log")
+            agent_job = pool.submit(
+                guest_code.build_agent, scratch, staging / "agent-build.log", job.arch
+            )
 
-        os.link(source.vmlinux(), staging / KERNEL_FILE)  # a hard link: the vmlinux is ~60 MB
+        kernel_file = guest_kernel.BOOT_FILE[job.arch]
+        os.link(source.vmlinux(), staging / kernel_file)  # a hard link: the kernel is ~60 MB
 
         driver = None
         if has_driver:
             assert source.headers is not None
             headers = source.headers()
             with phase(progress, "building ncdma.ko"):
-                data = guest_code.build_driver(scratch, headers, staging / "driver-build.log")
+                data = guest_code.build_driver(
+                    scratch, headers, staging / "driver-build.log", job.arch
+                )
             driver = kmod.module_from_bytes("extra/ncdma.ko", data, origin="ncdma.ko")
 
         with phase(progress, "collecting modules"):
@@ -241,6 +263,7 @@ def _build(job: _Job, source: KernelSource, key: str, out: Path) -> ImageBuild:
             progress(f"modules neither in the tree nor built in: {', '.join(missing)}")
 
         busybox, busybox_pkg = _busybox(job, source)
+        applets = _foreign_applets(job, busybox) if job.arch != HOST_ARCH else None
         agent = agent_job.result() if agent_job else None
 
     with phase(progress, "writing initramfs"):
@@ -252,6 +275,7 @@ def _build(job: _Job, source: KernelSource, key: str, out: Path) -> ImageBuild:
                 modules=modules,
                 builtin=builtin,
                 agent=agent,
+                applets=applets,
             )
         )
         with open(staging / INITRAMFS_FILE, "wb") as handle:
@@ -281,17 +305,27 @@ def _check_vermagic(modules: list[kmod.Module], release: str) -> None:
             raise BadInput(f"module {module.name}: built for kernel {built_for}, not {release}")
 
 
-def _busybox(job: _Job, source: KernelSource) -> tuple[Path, debian_kernel.Package]:
-    """Debian's busybox-static (a user's kernel gets it too)."""
-    package = source.packages.get("busybox")
+def _busybox(
+    job: _Job, source: KernelSource | None, arch: str | None = None
+) -> tuple[Path, debian_kernel.Package]:
+    """Debian's busybox-static for `arch` (default: the image's; a user's kernel gets it too)."""
+    arch = arch or job.arch
+    package = source.packages.get("busybox") if source else None
+    work = job.work if arch == job.arch else cache_root() / "image"
     if package is None:
-        package = guest_kernel.resolution(job.progress, job.work).packages["busybox"]
-    root = job.work / "unpacked" / f"{package.name}_{package.version}"
+        package = guest_kernel.resolution(job.progress, work, arch).packages["busybox"]
+    root = work / "unpacked" / f"{package.name}_{package.version}"
     binary = root / "bin" / "busybox"
     if not binary.is_file():
-        debs = debian_kernel.fetch(debian_kernel.repo(), [package], job.work / "debs")
+        debs = debian_kernel.fetch(debian_kernel.repo(arch), [package], work / "debs")
         debian_kernel.unpack([debs[package.name]], root, ("./bin/busybox",))
     return binary, package
+
+
+def _foreign_applets(job: _Job, busybox: Path) -> list[str]:
+    """Where a busybox that cannot run here installs its applets: ask the host's busybox."""
+    host, _ = _busybox(job, None, HOST_ARCH)
+    return initramfs.foreign_busybox_applets(busybox, host)
 
 
 def _manifest(
@@ -307,16 +341,18 @@ def _manifest(
 ) -> dict[str, object]:
     packages = {p.name: p for p in source.packages.values()}
     packages[busybox.name] = busybox
+    kernel_file = guest_kernel.BOOT_FILE[job.arch]
     return {
         "format": FORMAT,
+        "arch": job.arch,
         "key": key,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel": {
             "source": source.source,
             "release": source.release,
-            "file": KERNEL_FILE,
-            "sha256": _sha256_file(staging / KERNEL_FILE),
-            "boot": "pvh",
+            "file": kernel_file,
+            "sha256": _sha256_file(staging / kernel_file),
+            "boot": "pvh" if job.arch == "x86_64" else "image",
             "origin": str(source.origin) if source.origin else None,
             "origin_sha256": source.fingerprint.get("kernel") if source.origin else None,
             "modules_tree": str(source.modules.root) if source.modules else None,
@@ -350,7 +386,8 @@ def _manifest(
 def _prune(work: Path, source: KernelSource) -> None:
     """Keep the KEEP_BUILDS most recently used images and user kernels, and only the current
     Debian kernel's packages (a kept build holds its own hard-linked vmlinux)."""
-    for place, marker in ((work / "builds", MANIFEST), (work / "user-kernels", KERNEL_FILE)):
+    user_kernel = guest_kernel.BOOT_FILE[source.arch]
+    for place, marker in ((work / "builds", MANIFEST), (work / "user-kernels", user_kernel)):
         if not place.is_dir():
             continue
         done = [d for d in place.iterdir() if (d / marker).is_file()]

@@ -8,6 +8,7 @@ reading a few more megabytes costs QEMU.
 from __future__ import annotations
 
 import posixpath
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ class Contents:
     modules: list[kmod.Module]  # in load order, the driver last if present
     builtin: bytes  # the kernel's modules.builtin, so modprobe of a built-in module succeeds
     agent: bytes | None
+    #: Applet paths when the busybox cannot run here (another architecture's): see
+    #: `foreign_busybox_applets`.
+    applets: list[str] | None = None
 
 
 def busybox_applets(busybox: Path) -> list[str]:
@@ -60,13 +64,42 @@ def busybox_applets(busybox: Path) -> list[str]:
     return sorted(proc.stdout.split())
 
 
+def applet_names(busybox: bytes) -> list[str]:
+    """The applet names compiled into a busybox binary of any architecture: its applet_names
+    table, NUL-separated and sorted, which starts with `[` and `[[`."""
+    start = busybox.find(b"[\0[[\0")
+    names: list[str] = []
+    while start >= 0:
+        end = busybox.index(b"\0", start)
+        word = busybox[start:end]
+        if not re.fullmatch(rb"[a-z0-9_.\[-]+", word):
+            break
+        names.append(word.decode())
+        start = end + 1
+    return names
+
+
+def foreign_busybox_applets(busybox: Path, host_busybox: Path) -> list[str]:
+    """Applet paths of a busybox that cannot run here, taken from the host's busybox of the same
+    Debian version (the same configuration), after checking both have the same applets."""
+    paths = busybox_applets(host_busybox)
+    ours = applet_names(busybox.read_bytes())
+    theirs = applet_names(host_busybox.read_bytes())
+    if not ours or ours != theirs:
+        raise EnvironmentProblem(
+            f"{busybox}: its applets differ from {host_busybox}'s ({len(ours)} vs {len(theirs)})"
+        )
+    return paths
+
+
 def assemble(contents: Contents) -> Archive:
     archive = Archive()
     for directory in _DIRECTORIES:
         archive.directory(directory)
     archive.char_device("dev/console", 5, 1)  # the kernel opens it for /init before devtmpfs
     archive.file("bin/busybox", contents.busybox.read_bytes(), 0o755)
-    for applet in busybox_applets(contents.busybox):
+    applets = contents.applets
+    for applet in applets if applets is not None else busybox_applets(contents.busybox):
         if applet != "bin/busybox":
             archive.symlink(applet, posixpath.relpath("bin/busybox", posixpath.dirname(applet)))
     archive.file("init", contents.init, 0o755)

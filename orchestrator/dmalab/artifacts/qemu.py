@@ -13,7 +13,7 @@ Cache (under `cache_root()/qemu`):
     <version>-<source hash>/src        the patched tree (source key: version, options, patch)
     <version>-<source hash>/build      QEMU's build directory (ninja rebuilds incrementally)
     <version>-<source hash>/logs       full output of every tool that ran
-    bin/<source key>-<devices hash>/   qemu-system-x86_64 and manifest.json (binary key)
+    bin/<source key>-<devices hash>/   qemu-system-x86_64, qemu-system-aarch64, manifest.json
 
 A binary is published by renaming a finished directory into place, so an interrupted build never
 leaves a half-written binary or manifest behind.
@@ -38,6 +38,7 @@ from typing import Any
 
 from dmalab.artifacts import apt
 from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash
+from dmalab.artifacts.host_packages import install_packages, missing_packages
 from dmalab.artifacts.progress import Progress
 from dmalab.errors import BadInput, EnvironmentProblem
 
@@ -47,11 +48,15 @@ SOURCE_PACKAGE = "qemu"
 VERSION_PREFIX = "1:10.0."
 #: Debian patches without which configure fails (missing edk2 blobs, missing pycotap).
 REQUIRED_DEBIAN_PATCHES = ("disable-pycotap.patch", "skip-unpack-edk2-blobs.patch")
-TARGET = "qemu-system-x86_64"
+#: Architecture -> the binary built for it (one configure, common code compiled once).
+TARGETS: dict[str, str] = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+ARCHES = tuple(TARGETS)
+#: A user's own QEMU for each architecture (then nothing is built).
+USER_QEMU_VARS: dict[str, str] = {"x86_64": "DMALAB_QEMU", "aarch64": "DMALAB_QEMU_AARCH64"}
 
 #: QEMU's configure options. Part of the source key: changing them gives a fresh tree and build.
 CONFIGURE_OPTIONS: tuple[str, ...] = (
-    "--target-list=x86_64-softmmu",
+    "--target-list=x86_64-softmmu,aarch64-softmmu",
     "--without-default-features",
     "--disable-docs",
     "--enable-fdt=system",
@@ -107,15 +112,35 @@ _NOISE = re.compile(
 
 @dataclass
 class QemuBuild:
-    """A usable qemu-system-x86_64: the binary, its firmware directories, and how it was made."""
+    """Usable QEMU binaries (one per architecture), their firmware directories, and how they
+    were made."""
 
-    binary: Path
+    binaries: dict[str, Path]
     firmware_dirs: list[Path]
     manifest: dict[str, Any]
 
-    def base_argv(self) -> list[str]:
-        """`[binary, "-L", dir, ...]`: the start of every QEMU command line."""
-        argv = [str(self.binary)]
+    @property
+    def binary(self) -> Path:
+        """The x86_64 binary (what most callers and the device tests use)."""
+        return self.binary_for("x86_64")
+
+    def binary_for(self, arch: str) -> Path:
+        try:
+            return self.binaries[arch]
+        except KeyError:
+            if arch not in TARGETS:
+                raise BadInput(f"arch {arch!r}: expected one of {', '.join(ARCHES)}") from None
+            raise EnvironmentProblem(
+                f"no {TARGETS[arch]}: a user's QEMU is in use ({self._user_vars()}); set "
+                f"{USER_QEMU_VARS[arch]} to a {TARGETS[arch]} with ncdma as well"
+            ) from None
+
+    def _user_vars(self) -> str:
+        return ", ".join(f"{v}" for a, v in USER_QEMU_VARS.items() if a in self.binaries)
+
+    def base_argv(self, arch: str = "x86_64") -> list[str]:
+        """`[binary, "-L", dir, ...]`: the start of every QEMU command line for `arch`."""
+        argv = [str(self.binary_for(arch))]
         for directory in self.firmware_dirs:
             argv += ["-L", str(directory)]
         return argv
@@ -129,13 +154,14 @@ def ensure_qemu(
 ) -> QemuBuild:
     """Return a QEMU with the devices of this checkout, building only what changed.
 
-    `$DMALAB_QEMU` names a user's own qemu-system-x86_64: then nothing is built. `refresh` looks up
+    `$DMALAB_QEMU` (and `$DMALAB_QEMU_AARCH64`) name a user's own qemu-system-x86_64 (and
+    qemu-system-aarch64): then nothing is built. `refresh` looks up
     the newest Debian QEMU 10.0 source again instead of the one found first. `devices_dir` replaces
     the checkout's `qemu-devices/` (tests only).
     """
-    own = os.environ.get("DMALAB_QEMU")
-    if own:
-        return _user_qemu(own)
+    own = _user_qemus()
+    if own is not None:
+        return own
     progress = progress if progress is not None else Progress()
     devices, patch = _sources(devices_dir)
     root = cache_root() / "qemu"
@@ -155,9 +181,9 @@ def ensure_qemu(
 
 def find_qemu() -> QemuBuild | None:
     """The QEMU ensure_qemu() would return if it is built already; never builds or goes online."""
-    own = os.environ.get("DMALAB_QEMU")
-    if own:
-        return _user_qemu(own)
+    own = _user_qemus()
+    if own is not None:
+        return own
     devices, patch = _sources(None)
     root = cache_root() / "qemu"
     version = _remembered_version(root)
@@ -391,78 +417,62 @@ def _published(bin_dir: Path) -> QemuBuild | None:
     """The finished build in bin_dir, if it is complete."""
     try:
         manifest = json.loads((bin_dir / "manifest.json").read_text())
-        binary = bin_dir / TARGET
-        if binary.stat().st_size != manifest["binary_size"]:
+        binaries = {arch: bin_dir / TARGETS[arch] for arch in manifest["binaries"]}
+        for arch, binary in binaries.items():
+            if binary.stat().st_size != manifest["binaries"][arch]["size"]:
+                return None
+        if set(binaries) != set(TARGETS):
             return None
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     firmware = [Path(d) for d in manifest.get("firmware_dirs", [])]
     if not all(d.is_dir() for d in firmware):
         _ensure_packages(FIRMWARE_PACKAGES, Progress(), None)
-    return QemuBuild(binary, firmware, manifest)
+    return QemuBuild(binaries, firmware, manifest)
 
 
-def _user_qemu(value: str) -> QemuBuild:
+def _user_qemus() -> QemuBuild | None:
+    """The user's own QEMUs named by USER_QEMU_VARS, or None when no variable is set."""
+    chosen = {arch: os.environ[var] for arch, var in USER_QEMU_VARS.items() if os.environ.get(var)}
+    if not chosen:
+        return None
+    binaries, versions = {}, {}
+    for arch, value in chosen.items():
+        binaries[arch], versions[arch] = _user_qemu(USER_QEMU_VARS[arch], value)
+    firmware = [d for d in FIRMWARE_DIRS if d.is_dir()]
+    manifest = {
+        "source": "DMALAB_QEMU",
+        "binaries": {arch: str(path) for arch, path in binaries.items()},
+        "qemu_version": next(iter(versions.values())),
+        "qemu_versions": versions,
+        "firmware_dirs": [str(d) for d in firmware],
+    }
+    return QemuBuild(binaries, firmware, manifest)
+
+
+def _user_qemu(var: str, value: str) -> tuple[Path, str]:
+    """(resolved binary, first line of --version) of the QEMU that `var`=`value` names."""
     binary = Path(value).expanduser()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
-        raise BadInput(f"DMALAB_QEMU={value} is not an executable file")
+        raise BadInput(f"{var}={value} is not an executable file")
     try:
         out = subprocess.run(
             [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise BadInput(f"DMALAB_QEMU={value} does not run: {exc}") from exc
-    firmware = [d for d in FIRMWARE_DIRS if d.is_dir()]
-    manifest = {
-        "source": "DMALAB_QEMU",
-        "binary": str(binary),
-        "qemu_version": (out.splitlines() or [""])[0],
-        "firmware_dirs": [str(d) for d in firmware],
-    }
-    return QemuBuild(binary.resolve(), firmware, manifest)
+        raise BadInput(f"{var}={value} does not run: {exc}") from exc
+    return binary.resolve(), (out.splitlines() or [""])[0]
 
 
 # ----------------------------------------------------------------------------------------------
 # Host packages and tools
 
 
-def missing_packages(names: Sequence[str]) -> list[str]:
-    """The Debian packages among names that are not installed (asks dpkg, not apt)."""
-    proc = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\n", *names],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    installed = {
-        pkg
-        for pkg, _, status in (line.partition("\t") for line in proc.stdout.splitlines())
-        if status.startswith("ii")
-    }
-    return [name for name in names if name not in installed]
-
-
 def _ensure_packages(names: Sequence[str], progress: Progress, log: Path | None) -> None:
     missing = missing_packages(names)
-    if not missing:
-        return
-    command = f"apt-get install --no-install-recommends {' '.join(missing)}"
-    if os.geteuid() != 0:
-        raise EnvironmentProblem(
-            f"Debian packages needed for QEMU are missing; as root run: {command}"
-        )
-    progress.phase("qemu", f"install {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log = log or cache_root() / "qemu" / "apt.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    run_logged(["apt-get", "update"], phase="apt-get update", log=log, env=env)
-    run_logged(
-        ["apt-get", "install", "-y", "--no-install-recommends", *missing],
-        phase=command,
-        log=log,
-        env=env,
-        append=True,
-    )
+    if missing:
+        progress.phase("qemu", f"install {' '.join(missing)}")
+        install_packages(missing, "QEMU", log or cache_root() / "qemu" / "apt.log")
 
 
 def meson_venv() -> Path:
@@ -698,7 +708,7 @@ class _Builder:
                 self.progress.step(*counts)
 
         run_logged(
-            ["ninja", "-C", str(lay.build), "-j", jobs, TARGET],
+            ["ninja", "-C", str(lay.build), "-j", jobs, *TARGETS.values()],
             phase="compile",
             log=lay.logs / "compile.log",
             env=env,
@@ -713,8 +723,7 @@ class _Builder:
             for pkg in FIRMWARE_PACKAGES
         }
         return {
-            "format": 1,
-            "binary": TARGET,
+            "format": 2,
             "debian_source": {
                 "package": SOURCE_PACKAGE,
                 "suite": DEBIAN_SUITE,
@@ -745,9 +754,14 @@ class _Builder:
         partial = lay.bin_root / f".{lay.bin_key}.partial-{os.getpid()}"
         partial.mkdir()
         try:
-            shutil.copy2(lay.build / TARGET, partial / TARGET)
-            manifest["binary_sha256"] = sha256_file(partial / TARGET)
-            manifest["binary_size"] = (partial / TARGET).stat().st_size
+            manifest["binaries"] = {}
+            for arch, target in TARGETS.items():
+                shutil.copy2(lay.build / target, partial / target)
+                manifest["binaries"][arch] = {
+                    "file": target,
+                    "sha256": sha256_file(partial / target),
+                    "size": (partial / target).stat().st_size,
+                }
             write_manifest(partial / "manifest.json", manifest)
             if lay.bin_dir.exists():
                 shutil.rmtree(lay.bin_dir)
@@ -755,7 +769,8 @@ class _Builder:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         self._prune()
-        self.progress.done(f"qemu: built {lay.bin_dir / TARGET} ({manifest['build_seconds']} s)")
+        names = ", ".join(TARGETS.values())
+        self.progress.done(f"qemu: built {names} in {lay.bin_dir} ({manifest['build_seconds']} s)")
         found = _published(lay.bin_dir)
         assert found is not None
         return found

@@ -26,8 +26,10 @@ from dmalab.artifacts.qemu import QemuBuild
 from dmalab.bench.device import machine_info, qemu_info
 from dmalab.machine.compare import compare
 from dmalab.machine.guestmem import MiB, PmemsaveMemory
+from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.snapshot import Snapshots
-from dmalab.machine.vm import Vm, q35_argv
+from dmalab.machine.topology import minimal_topology
+from dmalab.machine.vm import Vm
 
 SCHEMA = "dmalab.bench.machine/1"
 RAM_MIB = 512
@@ -43,12 +45,14 @@ TARGETS = {
 
 
 def _vm(qemu: QemuBuild, image: ImageBuild, **kwargs: Any) -> Vm:
-    cmdline = image.cmdline_for("intel-iommu")
+    topology = minimal_topology("bench", iommu="intel-iommu", memory_mib=RAM_MIB)
+    boot = Boot(image.kernel, image.initramfs, image.cmdline_for("intel-iommu"))
     return Vm(
         qemu.base_argv(),
-        lambda fd: q35_argv(image.kernel, image.initramfs, cmdline, ram_fd=fd, ram_mib=RAM_MIB),
+        lambda fd: qemu_argv(topology, boot, accel="tcg", ram_fd=fd),
         ram_mib=RAM_MIB,
         name="bench",
+        topology=topology,
         **kwargs,
     )
 

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import click
 
+from dmalab.artifacts import image
 from dmalab.artifacts.progress import Progress
-from dmalab.artifacts.qemu import ensure_qemu
-from dmalab.errors import EnvironmentProblem
-
-_IMAGE_MODULE = "dmalab.artifacts.image"
-
-
-def _image_available() -> bool:
-    return importlib.util.find_spec(_IMAGE_MODULE) is not None
-
-
-def _build_image(kernel: Path | None, modules: Path | None) -> Path:
-    """Build the guest image (reporting its own progress on stderr); return its manifest."""
-    from dmalab.artifacts import image
-
-    return image.ensure_image(kernel=kernel, modules=modules).manifest
+from dmalab.artifacts.qemu import ARCHES, ensure_qemu
+from dmalab.errors import BadInput
 
 
 @click.command("build", short_help="Build QEMU and the guest image (cached).")
@@ -44,21 +31,37 @@ def _build_image(kernel: Path | None, modules: Path | None) -> Path:
     type=click.Path(path_type=Path),
     help="Your kernel's lib/modules/<release> tree (its build/ gives the headers for ncdma.ko).",
 )
-def command(what: str, refresh: bool, kernel: Path | None, modules: Path | None) -> None:
+@click.option(
+    "--arch",
+    "arches",
+    type=click.Choice(["all", *ARCHES]),
+    default="all",
+    show_default=True,
+    help="Guest architecture of the image (QEMU always has both); --kernel needs one.",
+)
+def command(
+    what: str, refresh: bool, kernel: Path | None, modules: Path | None, arches: str
+) -> None:
     """Build QEMU with the ncdma devices and the guest image, or find them in the cache.
 
-    WHAT is qemu, image or all (the default). Nothing is rebuilt when nothing changed; a changed
-    file in qemu-devices/ recompiles only what depends on it. Progress goes to stderr; the path of
-    each result is printed on stdout: the QEMU binary, then the image's manifest.json.
-    Set DMALAB_QEMU=/path/to/qemu-system-x86_64 to use your own QEMU instead.
+    WHAT is qemu, image or all (the default). QEMU is built for both guest architectures
+    (qemu-system-x86_64 and qemu-system-aarch64, one configure); the image for each --arch.
+    Nothing is rebuilt when nothing changed; a changed file in qemu-devices/ recompiles only what
+    depends on it. Progress goes to stderr; the path of each result is printed on stdout: the
+    QEMU binaries, then each image's manifest.json. Set DMALAB_QEMU=/path/to/qemu-system-x86_64
+    (and DMALAB_QEMU_AARCH64=/path/to/qemu-system-aarch64) to use your own QEMU instead.
     """
+    if kernel is not None and arches == "all":
+        raise BadInput("--kernel: say which architecture it is for with --arch")
+    chosen = ARCHES if arches == "all" else (arches,)
     progress = Progress()
     if what in ("qemu", "all"):
         qemu = ensure_qemu(progress, refresh=refresh)
-        click.echo(str(qemu.binary))
+        for arch in chosen:
+            # A user's own QEMU may be for one architecture only: ask for the other to hear why.
+            if arches != "all" or arch in qemu.binaries:
+                click.echo(str(qemu.binary_for(arch)))
     if what in ("image", "all"):
-        if not _image_available():
-            if what == "image":
-                raise EnvironmentProblem("building the guest image is not available yet")
-            return
-        click.echo(str(_build_image(kernel, modules)))
+        for arch in chosen:
+            build = image.ensure_image(kernel=kernel, modules=modules, arch=arch)
+            click.echo(str(build.manifest))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -24,9 +25,12 @@ from dmalab.artifacts.cache import cache_root
 from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
 from dmalab.errors import BadInput, DmalabError, EnvironmentProblem
-from dmalab.machine.vm import Vm, q35_argv
+from dmalab.machine.qemu_argv import Boot, qemu_argv
+from dmalab.machine.topology import minimal_topology
+from dmalab.machine.vm import Vm
 
 PROBE_TIMEOUT = 8.0
+HOST_ARCH = platform.machine()
 MODES = ("auto", "tcg", "kvm")
 
 
@@ -62,19 +66,11 @@ async def probe_kvm(
     problem = kvm_device_problem()
     if problem:
         return False, problem
+    probe = minimal_topology("kvm-probe", memory_mib=256, devices=())
+    boot = Boot(image.kernel, image.initramfs, image.cmdline_for("none"))
     vm = Vm(
         qemu.base_argv(),
-        lambda fd: q35_argv(
-            image.kernel,
-            image.initramfs,
-            image.cmdline_for("none"),
-            ram_fd=fd,
-            ram_mib=256,
-            iommu=None,
-            accel="kvm",
-            ncdma=(),
-            agent=False,
-        ),
+        lambda fd: qemu_argv(probe, boot, accel="kvm", ram_fd=fd, agent=False),
         ram_mib=256,
         shared_ram=False,
         agent=False,
@@ -103,10 +99,16 @@ async def resolve_accel(
     qemu: QemuBuild | None = None,
     image: ImageBuild | None = None,
     refresh: bool = False,
+    arch: str = "x86_64",
 ) -> str:
-    """ "tcg" or "kvm" for `mode`; "auto" probes KVM once per kernel and QEMU binary."""
+    """ "tcg" or "kvm" for `mode` and a guest of `arch`; "auto" probes KVM once per kernel and
+    QEMU binary. A guest of another architecture than the host's always runs under TCG."""
     if mode not in MODES:
         raise BadInput(f"accelerator {mode!r}: expected one of {', '.join(MODES)}")
+    if arch != HOST_ARCH:
+        if mode == "kvm":
+            raise BadInput(f"accelerator kvm cannot run an {arch} guest on this {HOST_ARCH} host")
+        return "tcg"
     if mode == "tcg":
         return "tcg"
     if mode == "kvm" and (problem := kvm_device_problem()):

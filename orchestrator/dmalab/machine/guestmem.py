@@ -5,11 +5,12 @@ QEMU maps with `-object memory-backend-file,mem-path=/dev/fd/N,share=on` and we 
 both sides see the same pages, so a host read or write is a memory access, with no QMP round
 trip and no copy (`view()` returns a `memoryview` into the mapping).
 
-Guest-physical addresses go through the q35 layout (`Q35Layout`, from QEMU 10.0
-hw/i386/pc_q35.c): RAM below 4 GiB ends at 2.75 GiB when the machine has less than 2.75 GiB,
-else at 2 GiB; the rest starts at 4 GiB and follows the low part in the backing file. The legacy
-VGA window and the PAM-shadowed BIOS area (0xa0000-0xfffff) are RAM in the file but not what
-the CPU sees there; nothing dmalab does uses them.
+Guest-physical addresses go through the machine's RAM layout: virt's (`VirtLayout`, one range
+from 1 GiB) on arm64, and on x86 q35's (`Q35Layout`, from QEMU 10.0 hw/i386/pc_q35.c): RAM below
+4 GiB ends at 2.75 GiB when the machine has less than 2.75 GiB, else at 2 GiB; the rest starts
+at 4 GiB and follows the low part in the backing file. The legacy VGA window and the
+PAM-shadowed BIOS area (0xa0000-0xfffff) are RAM in the file but not what the CPU sees there;
+nothing dmalab does uses them.
 
 IOVAs: `iova_segments()` resolves an IOVA range through the device's transaction log (each
 executed descriptor lists its IOVA -> PA segments), and `VtdWalker` walks intel-iommu's
@@ -78,6 +79,34 @@ class Q35Layout:
         )
 
 
+@dataclass(frozen=True)
+class VirtLayout:
+    """Where arm's virt machine puts `ram_size` bytes of RAM: one range from 1 GiB up
+    (hw/arm/virt.c, VIRT_MEM)."""
+
+    ram_size: int
+    base: int = GiB
+
+    def ranges(self) -> list[tuple[int, int, int]]:
+        return [(self.base, self.ram_size, 0)]
+
+    def offset(self, pa: int, length: int = 1) -> int:
+        if self.base <= pa and pa + length <= self.base + self.ram_size:
+            return pa - self.base
+        raise GuestMemoryError(
+            f"guest-physical range {pa:#x}+{length:#x} is not inside RAM "
+            f"({self.base:#x}-{self.base + self.ram_size:#x})"
+        )
+
+
+RamLayout = Q35Layout | VirtLayout
+
+
+def ram_layout(arch: str, ram_size: int) -> RamLayout:
+    """The guest-physical RAM layout of the machine dmalab builds for `arch`."""
+    return VirtLayout(ram_size) if arch == "aarch64" else Q35Layout(ram_size)
+
+
 class GuestMemory(Protocol):
     async def read(self, pa: int, length: int) -> bytes: ...
 
@@ -85,8 +114,10 @@ class GuestMemory(Protocol):
 class SharedRam:
     """The machine's RAM as a memfd mapped here and in QEMU. Close it after QEMU is gone."""
 
-    def __init__(self, ram_size: int, *, name: str = "dmalab-ram") -> None:
-        self.layout = Q35Layout(ram_size)
+    def __init__(
+        self, ram_size: int, *, name: str = "dmalab-ram", layout: RamLayout | None = None
+    ) -> None:
+        self.layout = layout or Q35Layout(ram_size)
         self.size = ram_size
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:

@@ -26,6 +26,7 @@ from typing import Any
 
 from dmalab.artifacts.image import ImageBuild, ensure_image
 from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
+from dmalab.errors import BadInput
 from dmalab.machine.accel import resolve_accel
 from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.topology import Topology, load_topology
@@ -40,11 +41,12 @@ def _quiet(_message: str) -> None:
 
 def topology_image(topology: Topology, progress: Progress = _quiet) -> ImageBuild:
     """The guest image the topology asks for (its own kernel, or the default image)."""
-    if topology.kernel.kernel is not None:
-        return ensure_image(
-            progress, kernel=topology.kernel.kernel, modules=topology.kernel.modules
-        )
-    return ensure_image(progress)
+    return ensure_image(
+        progress,
+        kernel=topology.kernel.kernel,
+        modules=topology.kernel.modules,
+        arch=topology.arch,
+    )
 
 
 async def prepare(
@@ -64,16 +66,18 @@ async def prepare(
     topo = topology if isinstance(topology, Topology) else load_topology(topology)
     qemu = qemu or ensure_qemu()
     image = image or topology_image(topo, progress)
+    if image.arch != topo.arch:
+        raise BadInput(f"{topo.path}: machine.arch: {topo.arch}, but the image is {image.arch}'s")
     mode = accel or topo.machine.accel
     if mode == "auto":
         progress("checking whether KVM can run the guest (cached after the first time)")
-    resolved = await resolve_accel(mode, qemu=qemu, image=image)
+    resolved = await resolve_accel(mode, qemu=qemu, image=image, arch=topo.arch)
     boot = Boot(
         image.kernel, image.initramfs, image.cmdline_for(topo.iommu_kind, *topo.kernel.args)
     )
     vm_options.setdefault("name", topo.name)
     return Vm(
-        qemu.base_argv(),
+        qemu.base_argv(topo.arch),
         lambda ram_fd: qemu_argv(topo, boot, accel=resolved, ram_fd=ram_fd),
         ram_mib=topo.machine.memory_mib,
         ncdma=[d.id for d in topo.devices],

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dmalab.machine.topology import OWN_ROOT_PORT, ROOT_COMPLEX, NcdmaSpec, Topology
+from dmalab.machine.topology import MACHINES, OWN_ROOT_PORT, ROOT_COMPLEX, NcdmaSpec, Topology
 
 AGENT_PORT_NAME = "dmalab.agent"
 CONSOLE_CHARDEV = "console"
@@ -42,24 +42,25 @@ def _onoff(flag: bool) -> str:
 
 
 def qemu_argv(
-    topology: Topology, boot: Boot, *, accel: str, ram_fd: int | None = None
+    topology: Topology,
+    boot: Boot,
+    *,
+    accel: str,
+    ram_fd: int | None = None,
+    agent: bool = True,
 ) -> list[str]:
-    """Everything after QEMU's binary and -L directories. `accel` is "tcg" or "kvm" (resolved)."""
+    """Everything after QEMU's binary and -L directories. `accel` is "tcg" or "kvm" (resolved);
+    without `agent` there is no virtio-serial port (and no `agent` chardev to provide)."""
     if accel not in ("tcg", "kvm"):
         raise ValueError(f"accel must be resolved to tcg or kvm, not {accel!r}")
     m = topology.machine
-    machine = ["q35"]
-    iommu = topology.iommu
-    if iommu and iommu.kind == "intel-iommu" and iommu.intremap:
-        machine.append("kernel-irqchip=split")  # interrupt remapping needs the split irqchip
-    argv = [
+    machine, argv = _machine(topology)
+    argv += [
         "-nodefaults",
         "-no-user-config",
         "-display",
         "none",
         "-no-reboot",
-        "-bios",
-        "qboot.rom",
         "-accel",
         accel,
         "-smp",
@@ -67,6 +68,7 @@ def qemu_argv(
         "-m",
         f"{m.memory_mib}M",
     ]
+    iommu = topology.iommu
     if ram_fd is not None:
         machine.append("memory-backend=ram")
         argv += [
@@ -109,22 +111,30 @@ def qemu_argv(
                 },
             ),
         ]
+    functions: dict[str, Iterator[int]] = {}
     for bridge in topology.bridges:
         port = f"rp-{bridge.id}"
+        argv += ["-device", _props("pcie-root-port", id=port, bus="pcie.0", chassis=next(chassis))]
+        if bridge.kind == "multifunction":
+            functions[bridge.id] = iter(range(8))
+        else:
+            argv += ["-device", _props("pcie-pci-bridge", id=bridge.id, bus=port)]
+    for dev in topology.devices:
+        if dev.bus in functions:
+            # One slot, one function each, no ACS between them: one IOMMU group.
+            slot = {"addr": f"0.{next(functions[dev.bus])}", "multifunction": "on"}
+            argv += _device(dev, chassis, f"rp-{dev.bus}", slot)
+        else:
+            argv += _device(dev, chassis)
+
+    if agent:
         argv += [
             "-device",
-            _props("pcie-root-port", id=port, bus="pcie.0", chassis=next(chassis)),
+            _props("virtio-serial-pci", id="vser", bus="pcie.0"),
             "-device",
-            _props("pcie-pci-bridge", id=bridge.id, bus=port),
+            _props("virtserialport", bus="vser.0", chardev=AGENT_CHARDEV, name=AGENT_PORT_NAME),
         ]
-    for dev in topology.devices:
-        argv += _device(dev, chassis)
-
     argv += [
-        "-device",
-        _props("virtio-serial-pci", id="vser", bus="pcie.0"),
-        "-device",
-        _props("virtserialport", bus="vser.0", chardev=AGENT_CHARDEV, name=AGENT_PORT_NAME),
         "-serial",
         f"chardev:{CONSOLE_CHARDEV}",
         "-kernel",
@@ -137,9 +147,33 @@ def qemu_argv(
     return argv
 
 
-def _device(dev: NcdmaSpec, chassis: Iterator[int]) -> list[str]:
+def _machine(topology: Topology) -> tuple[list[str], list[str]]:
+    """The -machine words and the arguments that go with this architecture's machine."""
+    m = topology.machine
+    iommu = topology.iommu_kind
+    if m.arch == "aarch64":
+        # GICv3 for MSIs through the ITS; the SMMUv3 is virt's own, in front of its PCIe bridge.
+        machine = ["virt", "gic-version=3"]
+        if iommu == "smmuv3":
+            machine.append("iommu=smmuv3")
+        return machine, ["-cpu", m.cpu or "cortex-a57"]
+    machine = [MACHINES[m.arch]]
+    if topology.iommu and iommu == "intel-iommu" and topology.iommu.intremap:
+        machine.append("kernel-irqchip=split")  # interrupt remapping needs the split irqchip
+    # qboot, and the kernel through its PVH entry: the fastest x86 boot.
+    return machine, ["-bios", "qboot.rom"]
+
+
+def _device(
+    dev: NcdmaSpec,
+    chassis: Iterator[int],
+    port: str | None = None,
+    slot: dict[str, str] | None = None,
+) -> list[str]:
     args: list[str] = []
-    if dev.bus == OWN_ROOT_PORT:
+    if port is not None:
+        bus = port
+    elif dev.bus == OWN_ROOT_PORT:
         bus = f"rp-{dev.id}"
         parent = "pxb-bypass" if dev.bypass_iommu else "pcie.0"
         args += ["-device", _props("pcie-root-port", id=bus, bus=parent, chassis=next(chassis))]
@@ -147,4 +181,5 @@ def _device(dev: NcdmaSpec, chassis: Iterator[int]) -> list[str]:
         bus = "pcie.0"
     else:
         bus = dev.bus
-    return [*args, "-device", _exact("ncdma", {"id": dev.id, "bus": bus, **dev.qemu_props()})]
+    place = {"id": dev.id, "bus": bus, **(slot or {})}
+    return [*args, "-device", _exact("ncdma", {**place, **dev.qemu_props()})]

@@ -17,8 +17,20 @@ from typing import Any
 
 from dmalab.errors import BadInput
 
-IOMMU_KINDS = ("intel-iommu", "virtio-iommu")
+ARCHES = ("x86_64", "aarch64")
+#: The vIOMMUs each architecture's machine offers (q35; virt with its built-in SMMUv3).
+IOMMUS_BY_ARCH = {"x86_64": ("intel-iommu", "virtio-iommu"), "aarch64": ("smmuv3", "virtio-iommu")}
+IOMMU_KINDS = ("intel-iommu", "smmuv3", "virtio-iommu")
+#: QEMU's machine per architecture.
+MACHINES = {"x86_64": "q35", "aarch64": "virt"}
+#: CPU models a topology may name per architecture (None: QEMU's default for the machine).
+#: cortex-a57 first: TCG runs it fastest (no pointer authentication to emulate).
+CPUS = {"x86_64": (None,), "aarch64": ("cortex-a57", "cortex-a72", "max")}
 ACCELS = ("auto", "tcg", "kvm")
+#: What a [[bridge]] is (BridgeSpec).
+BRIDGE_KINDS = ("pci-bridge", "multifunction")
+#: Functions of one multifunction slot.
+MAX_FUNCTIONS = 8
 #: Where a device sits: its own root port, pcie.0 directly, or behind a named bridge.
 OWN_ROOT_PORT = "root-port"
 ROOT_COMPLEX = "root"
@@ -30,6 +42,8 @@ class MachineSpec:
     memory_mib: int = 512
     smp: int = 1
     accel: str = "auto"
+    arch: str = "x86_64"
+    cpu: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,12 @@ class IommuSpec:
 
 @dataclass(frozen=True)
 class BridgeSpec:
+    """A place where devices share an IOMMU group (so one domain): a PCIe-to-PCI bridge, whose
+    devices' requester IDs alias, or one multifunction slot without ACS, whose functions keep
+    requester IDs of their own (what the arm64 IOMMU drivers need: they refuse aliases)."""
+
     id: str
+    kind: str = "pci-bridge"
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,29 @@ class Topology:
     @property
     def iommu_kind(self) -> str:
         return self.iommu.kind if self.iommu else "none"
+
+    @property
+    def arch(self) -> str:
+        return self.machine.arch
+
+
+def minimal_topology(
+    name: str,
+    *,
+    arch: str = "x86_64",
+    iommu: str | None = None,
+    memory_mib: int = 512,
+    devices: tuple[str, ...] = ("ncdma0",),
+) -> Topology:
+    """A machine made in code (probes, benchmarks, tests): default devices on the root complex
+    behind `iommu` (None: no vIOMMU)."""
+    return Topology(
+        name=name,
+        path=Path(f"<{name}>"),
+        machine=MachineSpec(memory_mib=memory_mib, arch=arch),
+        iommu=IommuSpec(iommu) if iommu else None,
+        devices=tuple(NcdmaSpec(id=d, bus=ROOT_COMPLEX) for d in devices),
+    )
 
 
 def shipped_topologies() -> list[str]:
@@ -227,17 +269,33 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
     name = top.get("name", str, path.stem)
     description = top.get("description", str, "")
 
-    m = _Fields(path, "machine", data.get("machine", {}), ("memory", "smp", "accel"))
+    m = _Fields(path, "machine", data.get("machine", {}), ("arch", "cpu", "memory", "smp", "accel"))
+    arch = m.choice("arch", ARCHES, "x86_64")
+    cpus = CPUS[arch]
+    cpu = m.choice("cpu", cpus, cpus[0]) if cpus[0] else None
+    if cpu is None and "cpu" in m.table:
+        m.fail("machine.cpu", f"{arch} topologies use QEMU's default CPU model")
+    accel = m.choice("accel", ACCELS, "auto")
+    if arch != "x86_64" and accel == "kvm":
+        m.fail("machine.accel", f"kvm cannot run an {arch} guest on this host (use tcg or auto)")
     machine = MachineSpec(
         memory_mib=m.integer("memory", 512, 128, 16384),
         smp=m.integer("smp", 1, 1, 64),
-        accel=m.choice("accel", ACCELS, "auto"),
+        accel=accel,
+        arch=arch,
+        cpu=cpu,
     )
 
     iommu = None
     if "iommu" in data:
         i = _Fields(path, "iommu", data["iommu"], ("kind", "caching-mode", "intremap", "aw-bits"))
         kind = i.choice("kind", IOMMU_KINDS, required=True)
+        if kind not in IOMMUS_BY_ARCH[arch]:
+            i.fail(
+                "iommu.kind",
+                f"{kind} does not exist on {arch} ({MACHINES[arch]} offers "
+                f"{', '.join(IOMMUS_BY_ARCH[arch])})",
+            )
         if kind != "intel-iommu":
             for key in ("caching-mode", "intremap", "aw-bits"):
                 if key in i.table:
@@ -253,8 +311,15 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
 
     bridges = []
     for n, raw in enumerate(_array(top, "bridge", data)):
-        b = _Fields(path, f"bridge[{n}]", raw, ("id",))
-        bridges.append(BridgeSpec(id=_identifier(b, "id")))
+        b = _Fields(path, f"bridge[{n}]", raw, ("id", "kind"))
+        kind = b.choice("kind", BRIDGE_KINDS, "pci-bridge")
+        if kind == "pci-bridge" and arch != "x86_64":
+            b.fail(
+                b.name("kind"),
+                f"pci-bridge on {arch}: Linux's SMMUv3 and virtio-iommu drivers give devices "
+                'behind one no IOMMU group (their requester IDs alias); use "multifunction"',
+            )
+        bridges.append(BridgeSpec(id=_identifier(b, "id"), kind=kind))
 
     devices = []
     for n, raw in enumerate(_array(top, "device", data)):
@@ -326,7 +391,7 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
         args=tuple(args),
     )
 
-    _check_references(path, bridges, devices)
+    _check_references(path, arch, bridges, devices)
     return Topology(
         name=name,
         path=path,
@@ -360,7 +425,9 @@ def _relative(topology: Path, value: str | None) -> Path | None:
     return path if path.is_absolute() else topology.parent / path
 
 
-def _check_references(path: Path, bridges: list[BridgeSpec], devices: list[NcdmaSpec]) -> None:
+def _check_references(
+    path: Path, arch: str, bridges: list[BridgeSpec], devices: list[NcdmaSpec]
+) -> None:
     seen: dict[str, str] = {}
     for kind, items in (("bridge", bridges), ("device", devices)):
         for n, item in enumerate(items):
@@ -370,11 +437,23 @@ def _check_references(path: Path, bridges: list[BridgeSpec], devices: list[Ncdma
                 )
             seen[item.id] = kind
     names = {b.id for b in bridges}
+    for bridge in bridges:
+        members = [d for d in devices if d.bus == bridge.id]
+        if bridge.kind == "multifunction" and len(members) > MAX_FUNCTIONS:
+            raise BadInput(
+                f"{path}: bridge {bridge.id!r}: {len(members)} devices, but one multifunction "
+                f"slot has {MAX_FUNCTIONS} functions"
+            )
     for n, dev in enumerate(devices):
         if dev.bus not in (OWN_ROOT_PORT, ROOT_COMPLEX) and dev.bus not in names:
             known = ", ".join([OWN_ROOT_PORT, ROOT_COMPLEX, *sorted(names)])
             raise BadInput(
                 f"{path}: device[{n}].bus: no bridge {dev.bus!r} (expected one of: {known})"
+            )
+        if dev.bypass_iommu and arch != "x86_64":
+            raise BadInput(
+                f"{path}: device[{n}].iommu: bypass needs an extra root bus, which {arch}'s "
+                "virt machine describes only through ACPI, not the device tree dmalab boots with"
             )
         if dev.bypass_iommu and dev.bus != OWN_ROOT_PORT:
             raise BadInput(

@@ -18,9 +18,8 @@ counters, violations and transactions are fetched over QMP before QEMU goes away
 `ncdma-<id>.json` beside `console.log`, `qmp-events.jsonl` and `qemu.log` in the kept run
 directory. The RAM memfd has no name in any file system and is closed on exit.
 
-`q35_argv()` builds a command line for the usual machine (q35, qboot, PVH boot, optional
-intel-iommu, ncdma devices, virtio-serial agent port); `Vm` takes any function from the RAM fd
-to a command line. `launch.boot(topology)` gives it the topology's (`qemu_argv`).
+`Vm` takes a function from the RAM fd to a command line; `launch.boot(topology)` gives it the
+topology's (`qemu_argv`), the one place a QEMU command line is made.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from qemu.qmp import EventListener
 from dmalab.errors import CheckFailed
 from dmalab.machine.agent import AgentClient, AgentConnectionLost, Hello
 from dmalab.machine.devices import NcdmaQmp
-from dmalab.machine.guestmem import MiB, PmemsaveMemory, SharedRam
+from dmalab.machine.guestmem import MiB, PmemsaveMemory, SharedRam, ram_layout
 from dmalab.machine.process import QemuDied, QemuProcess, log_tail
 from dmalab.machine.topology import Topology
 
@@ -127,48 +126,6 @@ class Console:
                 yield chunk
         finally:
             self._queues.remove(q)
-
-
-def q35_argv(
-    kernel: Path,
-    initrd: Path,
-    cmdline: str,
-    *,
-    ram_fd: int | None,
-    ram_mib: int = 512,
-    iommu: str | None = "intel-iommu",
-    accel: str = "tcg",
-    ncdma: Sequence[str] = ("ncdma0",),
-    agent: bool = True,
-) -> list[str]:
-    """The q35 machine every test uses (everything after the binary and -L dirs). It names the
-    chardevs `console` and, with `agent`, `agent`, which `Vm` provides."""
-    argv = [
-        "-bios", "/usr/share/qemu/qboot.rom", "-nodefaults", "-no-user-config",
-        "-display", "none", "-no-reboot", "-accel", accel,
-        "-machine", "q35" + (",kernel-irqchip=split" if iommu == "intel-iommu" else ""),
-        "-m", f"{ram_mib}M",
-    ]  # fmt: skip
-    if ram_fd is not None:
-        argv += [
-            "-object",
-            f"memory-backend-file,id=ram,mem-path=/dev/fd/{ram_fd},share=on,size={ram_mib}M",
-            "-machine", "memory-backend=ram",
-        ]  # fmt: skip
-    if iommu == "intel-iommu":
-        argv += ["-device", "intel-iommu,caching-mode=on,intremap=on"]
-    elif iommu == "virtio-iommu":
-        argv += ["-device", "virtio-iommu-pci"]
-    for dev in ncdma:
-        argv += ["-device", f"ncdma,id={dev}"]
-    if agent:
-        argv += [
-            "-device", "virtio-serial-pci,id=vser0",
-            "-device", "virtserialport,chardev=agent,name=dmalab.agent",
-        ]  # fmt: skip
-    argv += ["-serial", "chardev:console", "-kernel", str(kernel), "-initrd", str(initrd),
-             "-append", cmdline]  # fmt: skip
-    return argv
 
 
 class Vm:
@@ -344,7 +301,11 @@ class Vm:
 
     async def _start(self) -> None:
         if self._shared_ram:
-            self.ram = SharedRam(self.ram_mib * MiB, name=f"dmalab-{self.name}-ram")
+            arch = self.topology.arch if self.topology else "x86_64"
+            size = self.ram_mib * MiB
+            self.ram = SharedRam(
+                size, name=f"dmalab-{self.name}-ram", layout=ram_layout(arch, size)
+            )
         ram_fd = self.ram.fd if self.ram is not None else None
         channels = ["console"] + (["agent"] if self._want_agent else [])
         self.process = QemuProcess(
