@@ -37,11 +37,16 @@ def dmalab_run(*args: str, results: Path | None = None) -> subprocess.CompletedP
 
 
 def comparable(doc: dict[str, Any]) -> dict[str, Any]:
-    """results.json without what may differ from run to run: the top-level `timing` and each
-    result's `timing` and `machine`."""
+    """results.json without what may differ from run to run: the top-level `timing`, each
+    result's `timing` and `machine`, and the guest kernel's trace lines of each step (times and
+    addresses; their counts, `kernel_events`, stay)."""
     out = {k: v for k, v in doc.items() if k != "timing"}
     out["results"] = [
-        {k: v for k, v in r.items() if k not in ("timing", "machine")} for r in doc["results"]
+        {
+            **{k: v for k, v in r.items() if k not in ("timing", "machine", "steps")},
+            "steps": [{k: v for k, v in s.items() if k != "kernel"} for s in r["steps"]],
+        }
+        for r in doc["results"]
     ]
     return out
 

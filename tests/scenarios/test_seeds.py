@@ -58,7 +58,9 @@ async def test_003_sgt_caching(default_machine: Machine) -> None:
 
 async def test_004_domain_reuse(default_machine: Machine) -> None:
     rs = await _run(default_machine, SEED_004)
-    assert rs["shared-domain"].note == "dma0+dma1: MAP events at B's map 0, same IOVAs True"
+    assert (
+        rs["shared-domain"].note == "dma0+dma1: MAP events at B's map 0 (device), same IOVAs True"
+    )
     assert "MAP events at B's map 0" not in rs["separate-domains"].note
     assert "LOST_WRITE" in _kinds(rs["skip-clean-at-unmap"], 7)
 

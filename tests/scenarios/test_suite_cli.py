@@ -19,7 +19,7 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "dmalab", "run", "--accel", "tcg", "-j", "2", "--results",
          str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     print(f"\n{proc.stdout}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -27,8 +27,10 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
     doc = json.loads((out / "results.json").read_text())
     data = doc["results"]
     variants = sum(len(s.variants) for s in SUITE)
-    assert len(data) == 2 * variants
-    assert [r["topology"] for r in data] == ["default"] * variants + ["virtio-iommu"] * variants
+    topologies = ["default", "virtio-iommu", "arm64-smmuv3", "arm64-virtio-iommu"]
+    assert len(data) == len(topologies) * variants
+    assert [r["topology"] for r in data] == [t for t in topologies for _ in range(variants)]
+    assert [r["arch"] for r in data] == ["x86_64"] * 2 * variants + ["aarch64"] * 2 * variants
     unavailable = [r for r in data if r["outcome"] == "unavailable"]
     assert [(r["topology"], r["scenario"], r["variant"]) for r in unavailable] == [
         ("virtio-iommu", "004-domain-reuse", "shared-domain")
@@ -42,18 +44,20 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
             assert "restore_seconds" in r["timing"] and r["timing"]["vm"] == 1
     assert doc["meta"] == {
         "seed": 1,
-        "topologies": ["default", "virtio-iommu"],
+        "topologies": topologies,
         "scenarios": [s.name for s in SUITE],
         "policies": ["base"],
         "matrix": False,
         "dmalab": doc["meta"]["dmalab"],
     }
     machines = doc["timing"]["machines"]
-    assert sorted(m["topology"] for m in machines) == ["default", "virtio-iommu"]
+    assert sorted(m["topology"] for m in machines) == sorted(topologies)
     assert all(m["boot_seconds"] > 0 and m["variants"] == variants for m in machines)
     assert doc["timing"]["wall_seconds"] > 0
     root = ET.parse(out / "junit.xml").getroot()
     cases = root.findall("./testsuite/testcase")
-    assert len(cases) == 2 * variants and not root.findall(".//failure")
+    assert len(cases) == len(topologies) * variants and not root.findall(".//failure")
     assert len(root.findall(".//skipped")) == 1
+    arches = [p.get("value") for p in root.findall("./testsuite/testcase/properties/property")]
+    assert arches == [r["arch"] for r in data]
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")

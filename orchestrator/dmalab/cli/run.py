@@ -34,8 +34,13 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
 @click.command("run", short_help="Run the built-in scenario suite and print a verdict.")
 @click.option(
     "-t", "--topology", "topologies", multiple=True, metavar="NAME|FILE",
-    help="Topology to run on (repeatable). Default: the shipped default and virtio-iommu "
-    "(with --matrix also coherent).",
+    help="Topology to run on (repeatable). Default: the shipped default, virtio-iommu, "
+    "arm64-smmuv3 and arm64-virtio-iommu (with --matrix default, virtio-iommu and coherent), "
+    "those of --arch.",
+)  # fmt: skip
+@click.option(
+    "--arch", type=click.Choice(["all", "x86_64", "aarch64"]), default="all", show_default=True,
+    help="Without -t: only the default topologies of this guest architecture.",
 )  # fmt: skip
 @click.option(
     "-s", "--scenario", "only", multiple=True, metavar="SEED",
@@ -72,6 +77,7 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
 @click.option("--demo", is_flag=True, help="Run the ncdma device demonstration instead (no guest).")
 def command(
     topologies: tuple[str, ...],
+    arch: str,
     only: tuple[str, ...],
     files: tuple[Path, ...],
     jobs_text: str | None,
@@ -107,11 +113,15 @@ def command(
     chosen = (list(dict.fromkeys(policies)) or list(POLICIES)) if matrix else None
     scenarios = _scenarios(only, files)
     topos = list(dict.fromkeys(topologies)) or list(MATRIX_TOPOLOGIES if matrix else SHIPPED)
-    coherent = {t: all_coherent(load_topology(t)) for t in topos}  # bad files fail here
+    loaded = {t: load_topology(t) for t in topos}  # bad files fail here
+    if not topologies and arch != "all":
+        topos = [t for t in topos if loaded[t].arch == arch]
+    coherent = {t: all_coherent(loaded[t]) for t in topos}
 
     progress = Progress()
     ensure_qemu(progress)
-    ensure_image(lambda message: click.echo(message, err=True))
+    for image_arch in dict.fromkeys(loaded[t].arch for t in topos):
+        ensure_image(lambda message: click.echo(message, err=True), arch=image_arch)
 
     def live(r: Any) -> None:
         policy = f" {r.policy:<10}" if r.policy is not None else ""

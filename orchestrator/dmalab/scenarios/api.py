@@ -44,6 +44,7 @@ from typing import Any
 
 from dmalab.errors import CheckFailed
 from dmalab.machine.agent import AgentError, Desc
+from dmalab.machine.guest_trace import GuestTrace
 from dmalab.scenarios.ownership import Ledger
 from dmalab.spec import agent as spec
 
@@ -60,6 +61,8 @@ KEY_COUNTERS = (
 )  # fmt: skip
 #: How long a step may stay pending before the host counts it as blocked in the guest.
 BLOCKED_AFTER_S = 0.25
+#: Kernel trace lines kept per step (the counts cover them all).
+KERNEL_LINES = 40
 _MASK64 = (1 << 64) - 1
 
 #: Matrix policies: exporter flags added to every buffer a variant creates. `base` is the
@@ -195,6 +198,10 @@ class StepRecord:
     owners: dict[str, list[str]] = field(default_factory=dict)  # buffer -> owners after
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # device -> deltas
     error: str | None = None
+    #: What the guest kernel did in the step (its trace events): name -> how many, and the
+    #: first KERNEL_LINES of them.
+    kernel_events: dict[str, int] = field(default_factory=dict)
+    kernel: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -224,6 +231,8 @@ class Result:
     machine: dict[str, Any] = field(default_factory=dict)
     #: Wall times (seconds); left out when two runs are compared.
     timing: dict[str, float] = field(default_factory=dict)
+    #: The guest architecture the topology is of (QEMU's name).
+    arch: str = "x86_64"
 
     @property
     def ok(self) -> bool:
@@ -296,6 +305,10 @@ class Run:
         self.machine: dict[str, Any] = {}
         self._order = 0
         self._counters: dict[str, dict[str, int]] = {}
+        self.trace = GuestTrace(vm.agent)
+        #: Who counts IOMMU MAP events, per device: "device" (its vIOMMU sends MAP
+        #: notifications) or "guest" (the kernel's iommu/map trace events).
+        self.map_observer: dict[str, str] = {}
         self._seen_violations: dict[str, int] = {}
         self._chains: dict[str, asyncio.Task[Any]] = {}
         self._pending: dict[int, float] = {}  # step -> when issued (or last active)
@@ -343,10 +356,24 @@ class Run:
 
     async def start(self) -> None:
         for qid in self.devices:
-            await self.vm.device(qid).reset_stats()
+            dev = self.vm.device(qid)
+            await dev.reset_stats()
             await self.agent.stats(self.devices[qid], reset=True)
-            self._counters[qid] = await self.vm.device(qid).counters()
+            self._counters[qid] = await dev.counters()
             self._seen_violations[qid] = 0
+            iommu = await dev.iommu()
+            counts = iommu.get("events") and not iommu.get("degraded")
+            self.map_observer[qid] = "device" if counts else "guest"
+        await self.trace.start()
+
+    def map_events(self, step: int, device: str) -> int:
+        """IOMMU MAP events at `step` for `device`, from its observer (`map_observer`): the
+        device's count, or the guest kernel's iommu/map events in that step (the step is one
+        device's map, so they are that device's)."""
+        record = next(r for r in self.records if r.step == step)
+        if self.map_observer.get(device, "device") == "device":
+            return record.counters.get(device, {}).get("iommu_map_events", 0)
+        return record.kernel_events.get("map", 0)
 
     async def buffer(
         self,
@@ -673,6 +700,10 @@ class Run:
     async def _after(self, step: int, record: StepRecord) -> None:
         self._order += 1
         record.order = self._order
+        for event in await self.trace.take():
+            record.kernel_events[event.name] = record.kernel_events.get(event.name, 0) + 1
+            if len(record.kernel) < KERNEL_LINES:
+                record.kernel.append(event.line)
         for qid in self.devices:
             dev = self.vm.device(qid)
             now = await dev.counters()

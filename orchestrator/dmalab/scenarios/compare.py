@@ -1,8 +1,9 @@
 """Two results.json files compared result by result: what got worse, what changed.
 
 Results are matched by (scenario, topology, variant) plus "policy" when a result has one.
-`timing` and `machine` are never compared: wall times and physical addresses differ from run
-to run while everything else is deterministic. Per-result keys this module does not know are
+`timing`, `machine` and the guest kernel's trace lines are never compared: wall times and
+physical addresses differ from run to run while everything else is deterministic (the kernel's
+event counts included). Per-result keys this module does not know are
 ignored, so files from newer versions still compare.
 """
 
@@ -20,7 +21,7 @@ from dmalab.scenarios.verdicts import FAIL, verdict
 REQUIRED = ("scenario", "topology", "variant", "expectation", "outcome")
 #: Per-result fields compared as plain values (verdict, steps, counters, evidence have their own).
 FIELDS = ("seed", "expectation", "expected_steps", "note")
-STEP_FIELDS = ("actor", "action", "order", "owners", "error")
+STEP_FIELDS = ("actor", "action", "order", "owners", "error", "kernel_events")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -663,6 +663,25 @@ def _details(results: Sequence[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+STEP_COLUMNS = (
+    "step", "order", "actor", "action", "owners after", "counter deltas", "guest kernel",
+    "evidence",
+)  # fmt: skip
+
+
+def _kernel_cell(step: dict[str, Any]) -> str:
+    """What the guest kernel traced in the step: event counts, its lines folded away."""
+    counts = step.get("kernel_events")
+    if not isinstance(counts, dict) or not counts:
+        return ""
+    summary = escape(" ".join(f"{name}={n}" for name, n in sorted(counts.items())))
+    lines = step.get("kernel")
+    if not isinstance(lines, list) or not lines:
+        return summary
+    body = escape("\n".join(str(line) for line in lines))
+    return f"<details><summary>{summary}</summary><pre>{body}</pre></details>"
+
+
 def _step_table(steps: Sequence[Any], by_step: dict[int, list[str]]) -> str:
     rows = []
     for s in steps:
@@ -679,15 +698,13 @@ def _step_table(steps: Sequence[Any], by_step: dict[int, list[str]]) -> str:
             f"<td>{escape(str(s.get('action', '')))}</td>"
             f"<td>{_pre(_owners_text(s.get('owners')))}</td>"
             f"<td>{_pre(_counter_text(s.get('counters')))}</td>"
+            f"<td>{_kernel_cell(s)}</td>"
             f"<td>{escape(str(error)) if error else ''}{_evidence_list(lines)}</td>"
             "</tr>"
         )
     if not rows:
         return '<p class="muted">No step records.</p>'
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("step", "order", "actor", "action", "owners after", "counter deltas", "evidence")
-    )
+    head = "".join(f"<th>{h}</th>" for h in STEP_COLUMNS)
     return (
         f"<h3>Steps</h3><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )

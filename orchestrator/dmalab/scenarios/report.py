@@ -175,6 +175,8 @@ def write_junit(results: Sequence[Result], path: Path) -> None:
                 suite, "testcase", classname=f"{group}.{r.scenario}", name=r.variant,
                 time=f"{r.timing.get('seconds', 0):.3f}",
             )  # fmt: skip
+            props = ET.SubElement(case, "properties")
+            ET.SubElement(props, "property", name="arch", value=r.arch)
             if r.outcome == "unavailable":
                 ET.SubElement(case, "skipped", message=r.note)
             elif not r.ok:

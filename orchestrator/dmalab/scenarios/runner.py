@@ -40,8 +40,8 @@ from dmalab.scenarios.api import (
 )
 from dmalab.scenarios.suite import SUITE
 
-SHIPPED = ("default", "virtio-iommu")
-#: `dmalab run --matrix` without -t: the shipped topologies and the coherent baseline.
+SHIPPED = ("default", "virtio-iommu", "arm64-smmuv3", "arm64-virtio-iommu")
+#: `dmalab run --matrix` without -t: the x86 topologies and the coherent baseline.
 MATRIX_TOPOLOGIES = ("default", "virtio-iommu", "coherent")
 VARIANT_TIMEOUT_S = 60.0
 #: Another machine of a topology that already has one is booted only when each would still
@@ -135,6 +135,7 @@ class Machine:
         self.shared: tuple[str, str] | None = None
         topo = getattr(vm, "topology", None)
         self.coherent = isinstance(topo, Topology) and all_coherent(topo)
+        self.arch = topo.arch if isinstance(topo, Topology) else "x86_64"
         self.boot_seconds = 0.0
         self.save_seconds = 0.0
         self._dirty = False  # a variant ran since the snapshot was taken or restored
@@ -154,13 +155,16 @@ class Machine:
         label = policy if matrix else None
         skip = why if expect == "n/a" else (sc.unavailable(run) if sc.unavailable else None)
         if skip:
-            return _skipped(sc, v, self.topology, skip, label)
+            r = _skipped(sc, v, self.topology, skip, label)
+            r.arch = self.arch
+            return r
         restore_s = 0.0
         if self._dirty:
             restore_s = await self.snaps.restore("booted")
         self._dirty = True
         r = await run_variant(run, sc, expect, steps, why)
         r.policy = label
+        r.arch = self.arch
         r.timing["restore_seconds"] = round(restore_s, 3)
         return r
 
@@ -369,7 +373,8 @@ def suite_ok(results: Sequence[Result]) -> bool:
 
 def as_json(results: Sequence[Result], *, timing: bool = True) -> list[dict[str, Any]]:
     """JSON-ready results; `timing=False` leaves out what differs from run to run (wall times,
-    physical addresses), for comparing two runs. `policy` is there only in a matrix run."""
+    physical addresses, the guest kernel's trace lines), for comparing two runs. `policy` is
+    there only in a matrix run."""
     out = []
     for r in results:
         d = asdict(r)
@@ -378,5 +383,7 @@ def as_json(results: Sequence[Result], *, timing: bool = True) -> list[dict[str,
         if not timing:
             d.pop("timing")
             d.pop("machine")
+            for step in d["steps"]:
+                step.pop("kernel")
         out.append(d)
     return out

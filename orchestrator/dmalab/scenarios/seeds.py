@@ -154,13 +154,8 @@ async def seed_003(run: Run) -> None:
                       writes={BUF: {PAGE: run.pattern(100 + c, PAGE)}})  # fmt: skip
         await run.unmap(s + 3, "driver A", a)
         await run.check_bytes(s + 3, buf, PAGE, run.pattern(100 + c, PAGE), f"cycle {c + 1} copy")
-    events = [
-        next(r for r in run.records if r.step == s)
-        .counters.get("dma2", {})
-        .get("iommu_map_events", 0)
-        for s in map_steps
-    ]
-    run.note = f"IOMMU MAP events per map step: {events}"
+    events = [run.map_events(s, "dma2") for s in map_steps]
+    run.note = f"IOMMU MAP events per map step ({run.map_observer['dma2']}): {events}"
     last = 4 * CYCLES
     if cached:
         run.check(last, events[0] > 0 and events[1:] == [0] * (CYCLES - 1),
@@ -240,11 +235,9 @@ async def seed_004(run: Run) -> None:
     await run.cpu(1, "driver A", buf, write=(0, PAGE, run.pattern_seed(4)))
     await run.map(2, "driver A", a)
     await run.map(3, "driver B", b)
-    events = (
-        next(r for r in run.records if r.step == 3).counters.get(qb, {}).get("iommu_map_events", 0)
-    )
+    events = run.map_events(3, qb)
     same = (await run.agent.att_info(a.id)).segs == (await run.agent.att_info(b.id)).segs
-    run.note = f"{qa}+{qb}: MAP events at B's map {events}" + (
+    run.note = f"{qa}+{qb}: MAP events at B's map {events} ({run.map_observer[qb]})" + (
         f", same IOVAs {same}" if p.get("shared") else ""
     )
     if p.get("shared"):
