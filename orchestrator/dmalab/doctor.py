@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dmalab.artifacts import qemu
+from dmalab.artifacts import guest_code, qemu
 from dmalab.artifacts.cache import cache_root
 from dmalab.errors import DmalabError
 
@@ -35,7 +35,13 @@ def _python() -> Finding:
 
 
 def _packages() -> Finding:
-    names = (*qemu.BUILD_PACKAGES, *qemu.FIRMWARE_PACKAGES, "zstd", "busybox-static")
+    names = (
+        *qemu.BUILD_PACKAGES,
+        *qemu.FIRMWARE_PACKAGES,
+        *guest_code.CROSS["aarch64"][2],
+        "zstd",
+        "busybox-static",
+    )
     missing = [n for n in qemu.missing_packages(names) if n != "busybox-static"]
     if not missing:
         return Finding("debian packages", True, f"{len(names) - 1} build and run-time packages")
@@ -73,27 +79,33 @@ def _qemu() -> Finding:
             "qemu",
             False,
             "no QEMU built for this checkout's qemu-devices/",
-            "dmalab build qemu (about 5 minutes the first time)",
+            "dmalab build qemu (about 8 minutes the first time)",
         )
     source = build.manifest.get("debian_source", {})
     origin = f"Debian {source['version']}" if "version" in source else "your own build"
-    return Finding("qemu", True, f"{build.binary} ({origin})")
+    binaries = ", ".join(str(path) for path in build.binaries.values())
+    return Finding("qemu", True, f"{binaries} ({origin})")
 
 
 def _image() -> Finding:
-    manifests = sorted(
-        (cache_root() / "image" / "builds").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime
-    )
-    if not manifests:
-        return Finding("guest image", False, "no guest image built", "dmalab build image")
-    data = json.loads(manifests[-1].read_text())
-    release = data.get("kernel", {}).get("release", "?")
-    parts = [name for name, part in data.get("parts", {}).items() if part.get("included")]
-    return Finding(
-        "guest image",
-        True,
-        f"kernel {release}, with {', '.join(parts) or 'no driver'} ({manifests[-1].parent})",
-    )
+    found = []
+    for arch, folder in (("x86_64", "image"), ("aarch64", "image-aarch64")):
+        manifests = sorted(
+            (cache_root() / folder / "builds").glob("*/manifest.json"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if not manifests:
+            return Finding(
+                "guest image",
+                False,
+                f"no {arch} guest image built",
+                f"dmalab build image --arch {arch}",
+            )
+        data = json.loads(manifests[-1].read_text())
+        release = data.get("kernel", {}).get("release", "?")
+        parts = [name for name, part in data.get("parts", {}).items() if part.get("included")]
+        found.append(f"{arch}: kernel {release}, with {', '.join(parts) or 'no driver'}")
+    return Finding("guest image", True, "; ".join(found))
 
 
 def _kvm() -> Finding:
@@ -111,7 +123,8 @@ def _kvm() -> Finding:
         "kvm",
         True,
         "/dev/kvm present: accel=auto boots a probe guest under KVM "
-        "once and falls back to TCG if it fails",
+        "once and falls back to TCG if it fails (arm64 guests always run under TCG: no KVM "
+        "for a foreign architecture)",
     )
 
 

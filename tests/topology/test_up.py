@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from procs import qemu_pids
 
 from dmalab.cli.up import READY_LINE
@@ -17,9 +18,9 @@ from dmalab.cli.up import READY_LINE
 DMALAB = [sys.executable, "-m", "dmalab"]
 
 
-def _start(run_base: Path, *args: str) -> subprocess.Popen[str]:
+def _start(run_base: Path, *args: str, topology: str = "default") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*DMALAB, "up", "default", "--accel", "tcg", *args],
+        [*DMALAB, "up", topology, "--accel", "tcg", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -79,13 +80,15 @@ def test_up_ctrl_c(run_base: Path) -> None:
     assert list(run_base.iterdir()) == []
 
 
-def test_up_json_then_attach_agent(run_base: Path) -> None:
-    proc = _start(run_base, "--json")
+@pytest.mark.parametrize("topology", ["default", "arm64-smmuv3"])
+def test_up_json_then_attach_agent(run_base: Path, topology: str) -> None:
+    proc = _start(run_base, "--json", topology=topology)
     try:
         _wait_ready(proc, "stderr")
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
         assert [d["id"] for d in info["devices"]] == ["dma0", "dma1", "dma2"]
+        assert info["accel"] == "tcg"
         assert info["devices"][0]["qom_path"] == "/machine/peripheral/dma0"
         assert Path(info["qmp"]).is_socket() and Path(info["agent"]).is_socket()
         shell = subprocess.run(

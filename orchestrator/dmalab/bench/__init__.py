@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -36,6 +37,38 @@ class Stat:
             "max_mbps": round(self.max, 1),
             "samples_mbps": [round(s, 1) for s in self.samples],
         }
+
+
+def upper_targets(results: dict[str, float], limits: dict[str, float]) -> list[dict[str, object]]:
+    """One target entry per `limits` key: the result must be at most the limit."""
+    return [
+        {"name": k, "value": results[k], "target": f"<= {v}", "pass": results[k] <= v}
+        for k, v in limits.items()
+    ]
+
+
+def envelope(
+    schema: str, command: str, machine: dict[str, Any], results: dict[str, Any],
+    targets: Sequence[dict[str, Any]], **facts: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """A benchmark report: what ran where, its facts, results and targets."""
+    return {
+        "schema": schema,
+        "command": command,
+        "machine": machine,
+        **facts,
+        "results": results,
+        "targets": list(targets),
+        "all_targets_pass": all(t["pass"] for t in targets),
+    }
+
+
+def target_lines(targets: Sequence[dict[str, object]]) -> list[str]:
+    """`target NAME <= LIMIT: VALUE pass|MISSED`, one line per target."""
+    return [
+        f"target {t['name']} {t['target']}: {t['value']} {'pass' if t['pass'] else 'MISSED'}"
+        for t in targets
+    ]
 
 
 def mbps(nbytes: int, seconds: float) -> float:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dmalab.bench import target_lines
 from dmalab.bench.device import machine_info
 
 SCHEMA = "dmalab.bench.suite/1"
@@ -102,10 +103,7 @@ def render_table(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"speed-up -j {JOBS[0]} / -j {JOBS[-1]}: {report['speedup']}x; "
                  f"same results: {'yes' if report['same_results'] else 'NO'}")  # fmt: skip
-    for t in report["targets"]:
-        lines.append(
-            f"target {t['name']} {t['target']}: {t['value']} {'pass' if t['pass'] else 'MISSED'}"
-        )
+    lines += target_lines(report["targets"])
     for r in report["runs"]:
         if r["exit_code"]:
             lines.append(f"dmalab run -j {r['jobs']} failed: {r['last_stderr_line']}")

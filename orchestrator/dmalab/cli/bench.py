@@ -16,6 +16,7 @@ from dmalab.bench import device as device_bench
 from dmalab.bench import image as image_bench
 from dmalab.bench import machine as machine_bench
 from dmalab.bench import parse_size
+from dmalab.bench import qemu as qemu_bench
 from dmalab.bench import suite as suite_bench
 from dmalab.errors import BadInput, CheckFailed
 
@@ -123,7 +124,8 @@ def device(json_path: Path | None, check: bool, repeats: int, sizes: tuple[str, 
 def machine(json_path: Path | None, check: bool, repeats: int) -> None:
     """Measure the machine layer on the q35 + intel-iommu + ncdma guest under TCG: a QMP
     counter fetch, reading 64 MiB of guest RAM through the shared mapping against pmemsave,
-    snapshot restore until the agent answers, and a cold boot.
+    snapshot restore until the agent answers, and a cold boot; then cold boot, agent echo and
+    snapshot restore on the arm64 virt + SMMUv3 + ncdma guest, in the same run.
     """
     from dmalab.artifacts.image import ensure_image
 
@@ -133,6 +135,7 @@ def machine(json_path: Path | None, check: bool, repeats: int) -> None:
     report = machine_bench.run_sync(
         qemu,
         image,
+        arm64=ensure_image(arch="aarch64"),
         repeats=repeats,
         log=progress.note,
         command=shlex.join(["dmalab", *sys.argv[1:]]),
@@ -154,6 +157,25 @@ def image(json_path: Path | None, check: bool) -> None:
     progress = Progress()
     report = image_bench.run(log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]]))
     _finish("image", report, image_bench.render_table(report), json_path, check, progress)
+
+
+@command.command("qemu", short_help="QEMU build time (both targets), cold and unchanged.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the full results (machine, times, targets) here.",
+)
+@click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
+def qemu(json_path: Path | None, check: bool) -> None:
+    """Build QEMU (qemu-system-x86_64 and qemu-system-aarch64) in a private empty cache, source
+    download included, as on a new machine; then ask for it again with nothing changed. Your
+    own cache is not touched. Takes several minutes."""
+    progress = Progress()
+    report = qemu_bench.run(
+        progress=progress, log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]])
+    )
+    _finish("qemu", report, qemu_bench.render_table(report), json_path, check, progress)
 
 
 @command.command("suite", short_help="Wall time of the built-in suite, -j 1 against -j 2.")
