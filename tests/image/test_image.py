@@ -186,6 +186,8 @@ def test_malformed_kernel_is_one_line_bad_input(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a kernel\n" * 100)
     cases = [
         ({"kernel": garbage}, "neither a bzImage nor an ELF vmlinux"),
+        ({"kernel": garbage, "arch": "aarch64"}, "not an arm64 Image (gzip'd or plain)"),
+        ({"arch": "riscv64"}, "arch 'riscv64': expected one of x86_64, aarch64"),
         ({"kernel": tmp_path / "missing"}, "no such file"),
         ({"modules": tmp_path}, "modules given without kernel"),
     ]
@@ -196,13 +198,17 @@ def test_malformed_kernel_is_one_line_bad_input(tmp_path: Path) -> None:
         assert words in message and "\n" not in message, message
 
 
-def test_bring_your_own_kernel(built: image.ImageBuild, tmp_path: Path) -> None:
-    """Debian's bzImage and module tree, handed in as a user's: same release, user source."""
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_bring_your_own_kernel(built: image.ImageBuild, tmp_path: Path, arch: str) -> None:
+    """Debian's kernel (bzImage; arm64: gzip'd Image) and module tree, handed in as a user's:
+    same release, user source, the same uncompressed kernel inside."""
+    built = built if arch == "x86_64" else image.ensure_image(progress=_quiet, arch=arch)
     manifest = json.loads(built.manifest.read_text())
     modules = Path(manifest["kernel"]["modules_tree"])
     bzimage = modules.parents[2] / "boot" / f"vmlinuz-{built.kernel_release}"
     with _checkout(_fake_checkout(tmp_path / "checkout", stubs=False)):
-        own = image.ensure_image(progress=_quiet, kernel=bzimage, modules=modules)
+        own = image.ensure_image(progress=_quiet, kernel=bzimage, modules=modules, arch=arch)
+    assert own.arch == arch and own.kernel.name == ("vmlinux" if arch == "x86_64" else "Image")
     data = json.loads(own.manifest.read_text())
     assert data["kernel"]["source"] == "user"
     assert data["kernel"]["origin"] == str(bzimage)
