@@ -38,13 +38,14 @@ import base64
 import dataclasses
 import hashlib
 import random
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import construct as c
 
 from dmalab.errors import CheckFailed
 from dmalab.machine.ncdma_rig import PAGE, NcdmaRig, RigDevice, ncdma_rig
@@ -87,8 +88,8 @@ class FuzzConfig:
 
 
 CONFIGS: dict[str, FuzzConfig] = {
-    c.name: c
-    for c in (
+    cfg.name: cfg
+    for cfg in (
         FuzzConfig("coherent", "coherent=on", None, "no cache, no IOMMU"),
         FuzzConfig(
             "cached",
@@ -147,19 +148,20 @@ class DescOp:
     reserved1: int = 0
 
     def raw(self) -> bytes:
-        return struct.pack(
-            "<BBHIQQQQQQQ",
-            self.opcode,
-            self.flags,
-            self.reserved0,
-            0,
-            self.cookie,
-            self.src,
-            self.dst,
-            self.len,
-            self.pattern,
-            0,
-            self.reserved1,
+        return spec.RawDescriptor.build(
+            {
+                "opcode": self.opcode,
+                "flags": self.flags,
+                "reserved0": self.reserved0,
+                "status": "PENDING",
+                "cookie": self.cookie,
+                "src": self.src,
+                "dst": self.dst,
+                "len": self.len,
+                "pattern": self.pattern,
+                "done": 0,
+                "reserved1": self.reserved1,
+            }
         )
 
     def __str__(self) -> str:
@@ -851,7 +853,7 @@ class FuzzEngine:
         except Exception as exc:
             raise self.fail(f"QEMU does not answer QMP: {exc!r}") from exc
 
-        regs = dict(zip(spec.REG, struct.unpack(f"<{REGS_SPAN // 4}I", regs_raw), strict=False))
+        regs = dict(zip(spec.REG, c.Int32ul[REGS_SPAN // 4].parse(regs_raw), strict=False))
         parsed = spec.Counters.parse(cnt_raw)
         counters = {name: parsed[name] for name in spec.COUNTER_NAMES}
         if qmp_counters != counters:
@@ -915,8 +917,10 @@ class FuzzEngine:
             descs = [op for op in step.ops if isinstance(op, DescOp)]
             for slot, d in zip(step.slots, descs, strict=True):
                 raw = ring[slot * spec.DESC_SIZE : (slot + 1) * spec.DESC_SIZE]
-                st, done = struct.unpack_from("<I", raw, 4)[0], struct.unpack_from("<Q", raw, 48)[0]
-                self._check_completion(d, st, done)
+                completed = spec.RawDescriptor.parse(raw)
+                status = completed.status  # a Status name, or the number when it is none
+                st = ST[status] if isinstance(status, str) else status
+                self._check_completion(d, st, completed.done)
                 ok += st == ST["OK"]
                 bad += st != ST["OK"]
             self.descriptors += len(descs)

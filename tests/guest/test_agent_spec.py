@@ -25,11 +25,14 @@ UAPI = ROOT / "guest-tests" / "include" / "ncdma-uapi.h"
 
 
 def sample(con: c.Construct, salt: int = 1) -> Any:
-    """A deterministic value for every field of a construct (enums and flags get a valid one)."""
+    """A deterministic value for every field of a construct (enums and flags get a valid one,
+    reserved fields their constant)."""
     while isinstance(con, c.Renamed):
         con = con.subcon
     if isinstance(con, c.Struct):
         return {sc.name: sample(sc, salt + i) for i, sc in enumerate(con.subcons) if sc.name}
+    if isinstance(con, c.Const):  # a reserved field: only its constant builds
+        return con.value
     if isinstance(con, c.Enum):
         return next(iter(con.encmapping))
     if isinstance(con, c.FlagsEnum):
@@ -131,6 +134,10 @@ def test_malformed_payloads_are_rejected() -> None:
         spec.decode_payload(spec.BufRequest, spec.NO_TAIL, b"\0" * 9)
     with pytest.raises(spec.ProtocolError):
         spec.decode_request(spec.encode_header(0xEE, 1, 0))
+    with pytest.raises(c.ConstructError):  # a reserved field set
+        spec.decode_payload(spec.BufRequest, spec.NO_TAIL, bytes([1, 0, 0, 0, 1, 0, 0, 0]))
+    with pytest.raises(c.ConstructError):
+        spec.BufRequest.build({"buf": 1, "reserved": 1})
 
 
 def test_pattern_known_answer() -> None:
