@@ -14,18 +14,12 @@ import pytest
 
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.topology import load_topology, shipped_topologies
-from dmalab.scenarios.api import (
-    PAGE,
-    Att,
-    Buf,
-    Result,
-    Scenario,
-    StepRecord,
-    Variant,
-    fill_bytes,
-)  # fmt: skip
+from dmalab.scenarios.api import PAGE, Att, Buf
+from dmalab.scenarios.codec import fill_bytes
+from dmalab.scenarios.declarations import Scenario, Variant
 from dmalab.scenarios.declarative import load_file, load_text, parse_text
 from dmalab.scenarios.ownership import Ledger
+from dmalab.scenarios.results import Result, StepRecord
 from dmalab.scenarios.runner import Machine
 from dmalab.scenarios.seeds import SEED_000
 from dmalab.scenarios.suite import SUITE, shipped_files

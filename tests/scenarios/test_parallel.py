@@ -24,7 +24,8 @@ import pytest
 
 from dmalab.errors import CheckFailed
 from dmalab.scenarios import runner
-from dmalab.scenarios.api import Result, Scenario, Variant
+from dmalab.scenarios.declarations import Scenario, Variant
+from dmalab.scenarios.results import Result
 
 TOPOLOGIES = ["-t", "default", "-t", "virtio-iommu"]
 SUBSET = [*TOPOLOGIES, "-s", "000-arnd-table", "-s", "003", "-s", "002"]

@@ -21,17 +21,8 @@ from typing import Any, NoReturn
 
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.agent import Desc
-from dmalab.scenarios.api import (
-    CELL_TOPOLOGIES,
-    PAGE,
-    POLICIES,
-    Att,
-    Buf,
-    Cell,
-    Run,
-    Scenario,
-    Variant,
-)
+from dmalab.scenarios.api import PAGE, Att, Buf, Run
+from dmalab.scenarios.declarations import CELL_TOPOLOGIES, POLICIES, Cell, Scenario, Variant
 from dmalab.spec import agent as spec
 from dmalab.spec import ncdma as hw
 

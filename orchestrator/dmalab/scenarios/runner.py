@@ -18,7 +18,7 @@ import contextlib
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,10 @@ from dmalab.machine.devices import _walk_pci
 from dmalab.machine.launch import boot
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.topology import Topology, load_topology
-from dmalab.scenarios.api import (
-    DEFAULT_SEED,
-    POLICIES,
-    Result,
-    Run,
-    Scenario,
-    Variant,
-    cell_expectation,
-    verdict,
-)
+from dmalab.scenarios.api import Run
+from dmalab.scenarios.codec import DEFAULT_SEED
+from dmalab.scenarios.declarations import POLICIES, Scenario, Variant, cell_expectation
+from dmalab.scenarios.results import Result, as_json, outcome, suite_ok
 from dmalab.scenarios.suite import SUITE
 
 SHIPPED = ("default", "virtio-iommu")
@@ -90,12 +84,11 @@ async def run_variant(
         await run.finish()
     except Exception as exc:  # the variant failed to run: report it, go on with the next
         error = f"{type(exc).__name__}: {exc}"
-        for task in run._chains.values():
-            task.cancel()
+        run.scheduler.cancel()
         if not isinstance(exc, CheckFailed):
             error += "\n" + traceback.format_exc(limit=4)
     findings = run.final_findings()
-    outcome = "FAIL" if error else verdict(expect, steps, findings)
+    judged = "FAIL" if error else outcome(expect, steps, findings)
     evidence = [f.line for f in findings]
     if error:
         evidence.append(f"error: {error}")
@@ -111,7 +104,7 @@ async def run_variant(
         topology=run.topology,
         variant=v.name,
         expectation=expect,
-        outcome=outcome,
+        outcome=judged,
         expected_steps=list(steps),
         detected_steps=sorted({f.step for f in findings}),
         evidence=evidence,
@@ -361,22 +354,3 @@ async def run_topology(
     **kwargs: Any,
 ) -> list[Result]:
     return (await run_suite([topology], scenarios, **kwargs)).results
-
-
-def suite_ok(results: Sequence[Result]) -> bool:
-    return all(r.ok for r in results)
-
-
-def as_json(results: Sequence[Result], *, timing: bool = True) -> list[dict[str, Any]]:
-    """JSON-ready results; `timing=False` leaves out what differs from run to run (wall times,
-    physical addresses), for comparing two runs. `policy` is there only in a matrix run."""
-    out = []
-    for r in results:
-        d = asdict(r)
-        if d["policy"] is None:
-            d.pop("policy")
-        if not timing:
-            d.pop("timing")
-            d.pop("machine")
-        out.append(d)
-    return out

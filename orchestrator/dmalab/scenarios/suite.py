@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from dmalab.scenarios.api import Scenario
+from dmalab.scenarios.declarations import Scenario
 from dmalab.scenarios.declarative import load_file
 from dmalab.scenarios.seeds import SEEDS
 
