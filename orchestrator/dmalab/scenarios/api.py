@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmalab.machine.agent import AgentError, Desc
-from dmalab.machine.compare import compare
+from dmalab.machine.compare_bytes import compare
 from dmalab.scenarios.codec import (
     DEFAULT_SEED,
     cookie_step,

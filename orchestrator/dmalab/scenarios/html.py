@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from dmalab.scenarios.compare import result_key, results_of, verdict_of
+from dmalab.scenarios.compare_results import result_key, results_of, verdict_of
 from dmalab.scenarios.verdicts import (
     FAIL,
     VERDICT_CLASS,

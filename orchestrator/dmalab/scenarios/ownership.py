@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dmalab.machine.compare import compare
+from dmalab.machine.compare_bytes import compare
 
 Range = tuple[int, int]  # (offset, length)
 
