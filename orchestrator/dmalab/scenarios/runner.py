@@ -244,6 +244,78 @@ def plan(
     return items
 
 
+class _Jobs:
+    """The machines of a suite run: which topology a free job boots next, and what each machine
+    did (`machines`, for the run's timing)."""
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        loaded: dict[str, Topology],
+        *,
+        seed: int,
+        matrix: bool,
+        accel: str | None,
+        artifacts_dir: Path | None,
+        on_result: Callable[[Result], None] | None,
+    ) -> None:
+        self.topologies = list(loaded)
+        self.loaded = loaded
+        self.queues = {t: collections.deque(i for i in items if i.topology == t) for t in loaded}
+        self.running = dict.fromkeys(loaded, 0)
+        self.booted = dict.fromkeys(loaded, 0)
+        self.results: dict[int, Result] = {}
+        self.machines: list[dict[str, Any]] = []
+        self.seed, self.matrix, self.accel = seed, matrix, accel
+        self.artifacts_dir, self.on_result = artifacts_dir, on_result
+
+    def pick(self) -> str | None:
+        """A topology nobody has started yet, in the order given; else the one with the most
+        variants left per machine, if each would still run JOIN_MIN_VARIANTS; else None."""
+        for t in self.topologies:
+            if self.queues[t] and self.booted[t] == 0:
+                return t
+        left = [t for t in self.topologies if self.queues[t]]
+        if not left:
+            return None
+        best = max(left, key=lambda t: len(self.queues[t]) / (self.running[t] + 1))
+        share = len(self.queues[best]) / (self.running[best] + 1)
+        return best if share >= JOIN_MIN_VARIANTS else None
+
+    async def job(self) -> None:
+        while (topo := self.pick()) is not None:
+            self.booted[topo] += 1
+            self.running[topo] += 1
+            number = self.booted[topo]
+            entry: dict[str, Any] = {"topology": topo, "vm": number}
+            self.machines.append(entry)
+            t0 = time.perf_counter()
+            try:
+                await self._machine(topo, number, entry)
+            finally:
+                self.running[topo] -= 1
+                entry["seconds"] = round(time.perf_counter() - t0, 3)
+
+    async def _machine(self, topo: str, number: int, entry: dict[str, Any]) -> None:
+        """Boot machine `number` of `topo` and run the topology's variants until none is left."""
+        async with machine(
+            topo, accel=self.accel, artifacts_dir=self.artifacts_dir, loaded=self.loaded[topo],
+            name=f"{self.loaded[topo].name}-{number}",
+        ) as m:  # fmt: skip
+            entry["boot_seconds"] = round(m.boot_seconds, 3)
+            entry["snapshot_seconds"] = round(m.save_seconds, 3)
+            entry["variants"] = 0
+            while self.queues[topo]:
+                item = self.queues[topo].popleft()
+                r = await m.run_one(item.scenario, item.variant, policy=item.policy,
+                                    seed=self.seed, matrix=self.matrix)  # fmt: skip
+                r.timing["vm"] = number
+                self.results[item.index] = r
+                entry["variants"] += 1
+                if self.on_result:
+                    self.on_result(r)
+
+
 async def run_suite(
     topologies: Sequence[str] = SHIPPED,
     scenarios: Sequence[Scenario] = SUITE,
@@ -272,56 +344,13 @@ async def run_suite(
             raise ValueError(f"unknown policy {p!r}")
     loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
     items = plan(topologies, scenarios, pols)
-    queues = {t: collections.deque(i for i in items if i.topology == t) for t in topologies}
-    running = dict.fromkeys(topologies, 0)
-    booted = dict.fromkeys(topologies, 0)
-    results: dict[int, Result] = {}
-    machines: list[dict[str, Any]] = []
+    run = _Jobs(items, loaded, seed=seed, matrix=matrix, accel=accel,
+                artifacts_dir=artifacts_dir, on_result=on_result)  # fmt: skip
     start = time.perf_counter()
-
-    def pick() -> str | None:
-        for t in topologies:
-            if queues[t] and booted[t] == 0:
-                return t
-        left = [t for t in topologies if queues[t]]
-        if not left:
-            return None
-        best = max(left, key=lambda t: len(queues[t]) / (running[t] + 1))
-        return best if len(queues[best]) / (running[best] + 1) >= JOIN_MIN_VARIANTS else None
-
-    async def job() -> None:
-        while (topo := pick()) is not None:
-            booted[topo] += 1
-            running[topo] += 1
-            number = booted[topo]
-            entry: dict[str, Any] = {"topology": topo, "vm": number}
-            machines.append(entry)
-            t0 = time.perf_counter()
-            try:
-                async with machine(
-                    topo, accel=accel, artifacts_dir=artifacts_dir, loaded=loaded[topo],
-                    name=f"{loaded[topo].name}-{number}",
-                ) as m:  # fmt: skip
-                    entry["boot_seconds"] = round(m.boot_seconds, 3)
-                    entry["snapshot_seconds"] = round(m.save_seconds, 3)
-                    entry["variants"] = 0
-                    while queues[topo]:
-                        item = queues[topo].popleft()
-                        r = await m.run_one(item.scenario, item.variant, policy=item.policy,
-                                            seed=seed, matrix=matrix)  # fmt: skip
-                        r.timing["vm"] = number
-                        results[item.index] = r
-                        entry["variants"] += 1
-                        if on_result:
-                            on_result(r)
-            finally:
-                running[topo] -= 1
-                entry["seconds"] = round(time.perf_counter() - t0, 3)
-
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(jobs, len(items)) or 1):
-                group.create_task(job())
+                group.create_task(run.job())
     except BaseExceptionGroup as eg:
         # One job failed and the others were cancelled (their machines are shut down by now):
         # report the failure itself, not the group.
@@ -334,8 +363,8 @@ async def run_suite(
         "matrix": matrix,
         "dmalab": dmalab_version(),
     }
-    timing = {"wall_seconds": round(time.perf_counter() - start, 3), "machines": machines}
-    return SuiteRun([results[i.index] for i in items], meta, timing)
+    timing = {"wall_seconds": round(time.perf_counter() - start, 3), "machines": run.machines}
+    return SuiteRun([run.results[i.index] for i in items], meta, timing)
 
 
 def _first(eg: BaseExceptionGroup) -> BaseException:
