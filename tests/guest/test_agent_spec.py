@@ -13,8 +13,11 @@ from typing import Any
 
 import construct as c
 import pytest
+from click.testing import CliRunner
 
 from dmalab.artifacts.cache import repo_root
+from dmalab.cli import main
+from dmalab.cli import spec as spec_cli
 from dmalab.spec import agent as spec
 from dmalab.spec import agent_cheader
 from dmalab.spec import ncdma as hw
@@ -159,21 +162,21 @@ def test_pattern_known_answer() -> None:
 def test_committed_agent_header_matches_the_spec() -> None:
     path = AGENT_DIR / agent_cheader.HEADER_NAME
     assert path.read_text() == agent_cheader.generate(), (
-        f"{path} is stale: run `python -m dmalab.spec.agent_cheader`"
+        f"{path} is stale: run `dmalab spec header`"
     )
 
 
-def test_agent_header_check_mode(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_agent_header_check_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / agent_cheader.HEADER_NAME
-    monkeypatch.setattr(agent_cheader, "header_path", lambda: target)
-    assert agent_cheader.main(["--check"]) == 1
-    assert agent_cheader.main([]) == 0
-    assert agent_cheader.main(["--check"]) == 0
+    monkeypatch.setattr(spec_cli, "agent_header_path", lambda: target)
+    runner = CliRunner()
+    assert runner.invoke(main, ["spec", "header", "--check"]).exit_code == 1
+    assert runner.invoke(main, ["spec", "header"]).exit_code == 0
+    assert target.read_text() == agent_cheader.generate()
+    assert runner.invoke(main, ["spec", "header", "--check"]).exit_code == 0
     target.write_text(target.read_text().replace("AGENT_", "OLD_", 1))
-    assert agent_cheader.main(["--check"]) == 1
-    assert "differs" in capsys.readouterr().err
+    stale = runner.invoke(main, ["spec", "header", "--check"])
+    assert stale.exit_code == 1 and "differs" in stale.stderr
 
 
 def _compile_and_run(tmp_path: Path, source: str, *extra: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import construct as c
 
 from dmalab.errors import BadInput, CheckFailed
-from dmalab.fuzz import checks
+from dmalab.fuzz import checks, operations
 from dmalab.fuzz.generator import BUFFER_SIZE, BUFFERS, Generator, Layout
 from dmalab.fuzz.model import RegModel
 from dmalab.fuzz.operations import (
@@ -28,8 +28,6 @@ from dmalab.fuzz.operations import (
     STATUS_BUSY,
     DescOp,
     Doorbell,
-    MapOp,
-    MemWrite,
     Op,
     RegWrite,
     Step,
@@ -242,14 +240,14 @@ class FuzzEngine:
     async def _run_mem(self, step: Step, before: RegModel) -> None:
         pending = []
         for op in step.ops:
-            assert isinstance(op, MemWrite)
+            assert isinstance(op, operations.MemWrite)
             self._record(op)
             pending.append(self.q.write(op.pa, op.data))
         await asyncio.gather(*pending)
 
     async def _run_maps(self, step: Step, before: RegModel) -> None:
         for op in step.ops:
-            assert isinstance(op, MapOp)
+            assert isinstance(op, operations.MapOp)
             self._record(op)
             if op.pa is None:
                 await self.rig.unmap(self.dev, op.iova, PAGE)
