@@ -291,6 +291,8 @@ class AgentClient(StreamClient[int, tuple[int, bytes]]):
     """One connection to the agent. Use `async with AgentClient.over_socket(sock) as agent:`
     or construct it over an asyncio stream pair and call `start()`."""
 
+    READER_NAME = "agent-replies"
+
     def __init__(
         self,
         reader: asyncio.StreamReader,
@@ -311,17 +313,13 @@ class AgentClient(StreamClient[int, tuple[int, bytes]]):
         client.start()
         return client
 
-    def start(self, name: str | None = "agent-replies") -> None:
-        super().start(name)
-
     async def _read_reply(self) -> None:
         head = await self._reader.readexactly(spec.HEADER_SIZE)
         try:
             header = spec.Header.parse(head)
-            bad = header.magic != spec.MAGIC or header.length > spec.MAX_PAYLOAD
         except c.ConstructError:  # a reserved field set
-            bad = True
-        if bad:
+            header = None
+        if header is None or header.magic != spec.MAGIC or header.length > spec.MAX_PAYLOAD:
             raise AgentConnectionLost(
                 f"agent sent a bad header ({head.hex()}): the stream is out of step"
             )

@@ -58,6 +58,7 @@ class QtestClient(StreamClient[tuple[int, str], bytes]):
     so the cost of one command grows with the square of its length.
     """
 
+    READER_NAME = "qtest-reader"
     READ_CHUNK = 256 << 10
     WRITE_CHUNK = 32 << 10
 
@@ -66,7 +67,7 @@ class QtestClient(StreamClient[tuple[int, str], bytes]):
         self._sent = itertools.count()
         self.irq_events: list[IrqEvent] = []
         self.irq_levels: dict[int, bool] = {}
-        self.start("qtest-reader")
+        self.start()
 
     @classmethod
     async def connect(cls, sock: socket.socket) -> Self:

@@ -26,6 +26,9 @@ class StreamClient(ABC, Generic[K, R]):
     """Reader task, pending replies (keyed by `K`, resolved to `R`), failure of everything
     pending when the stream ends, and close. Usable as `async with client:`."""
 
+    #: The reader task's name (in asyncio's debug output and task dumps).
+    READER_NAME: str | None = None
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
@@ -47,10 +50,10 @@ class StreamClient(ABC, Generic[K, R]):
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, name: str | None = None) -> None:
+    def start(self) -> None:
         """Start reading replies (idempotent); needs a running event loop."""
         if self._reader_task is None:
-            self._reader_task = asyncio.create_task(self._read_replies(), name=name)
+            self._reader_task = asyncio.create_task(self._read_replies(), name=self.READER_NAME)
 
     async def close(self) -> None:
         """Stop reading, close the stream and fail whatever is still pending."""
