@@ -35,6 +35,7 @@ HeaderFlags = c.FlagsEnum(
     REPLY=0x1,  # set on every reply
     ASYNC=0x2,  # request: run on a thread of its own; its reply may overtake earlier ones
 )
+_REPLY = HeaderFlags.flags["REPLY"]
 
 Header = c.Struct(
     "magic" / c.Int32ul * "MAGIC",
@@ -717,12 +718,12 @@ def encode_reply(
     op: Op, seq: int, fields: dict | None = None, tail: bytes | list = b"", *, flags: int = 0
 ) -> bytes:
     payload = encode_payload(op.reply, op.reply_tail, fields or {}, tail)
-    return encode_header(op.code, seq, len(payload), flags=flags | 0x1) + payload
+    return encode_header(op.code, seq, len(payload), flags=flags | _REPLY) + payload
 
 
 def encode_error(op_code: int, seq: int, status: int, message: str = "") -> bytes:
     payload = message.encode()
-    return encode_header(op_code, seq, len(payload), flags=0x1, status=status) + payload
+    return encode_header(op_code, seq, len(payload), flags=_REPLY, status=status) + payload
 
 
 def decode_reply(op: Op, payload: bytes) -> tuple[c.Container, object]:
