@@ -5,7 +5,7 @@
 #   1. Debian packages that are missing (checked with dpkg-query first; apt runs only if needed),
 #   2. .venv in the checkout, created if absent,
 #   3. `pip install -e '.[test]'` when pyproject.toml changed since the last install,
-#   4. `dmalab build all` (cached under ~/.cache/dmalab, or $DMALAB_CACHE).
+#   4. `dmalab build all` (cached under ~/.cache/dmalab, $XDG_CACHE_HOME/dmalab or $DMALAB_CACHE).
 # QEMU's own build dependencies are installed by `dmalab build` itself.
 
 DMALAB_SETUP_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev make zstd git ca-certificates)

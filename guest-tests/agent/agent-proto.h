@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * dmalab guest agent protocol: header, operations, request and reply structs.
- * Generated from orchestrator/dmalab/spec/agent.py by
- * `python -m dmalab.spec.agent_cheader`: do not edit. Everything is little-endian.
+ * Generated from orchestrator/dmalab/spec/agent.py by `dmalab spec header`: do not edit.
+ * Everything is little-endian.
  */
 #ifndef DMALAB_AGENT_PROTO_H
 #define DMALAB_AGENT_PROTO_H

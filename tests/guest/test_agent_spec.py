@@ -13,8 +13,11 @@ from typing import Any
 
 import construct as c
 import pytest
+from click.testing import CliRunner
 
 from dmalab.artifacts.cache import repo_root
+from dmalab.cli import main
+from dmalab.cli import spec as spec_cli
 from dmalab.spec import agent as spec
 from dmalab.spec import agent_cheader
 from dmalab.spec import ncdma as hw
@@ -25,11 +28,14 @@ UAPI = ROOT / "guest-tests" / "include" / "ncdma-uapi.h"
 
 
 def sample(con: c.Construct, salt: int = 1) -> Any:
-    """A deterministic value for every field of a construct (enums and flags get a valid one)."""
+    """A deterministic value for every field of a construct (enums and flags get a valid one,
+    reserved fields their constant)."""
     while isinstance(con, c.Renamed):
         con = con.subcon
     if isinstance(con, c.Struct):
         return {sc.name: sample(sc, salt + i) for i, sc in enumerate(con.subcons) if sc.name}
+    if isinstance(con, c.Const):  # a reserved field: only its constant builds
+        return con.value
     if isinstance(con, c.Enum):
         return next(iter(con.encmapping))
     if isinstance(con, c.FlagsEnum):
@@ -131,6 +137,10 @@ def test_malformed_payloads_are_rejected() -> None:
         spec.decode_payload(spec.BufRequest, spec.NO_TAIL, b"\0" * 9)
     with pytest.raises(spec.ProtocolError):
         spec.decode_request(spec.encode_header(0xEE, 1, 0))
+    with pytest.raises(c.ConstructError):  # a reserved field set
+        spec.decode_payload(spec.BufRequest, spec.NO_TAIL, bytes([1, 0, 0, 0, 1, 0, 0, 0]))
+    with pytest.raises(c.ConstructError):
+        spec.BufRequest.build({"buf": 1, "reserved": 1})
 
 
 def test_pattern_known_answer() -> None:
@@ -152,21 +162,21 @@ def test_pattern_known_answer() -> None:
 def test_committed_agent_header_matches_the_spec() -> None:
     path = AGENT_DIR / agent_cheader.HEADER_NAME
     assert path.read_text() == agent_cheader.generate(), (
-        f"{path} is stale: run `python -m dmalab.spec.agent_cheader`"
+        f"{path} is stale: run `dmalab spec header`"
     )
 
 
-def test_agent_header_check_mode(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_agent_header_check_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / agent_cheader.HEADER_NAME
-    monkeypatch.setattr(agent_cheader, "header_path", lambda: target)
-    assert agent_cheader.main(["--check"]) == 1
-    assert agent_cheader.main([]) == 0
-    assert agent_cheader.main(["--check"]) == 0
+    monkeypatch.setattr(spec_cli, "agent_header_path", lambda: target)
+    runner = CliRunner()
+    assert runner.invoke(main, ["spec", "header", "--check"]).exit_code == 1
+    assert runner.invoke(main, ["spec", "header"]).exit_code == 0
+    assert target.read_text() == agent_cheader.generate()
+    assert runner.invoke(main, ["spec", "header", "--check"]).exit_code == 0
     target.write_text(target.read_text().replace("AGENT_", "OLD_", 1))
-    assert agent_cheader.main(["--check"]) == 1
-    assert "differs" in capsys.readouterr().err
+    stale = runner.invoke(main, ["spec", "header", "--check"])
+    assert stale.exit_code == 1 and "differs" in stale.stderr
 
 
 def _compile_and_run(tmp_path: Path, source: str, *extra: str) -> str:

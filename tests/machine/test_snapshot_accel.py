@@ -14,7 +14,7 @@ from dmalab.artifacts.qemu import QemuBuild
 from dmalab.errors import EnvironmentProblem
 from dmalab.machine import accel
 from dmalab.machine.agent import Desc
-from dmalab.machine.compare import assert_same
+from dmalab.machine.compare_bytes import assert_same
 from dmalab.machine.snapshot import SnapshotFailed, Snapshots
 from dmalab.machine.vm import Vm
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dmalab.machine.compare import BytesDiffer, assert_same, compare
+from dmalab.machine.compare_bytes import BytesDiffer, assert_same, compare
 from dmalab.machine.devices import Segment, Transaction
 from dmalab.machine.guestmem import GiB, GuestMemoryError, Q35Layout, SharedRam, iova_segments
 

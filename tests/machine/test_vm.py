@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dmalab.machine.agent import AgentConnectionLost, Desc
-from dmalab.machine.compare import assert_same
+from dmalab.machine.compare_bytes import assert_same
 from dmalab.machine.guestmem import iova_segments
 from dmalab.machine.process import QemuDied
 from dmalab.machine.vm import BootTimeout, GuestFailed, Vm

@@ -6,18 +6,10 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from dmalab.scenarios.api import (
-    COOKIE_DRIVER,
-    Finding,
-    Result,
-    StepRecord,
-    describe_cookie,
-    step_cookie,
-    verdict,
-)
+from dmalab.scenarios.codec import COOKIE_DRIVER, describe_cookie, step_cookie
 from dmalab.scenarios.ownership import Ledger
 from dmalab.scenarios.report import render_table, write_json, write_junit
-from dmalab.scenarios.runner import as_json
+from dmalab.scenarios.results import Finding, Result, StepRecord, as_json, outcome
 
 PAGE = 4096
 
@@ -30,13 +22,13 @@ def test_step_cookies_name_the_step() -> None:
     assert not step_cookie(1) & COOKIE_DRIVER
 
 
-def test_verdict() -> None:
+def test_outcome() -> None:
     f4, f11 = Finding(4, "OWNERSHIP", "x"), Finding(11, "BYTES", "y")
-    assert verdict("pass", (), []) == "pass"
-    assert verdict("pass", (), [f4]) == "FAIL"
-    assert verdict("detected", (4, 11), [f4, f11]) == "detected"
-    assert verdict("detected", (4, 11), [f4]) == "FAIL"  # step 11 not named
-    assert verdict("detected", (4,), []) == "FAIL"
+    assert outcome("pass", (), []) == "pass"
+    assert outcome("pass", (), [f4]) == "FAIL"
+    assert outcome("detected", (4, 11), [f4, f11]) == "detected"
+    assert outcome("detected", (4, 11), [f4]) == "FAIL"  # step 11 not named
+    assert outcome("detected", (4,), []) == "FAIL"
 
 
 def test_ledger_flags_cpu_access_while_a_device_owns_with_byte_evidence() -> None:

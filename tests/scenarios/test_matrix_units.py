@@ -8,20 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from dmalab.scenarios.api import (
-    DEFAULT_SEED,
-    Cell,
-    Result,
-    Run,
-    Scenario,
-    Variant,
-    cell_expectation,
-    fill_bytes,
-    seed_salt,
-    verdict,
-)
+from dmalab.scenarios.api import Run
+from dmalab.scenarios.codec import DEFAULT_SEED, fill_bytes, seed_salt
+from dmalab.scenarios.declarations import Cell, Scenario, Variant, cell_expectation
 from dmalab.scenarios.report import render_matrix, write_json, write_junit
-from dmalab.scenarios.runner import as_json, plan
+from dmalab.scenarios.results import Result, as_json, outcome
+from dmalab.scenarios.runner import plan
 from dmalab.scenarios.seeds import SEED_000, SEED_003, SEEDS
 from dmalab.spec import agent as spec
 
@@ -62,10 +54,10 @@ def test_declarations_are_checked() -> None:
 
 
 def test_observed_outcomes() -> None:
-    from dmalab.scenarios.api import Finding
+    from dmalab.scenarios.results import Finding
 
-    assert verdict("observe", (), []) == "pass"
-    assert verdict("observe", (), [Finding(7, "STALE_READ", "x")]) == "detected"
+    assert outcome("observe", (), []) == "pass"
+    assert outcome("observe", (), [Finding(7, "STALE_READ", "x")]) == "detected"
 
 
 def _run(policy: str = "base", seed: int = DEFAULT_SEED) -> Run:

@@ -24,10 +24,16 @@ import pytest
 
 from dmalab.errors import CheckFailed
 from dmalab.scenarios import runner
-from dmalab.scenarios.api import Result, Scenario, Variant
+from dmalab.scenarios.declarations import Scenario, Variant
+from dmalab.scenarios.results import Result
 
 TOPOLOGIES = ["-t", "default", "-t", "virtio-iommu"]
 SUBSET = [*TOPOLOGIES, "-s", "000-arnd-table", "-s", "003", "-s", "002"]
+#: The whole suite and seed 000's scenario-file example: 20 variants a topology, enough for a
+#: second machine of one topology with -j 3.
+EXAMPLE_000 = Path(__file__).resolve().parents[2] / "docs" / "examples" / "000-arnd-table.toml"
+WHOLE = [*TOPOLOGIES, *("-s", "000", "-s", "003", "-s", "004", "-s", "001", "-s", "002"),
+         "--scenario-file", str(EXAMPLE_000)]  # fmt: skip
 
 
 def dmalab_run(*args: str, results: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -54,12 +60,13 @@ def comparable(doc: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Three runs on both topologies: the subset with -j 2 and -j 1 and the default seed; the whole
-    suite with -j 3 and seed 99 (enough variants for a second machine of one topology)."""
+    suite and the 000 example with -j 3 and seed 99 (enough variants for a second machine of one
+    topology)."""
     docs = {}
     for name, args in (
         ("j2", [*SUBSET, "-j", "2"]),
         ("j1", [*SUBSET, "-j", "1"]),
-        ("j3-seed99", [*TOPOLOGIES, "-j", "3", "--seed", "99"]),
+        ("j3-seed99", [*WHOLE, "-j", "3", "--seed", "99"]),
     ):
         out = tmp_path_factory.mktemp(name)
         proc = dmalab_run(*args, results=out)

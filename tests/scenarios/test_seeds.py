@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dmalab.scenarios.api import Result
+from dmalab.scenarios.results import Result
 from dmalab.scenarios.runner import Machine
 from dmalab.scenarios.seeds import SEED_000, SEED_001, SEED_002, SEED_003, SEED_004
 

@@ -16,7 +16,7 @@ from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
 from dmalab.machine import launch
 from dmalab.machine.agent import AgentConnectionLost
-from dmalab.machine.compare import assert_same
+from dmalab.machine.compare_bytes import assert_same
 from dmalab.machine.process import QemuDied
 from dmalab.machine.repl import guest_devices
 from dmalab.machine.topology import load_topology, shipped_topologies

@@ -1,4 +1,5 @@
-"""The private apt configuration: a failed index refresh is never taken for a fresh one."""
+"""The private apt configuration: a failed index refresh is never taken for a fresh one; where
+the cache lives."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dmalab.artifacts import apt
+from dmalab.artifacts.cache import cache_root
 from dmalab.errors import EnvironmentProblem
 
 
@@ -41,3 +43,18 @@ def test_offline_refresh_with_no_index_is_an_error(
     with pytest.raises(EnvironmentProblem, match="Failed to fetch"):
         repo.update()
     assert not (repo.root / "updated").exists()
+
+
+def test_cache_root_follows_dmalab_cache_then_xdg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DMALAB_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_root() == tmp_path / "home" / ".cache" / "dmalab"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: ignored, as XDG says
+    assert cache_root() == tmp_path / "home" / ".cache" / "dmalab"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "dmalab"
+    monkeypatch.setenv("DMALAB_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine" and cache_root().is_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import construct as c
 import pytest
 
 from dmalab.spec import ncdma
@@ -18,7 +19,6 @@ def test_descriptor_is_64_bytes_and_round_trips() -> None:
         dict(
             opcode="FILL",
             flags=dict(IRQ=True),
-            reserved0=0,
             status="OK",
             cookie=7,
             src=1,
@@ -26,12 +26,25 @@ def test_descriptor_is_64_bytes_and_round_trips() -> None:
             len=3,
             pattern=0x0102030405060708,
             done=4,
-            reserved1=0,
         )
     )
     parsed = ncdma.Descriptor.parse(raw)
     assert parsed.opcode == "FILL" and parsed.flags.IRQ and not parsed.flags.WHOLE
+    assert parsed.reserved0 == parsed.reserved1 == 0
     assert raw[0x28:0x30] == bytes([8, 7, 6, 5, 4, 3, 2, 1])
+
+
+def test_reserved_fields_are_zero_unless_raw() -> None:
+    fields = dict(opcode="NOP", flags=0, status="PENDING", cookie=0, src=0, dst=0, len=0)
+    fields |= dict(pattern=0, done=0)
+    with pytest.raises(c.ConstructError):
+        ncdma.Descriptor.build({**fields, "reserved1": 1})
+    raw = ncdma.RawDescriptor.build({**fields, "reserved0": 0x8000, "reserved1": 1})
+    assert ncdma.RawDescriptor.sizeof() == ncdma.DESC_SIZE
+    assert ncdma.RawDescriptor.parse(raw).reserved0 == 0x8000
+    with pytest.raises(c.ConstructError):
+        ncdma.Descriptor.parse(raw)
+    assert ncdma.RawDescriptor.build(fields) == ncdma.Descriptor.build(fields)
 
 
 def test_register_layout() -> None:

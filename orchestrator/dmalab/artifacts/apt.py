@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from debian.deb822 import Deb822
+
 from dmalab.artifacts.cache import cache_root, locked
 from dmalab.errors import EnvironmentProblem
 
@@ -33,15 +35,10 @@ def _host_source_entries() -> list[tuple[str, list[str]]]:
     for path in files:
         text = path.read_text(errors="replace")
         if path.suffix == ".sources":
-            for stanza in text.split("\n\n"):
-                fields: dict[str, str] = {}
-                for line in stanza.splitlines():
-                    if ":" in line and not line.startswith(("#", " ")):
-                        key, _, value = line.partition(":")
-                        fields[key.strip().lower()] = value.strip()
-                if fields.get("enabled", "yes") != "no":
-                    for uri in fields.get("uris", "").split():
-                        entries.append((uri, fields.get("suites", "").split()))
+            for fields in Deb822.iter_paragraphs(text):  # field names are case-insensitive
+                if fields.get("Enabled", "yes").strip() != "no":
+                    for uri in fields.get("URIs", "").split():
+                        entries.append((uri, fields.get("Suites", "").split()))
         else:
             for line in text.splitlines():
                 words = re.sub(r"\[[^\]]*\]", " ", line).split()

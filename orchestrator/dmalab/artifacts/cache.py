@@ -11,9 +11,15 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    """`$DMALAB_CACHE`, else `~/.cache/dmalab`."""
+    """`$DMALAB_CACHE`, else `$XDG_CACHE_HOME/dmalab`, else `~/.cache/dmalab`."""
     root = os.environ.get("DMALAB_CACHE")
-    path = Path(root) if root else Path.home() / ".cache" / "dmalab"
+    if root:
+        path = Path(root)
+    else:
+        # The XDG base directory spec: unset, empty or relative means the default.
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+        path = base / "dmalab"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

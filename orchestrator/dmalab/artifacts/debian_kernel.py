@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from debian.deb822 import Deb822
+
 from dmalab.artifacts.apt import AptRepo, binary_repo
 from dmalab.errors import EnvironmentProblem
 
@@ -109,17 +111,9 @@ def _abi_key(abi: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", abi))
 
 
-def _stanzas(text: str) -> list[dict[str, str]]:
-    out = []
-    for block in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in block.splitlines():
-            if line and not line.startswith(" ") and ":" in line:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-        if "Package" in fields:
-            out.append(fields)
-    return out
+def _stanzas(text: str) -> list[Deb822]:
+    """The package stanzas of `apt-cache show` output."""
+    return [s for s in Deb822.iter_paragraphs(text) if "Package" in s]
 
 
 def _lists_fingerprint(apt: AptRepo) -> str:

@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from debian.deb822 import Deb822
+from debian.debian_support import version_compare
+
 from dmalab.artifacts import apt
 from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash
 from dmalab.artifacts.host_packages import install_packages, missing_packages
@@ -212,55 +215,17 @@ def _layout(root: Path, version: str, devices: Path, patch: Path) -> Layout:
 
 def compare_debian_versions(a: str, b: str) -> int:
     """-1, 0 or 1 as Debian version a sorts before, with or after b (dpkg's algorithm)."""
-
-    def split(v: str) -> tuple[int, str, str]:
-        epoch, _, rest = v.partition(":") if ":" in v else ("0", "", v)
-        upstream, dash, revision = rest.rpartition("-")
-        if not dash:
-            upstream, revision = rest, "0"
-        return int(epoch or 0), upstream, revision
-
-    def order(ch: str) -> int:
-        if ch == "~":
-            return -1
-        if ch.isalpha():
-            return ord(ch)
-        return ord(ch) + 256
-
-    def part(x: str, y: str) -> int:
-        while x or y:
-            xa = re.match(r"\D*", x).group()  # type: ignore[union-attr]
-            ya = re.match(r"\D*", y).group()  # type: ignore[union-attr]
-            for i in range(max(len(xa), len(ya))):
-                cx = order(xa[i]) if i < len(xa) else 0
-                cy = order(ya[i]) if i < len(ya) else 0
-                if cx != cy:
-                    return -1 if cx < cy else 1
-            x, y = x[len(xa) :], y[len(ya) :]
-            xd = re.match(r"\d*", x).group()  # type: ignore[union-attr]
-            yd = re.match(r"\d*", y).group()  # type: ignore[union-attr]
-            if int(xd or 0) != int(yd or 0):
-                return -1 if int(xd or 0) < int(yd or 0) else 1
-            x, y = x[len(xd) :], y[len(yd) :]
-        return 0
-
-    ea, ua, ra = split(a)
-    eb, ub, rb = split(b)
-    if ea != eb:
-        return -1 if ea < eb else 1
-    return part(ua, ub) or part(ra, rb)
+    order = version_compare(a, b)
+    return (order > 0) - (order < 0)
 
 
 def showsrc_versions(text: str, package: str = SOURCE_PACKAGE) -> list[str]:
     """Versions of `package` in `apt-cache showsrc` output (deb822 stanzas)."""
-    versions = []
-    for stanza in re.split(r"\n\s*\n", text):
-        fields = dict(
-            line.split(":", 1) for line in stanza.splitlines() if ":" in line and line[:1] != " "
-        )
-        if fields.get("Package", "").strip() == package and "Version" in fields:
-            versions.append(fields["Version"].strip())
-    return versions
+    return [
+        s["Version"].strip()
+        for s in Deb822.iter_paragraphs(text)
+        if s.get("Package", "").strip() == package and "Version" in s
+    ]
 
 
 def select_version(text: str, prefix: str = VERSION_PREFIX) -> str:

@@ -28,7 +28,7 @@ from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
 from dmalab.bench import target_lines
 from dmalab.bench.device import machine_info, qemu_info
-from dmalab.machine.compare import compare
+from dmalab.machine.compare_bytes import compare
 from dmalab.machine.guestmem import MiB, PmemsaveMemory
 from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.snapshot import Snapshots

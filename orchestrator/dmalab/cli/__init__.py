@@ -36,8 +36,8 @@ def main() -> None:
     """Emulated noncoherent DMA devices (ncdma) behind real vIOMMUs, and the checks that prove
     buffer sharing correct.
 
-    Builds go to ~/.cache/dmalab (or $DMALAB_CACHE). Exit codes: 0 ok, 1 a check failed,
-    2 bad input, 3 environment or build problem, 130 interrupted.
+    Builds go to ~/.cache/dmalab ($XDG_CACHE_HOME/dmalab, or $DMALAB_CACHE). Exit codes: 0 ok,
+    1 a check failed, 2 bad input, 3 environment or build problem, 130 interrupted.
     """
 
 

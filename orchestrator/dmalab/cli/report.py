@@ -30,7 +30,7 @@ def command(results: Path | None, pair: tuple[Path, Path] | None, as_json: bool)
 
     Exit 2 when an input is missing, is not JSON or is not a dmalab results file.
     """
-    from dmalab.scenarios import compare as cmp_mod
+    from dmalab.scenarios import compare_results as cmp_mod
 
     if pair:
         if results is not None:

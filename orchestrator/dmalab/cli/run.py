@@ -99,7 +99,8 @@ def command(
         _demo()
         return
     from dmalab.machine.topology import load_topology
-    from dmalab.scenarios.api import DEFAULT_SEED, POLICIES
+    from dmalab.scenarios.codec import DEFAULT_SEED
+    from dmalab.scenarios.declarations import POLICIES
     from dmalab.scenarios.report import render_matrix, render_table
     from dmalab.scenarios.runner import MATRIX_TOPOLOGIES, SHIPPED, all_coherent, run_suite
 

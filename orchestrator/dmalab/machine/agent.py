@@ -13,7 +13,6 @@ A failed operation raises `AgentError`, which carries the errno name the agent r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import socket
@@ -24,6 +23,7 @@ from typing import Any, Self
 import construct as c
 
 from dmalab.errors import CheckFailed, EnvironmentProblem
+from dmalab.machine.stream import StreamClient
 from dmalab.spec import agent as spec
 from dmalab.spec import ncdma as hw
 
@@ -234,16 +234,12 @@ class Desc:
         )
 
     def to_fields(self) -> dict[str, Any]:
-        flags = 0
-        for name in self.flags:
-            flags |= spec.UdescFlags.flags[name]
+        flags = _flag_value(spec.UdescFlags, self.flags)
         return {
             "op": int(hw.Opcode.encmapping[self.op]),
             "flags": flags,
-            "reserved0": 0,
             "src": self.src,
             "dst": self.dst,
-            "reserved1": 0,
             "src_off": self.src_off,
             "dst_off": self.dst_off,
             "len": self.len,
@@ -291,9 +287,11 @@ def status_name(status: int) -> str:
 # The client
 
 
-class AgentClient:
+class AgentClient(StreamClient[int, tuple[int, bytes]]):
     """One connection to the agent. Use `async with AgentClient.over_socket(sock) as agent:`
     or construct it over an asyncio stream pair and call `start()`."""
+
+    READER_NAME = "agent-replies"
 
     def __init__(
         self,
@@ -302,13 +300,9 @@ class AgentClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self._reader = reader
-        self._writer = writer
+        super().__init__(reader, writer)
         self.timeout = timeout
         self._seq = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
-        self._reader_task: asyncio.Task[None] | None = None
-        self._lost: BaseException | None = None
         self._write_lock = asyncio.Lock()
 
     @classmethod
@@ -319,57 +313,34 @@ class AgentClient:
         client.start()
         return client
 
-    def start(self) -> None:
-        if self._reader_task is None:
-            self._reader_task = asyncio.create_task(self._read_replies(), name="agent-replies")
-
-    async def close(self) -> None:
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
-        self._fail_pending(AgentConnectionLost("agent connection closed"))
-
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _fail_pending(self, exc: BaseException) -> None:
-        self._lost = self._lost or exc
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self._pending.clear()
-
-    async def _read_replies(self) -> None:
+    async def _read_reply(self) -> None:
+        head = await self._reader.readexactly(spec.HEADER_SIZE)
         try:
-            while True:
-                head = await self._reader.readexactly(spec.HEADER_SIZE)
-                header = spec.Header.parse(head)
-                if header.magic != spec.MAGIC or header.length > spec.MAX_PAYLOAD:
-                    raise AgentConnectionLost(
-                        f"agent sent a bad header (magic {header.magic:#x}, "
-                        f"length {header.length}): the stream is out of step"
-                    )
-                payload = await self._reader.readexactly(header.length)
-                fut = self._pending.pop(header.seq, None)
-                if fut is None:
-                    log.warning("agent reply to unknown request %d dropped", header.seq)
-                    continue
-                if not fut.done():
-                    fut.set_result((header.status, payload))
-        except asyncio.IncompleteReadError:
-            self._fail_pending(AgentConnectionLost("the agent closed the connection"))
-        except AgentConnectionLost as exc:
-            self._fail_pending(exc)
-        except (ConnectionError, OSError) as exc:
-            self._fail_pending(AgentConnectionLost(f"agent connection: {exc}"))
+            header = spec.Header.parse(head)
+        except c.ConstructError:  # a reserved field set
+            header = None
+        if header is None or header.magic != spec.MAGIC or header.length > spec.MAX_PAYLOAD:
+            raise AgentConnectionLost(
+                f"agent sent a bad header ({head.hex()}): the stream is out of step"
+            )
+        payload = await self._reader.readexactly(header.length)
+        fut = self._take(header.seq)
+        if fut is None:
+            log.warning("agent reply to unknown request %d dropped", header.seq)
+        elif not fut.done():
+            fut.set_result((header.status, payload))
+
+    def _connection_lost(self, exc: Exception | None) -> Exception:
+        if exc is None:
+            return AgentConnectionLost("agent connection closed")
+        if isinstance(exc, asyncio.IncompleteReadError):
+            return AgentConnectionLost("the agent closed the connection")
+        if isinstance(exc, AgentConnectionLost):
+            return exc
+        if isinstance(exc, (ConnectionError, OSError)):
+            return AgentConnectionLost(f"agent connection: {exc}")
+        log.error("agent reply reader failed", exc_info=exc)
+        return AgentConnectionLost(f"agent reply reader failed: {exc!r}")
 
     async def request(
         self,
@@ -383,15 +354,14 @@ class AgentClient:
         """Send one request and wait for its reply: (fixed reply fields, reply tail)."""
         if isinstance(op, str):
             op = spec.OP_BY_NAME[op]
-        if self._lost is not None:
-            raise AgentConnectionLost(f"agent {op.name}: connection lost ({self._lost})")
+        if self.lost is not None:
+            raise AgentConnectionLost(f"agent {op.name}: connection lost ({self.lost})")
         self.start()
         seq = next(self._seq) & 0xFFFFFFFF
         message = spec.encode_request(
             op, seq, fields, tail, flags=spec.HeaderFlags.flags["ASYNC"] if background else 0
         )
-        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = fut
+        fut = self._expect(seq)
         try:
             async with self._write_lock:
                 self._writer.write(message)
@@ -406,7 +376,7 @@ class AgentClient:
         except (ConnectionError, OSError) as exc:
             raise AgentConnectionLost(f"agent {op.name}: {exc}") from exc
         finally:
-            self._pending.pop(seq, None)
+            self._take(seq)
         if status:
             raise AgentError(op.name, status, payload.decode(errors="replace"))
         try:
@@ -432,25 +402,19 @@ class AgentClient:
         return bytes(tail)
 
     async def read_file(self, path: str, max_len: int = 65536) -> bytes:
-        _, tail = await self.request(
-            "READ_FILE", {"max_len": max_len, "reserved": 0}, path.encode()
-        )
+        _, tail = await self.request("READ_FILE", {"max_len": max_len}, path.encode())
         return bytes(tail)
 
     async def write_file(self, path: str, data: bytes | str) -> None:
         raw = data.encode() if isinstance(data, str) else data
-        await self.request(
-            "WRITE_FILE", {"path_len": len(path.encode()), "reserved": 0}, path.encode() + raw
-        )
+        await self.request("WRITE_FILE", {"path_len": len(path.encode())}, path.encode() + raw)
 
     async def kmsg_mark(self) -> int:
         r, _ = await self.request("KMSG_MARK")
         return int(r.seq)
 
     async def kmsg_read(self, since: int = 0, max_len: int = 1 << 20) -> KmsgRecords:
-        r, tail = await self.request(
-            "KMSG_READ", {"since": since, "max_len": max_len, "reserved": 0}
-        )
+        r, tail = await self.request("KMSG_READ", {"since": since, "max_len": max_len})
         text = bytes(tail).decode(errors="replace")
         records = [rec for rec in text.split("\n") if rec and not rec.startswith(" ")]
         return KmsgRecords(int(r.last_seq), records, bool(r.truncated))
@@ -470,7 +434,7 @@ class AgentClient:
     # Devices
 
     async def device_info(self, dev: int = 0) -> DeviceInfo:
-        r, _ = await self.request("DEVICE_INFO", {"dev": dev, "reserved": 0})
+        r, _ = await self.request("DEVICE_INFO", {"dev": dev})
         return DeviceInfo(
             index=r.index,
             hw_id=r.hw_id,
@@ -524,7 +488,7 @@ class AgentClient:
         return Buffer(r.buf, r.handle, r.size)
 
     async def buf_free(self, buf: int) -> None:
-        await self.request("BUF_FREE", {"buf": buf, "reserved": 0})
+        await self.request("BUF_FREE", {"buf": buf})
 
     async def buf_info(self, buf: int, dev: int = spec.ANY_DEVICE) -> BufInfo:
         r, _ = await self.request("BUF_INFO", {"buf": buf, "dev": dev})
@@ -543,10 +507,10 @@ class AgentClient:
         )
 
     async def buf_move(self, buf: int) -> None:
-        await self.request("BUF_MOVE", {"buf": buf, "reserved": 0})
+        await self.request("BUF_MOVE", {"buf": buf})
 
     async def buf_revoke(self, buf: int) -> None:
-        await self.request("BUF_REVOKE", {"buf": buf, "reserved": 0})
+        await self.request("BUF_REVOKE", {"buf": buf})
 
     async def buf_set_faults(self, buf: int, faults: int | str | Sequence[str]) -> None:
         await self.request(
@@ -608,7 +572,7 @@ class AgentClient:
 
     async def cpu_verify(self, buf: int, offset: int, length: int, seed: int) -> Verify:
         r, _ = await self.request(
-            "CPU_VERIFY", {"buf": buf, "reserved": 0, "offset": offset, "len": length, "seed": seed}
+            "CPU_VERIFY", {"buf": buf, "offset": offset, "len": length, "seed": seed}
         )
         first = None if r.first == (1 << 64) - 1 else int(r.first)
         return Verify(int(r.mismatches), first, int(r.expected), int(r.actual))
@@ -623,7 +587,7 @@ class AgentClient:
         background: bool = False,
     ) -> None:
         """DMA_BUF_IOCTL_SYNC: start (end=False) or end a CPU access."""
-        flags = (0x1 if read else 0) | (0x2 if write else 0) | (0x4 if end else 0)
+        flags = {"READ": read, "WRITE": write, "END": end}
         await self.request("SYNC", {"buf": buf, "flags": flags}, background=background)
 
     # -----------------------------------------------------------------------------------------
@@ -649,7 +613,7 @@ class AgentClient:
         return Attachment(r.att, r.handle, dev, buf)
 
     async def detach(self, att: int) -> None:
-        await self.request("DETACH", {"att": att, "reserved": 0})
+        await self.request("DETACH", {"att": att})
 
     async def map(
         self,
@@ -666,7 +630,6 @@ class AgentClient:
                 "att": att,
                 "dir": _enum_value(spec.Direction, direction),
                 "timeout_ms": timeout_ms,
-                "reserved": 0,
             },
             background=background,
             timeout=max(self.timeout, timeout_ms / 1000 + 5),
@@ -674,7 +637,7 @@ class AgentClient:
         return int(r.nsegs)
 
     async def unmap(self, att: int, *, background: bool = False) -> None:
-        await self.request("UNMAP", {"att": att, "reserved": 0}, background=background)
+        await self.request("UNMAP", {"att": att}, background=background)
 
     async def att_info(self, att: int, max_segs: int = 1024) -> AttInfo:
         r, items = await self.request("ATT_INFO", {"att": att, "max_segs": max_segs})
@@ -691,7 +654,10 @@ class AgentClient:
         )
 
     async def att_sync(self, att: int, *, for_cpu: bool) -> None:
-        await self.request("ATT_SYNC", {"att": att, "flags": 1 if for_cpu else 2})
+        direction = "CPU" if for_cpu else "DEVICE"
+        await self.request(
+            "ATT_SYNC", {"att": att, "flags": _enum_value(spec.AttSyncFor, direction)}
+        )
 
     async def att_set_faults(self, att: int, faults: int | str | Sequence[str]) -> None:
         await self.request(
@@ -722,7 +688,6 @@ class AgentClient:
                 "timeout_ms": timeout_ms,
                 "batch": batch_id,
                 "count": count,
-                "reserved": 0,
             },
             background=background,
             timeout=max(self.timeout, timeout_ms / 1000 + 5),
@@ -735,7 +700,7 @@ class AgentClient:
         """Submit and wait in one round trip."""
         _, items = await self.request(
             "RUN",
-            {"dev": dev, "timeout_ms": timeout_ms, "reserved": 0},
+            {"dev": dev, "timeout_ms": timeout_ms},
             [d.to_fields() for d in descs],
             background=background,
             timeout=max(self.timeout, timeout_ms / 1000 + 5),
@@ -755,7 +720,9 @@ class AgentClient:
     ) -> str:
         """CLEAN, INVALIDATE or CLEAN_INVALIDATE of an attachment's range, of a raw DMA range,
         or of the whole cache; returns the device's status name."""
-        flags = (0x1 if whole else 0) | (0x2 if raw else 0)
+        flags = _flag_value(
+            spec.UdescFlags, [n for n, on in (("WHOLE", whole), ("RAW", raw)) if on]
+        )
         r, _ = await self.request(
             "CACHE_OP",
             {

@@ -35,14 +35,14 @@ class Desc:
     cookie: int = 0
     irq: bool = False
     whole: bool = False
-    #: Raw overrides for hostile tests: any spec.Descriptor field, bypassing the helpers above.
+    #: Raw overrides for hostile tests: any spec.RawDescriptor field (reserved ones included),
+    #: bypassing the helpers above.
     raw: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> bytes:
         fields: dict[str, Any] = dict(
             opcode=self.opcode,
             flags=dict(IRQ=self.irq, WHOLE=self.whole),
-            reserved0=0,
             status="PENDING",
             cookie=self.cookie,
             src=self.src,
@@ -50,10 +50,9 @@ class Desc:
             len=self.len,
             pattern=self.pattern,
             done=0,
-            reserved1=0,
         )
         fields.update(self.raw)
-        return spec.Descriptor.build(fields)
+        return spec.RawDescriptor.build(fields)
 
 
 @dataclass(frozen=True)
@@ -173,5 +172,5 @@ class NcdmaHost:
 
     async def _completion(self, slot: int) -> Completion:
         raw = await self.bus.read(self.ring_pa + slot * spec.DESC_SIZE, spec.DESC_SIZE)
-        d = spec.Descriptor.parse(raw)
+        d = spec.RawDescriptor.parse(raw)  # a hostile test may have set reserved fields
         return Completion(status=str(d.status), done=d.done, cookie=d.cookie)

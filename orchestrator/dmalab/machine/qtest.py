@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
-import contextlib
+import itertools
 import logging
 import socket
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from qemu.qmp import QMPClient
 
 from dmalab.errors import DmalabError
 from dmalab.machine.process import QemuProcess
+from dmalab.machine.stream import StreamClient
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class IrqEvent:
     raised: bool
 
 
-class QtestClient:
+class QtestClient(StreamClient[tuple[int, str], bytes]):
     """Talks qtest over a connected stream socket; see the module docstring for the protocol.
 
     `READ_CHUNK` / `WRITE_CHUNK` split bulk transfers. Writes use small chunks on purpose: QEMU
@@ -58,31 +58,22 @@ class QtestClient:
     so the cost of one command grows with the square of its length.
     """
 
+    READER_NAME = "qtest-reader"
     READ_CHUNK = 256 << 10
     WRITE_CHUNK = 32 << 10
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._pending: collections.deque[tuple[str, asyncio.Future[bytes]]] = collections.deque()
-        self._lost: QtestConnectionLost | None = None
+        super().__init__(reader, writer)
+        self._sent = itertools.count()
         self.irq_events: list[IrqEvent] = []
         self.irq_levels: dict[int, bool] = {}
-        self._reader_task = asyncio.create_task(self._read_replies(), name="qtest-reader")
+        self.start()
 
     @classmethod
     async def connect(cls, sock: socket.socket) -> Self:
         """Speak qtest over `sock` (already connected, e.g. one end of a socketpair)."""
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_LINE_LIMIT)
         return cls(reader, writer)
-
-    async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
-        self._reader_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader_task
 
     # ------------------------------------------------------------------------------------------
     # Protocol
@@ -92,12 +83,12 @@ class QtestClient:
 
         Several submits before awaiting pipeline the commands; replies keep their order.
         """
-        if self._lost is not None:
-            raise QtestConnectionLost(str(self._lost))
+        if self.lost is not None:
+            raise QtestConnectionLost(str(self.lost))
         if "\n" in command:
             raise ValueError(f"a qtest command is one line: {command[:60]!r}")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending.append((command if len(command) <= 80 else command[:77] + "...", future))
+        short = command if len(command) <= 80 else command[:77] + "..."
+        future = self._expect((next(self._sent), short))
         self._writer.write(command.encode() + b"\n")
         return future
 
@@ -108,35 +99,33 @@ class QtestClient:
             await self._writer.drain()
         return await future
 
-    async def _read_replies(self) -> None:
-        lost = QtestConnectionLost("the qtest connection was closed")
-        try:
-            while True:
-                line = await self._reader.readuntil(b"\n")
-                if line.startswith(b"IRQ "):
-                    self._record_irq(line)
-                    continue
-                if not self._pending:
-                    log.warning("qtest: reply with no command pending: %r", line[:80])
-                    continue
-                command, future = self._pending.popleft()
-                if future.done():  # the caller gave up on it
-                    continue
-                if line.startswith(b"OK"):
-                    future.set_result(line[3:].rstrip(b"\n"))
-                else:
-                    text = line.decode(errors="replace").strip()
-                    future.set_exception(QtestError(f"qtest {command!r}: QEMU replied {text!r}"))
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            lost = QtestConnectionLost(f"QEMU closed the qtest connection ({exc!r})")
-        except asyncio.LimitOverrunError as exc:
-            lost = QtestConnectionLost(f"qtest reply longer than {_LINE_LIMIT} bytes: {exc}")
-        except Exception as exc:
-            log.exception("qtest: reply reader failed")
-            lost = QtestConnectionLost(f"qtest reply reader failed: {exc!r}")
-        finally:
-            # Whatever ended the reader, nobody may wait forever for a reply.
-            self._fail_pending(lost)
+    async def _read_reply(self) -> None:
+        line = await self._reader.readuntil(b"\n")
+        if line.startswith(b"IRQ "):
+            self._record_irq(line)
+            return
+        oldest = self._take_oldest()
+        if oldest is None:
+            log.warning("qtest: reply with no command pending: %r", line[:80])
+            return
+        (_, command), future = oldest
+        if future.done():  # the caller gave up on it
+            return
+        if line.startswith(b"OK"):
+            future.set_result(line[3:].rstrip(b"\n"))
+        else:
+            text = line.decode(errors="replace").strip()
+            future.set_exception(QtestError(f"qtest {command!r}: QEMU replied {text!r}"))
+
+    def _connection_lost(self, exc: Exception | None) -> Exception:
+        if exc is None:
+            return QtestConnectionLost("the qtest connection was closed")
+        if isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
+            return QtestConnectionLost(f"QEMU closed the qtest connection ({exc!r})")
+        if isinstance(exc, asyncio.LimitOverrunError):
+            return QtestConnectionLost(f"qtest reply longer than {_LINE_LIMIT} bytes: {exc}")
+        log.error("qtest: reply reader failed", exc_info=exc)
+        return QtestConnectionLost(f"qtest reply reader failed: {exc!r}")
 
     def _record_irq(self, line: bytes) -> None:
         words = line.split()
@@ -150,14 +139,6 @@ class QtestClient:
             return
         self.irq_events.append(event)
         self.irq_levels[event.line] = event.raised
-
-    def _fail_pending(self, error: QtestConnectionLost) -> None:
-        if self._lost is None:
-            self._lost = error
-        while self._pending:
-            _, future = self._pending.popleft()
-            if not future.done():
-                future.set_exception(error)
 
     # ------------------------------------------------------------------------------------------
     # Memory (guest-physical, little-endian values)

@@ -12,24 +12,26 @@ A scenario is an async function `body(run)` over a `Run`. Every step has a numbe
 After every step the host reads, without involving the guest: every device's counters (the
 step's deltas are kept), the devices' new violations, and for DMA steps the transactions the
 step's descriptors produced. Every descriptor a scenario submits carries a cookie naming its step
-(`step_cookie`); the driver's own maintenance descriptors carry `COOKIE_DRIVER | reason << 32 |
-handle`, and a violation under one of those is attributed to the step that was running.
+(`codec.step_cookie`); the driver's own maintenance descriptors carry `COOKIE_DRIVER | reason <<
+32 | handle`, and a violation under one of those is attributed to the step that was running.
 The ownership ledger (`ownership.Ledger`) follows maps, unmaps, CPU accesses and transfers and
 flags CPU access while a device owns a buffer, with byte evidence.
 
 Findings are lines naming the step: `step 12 (driver B unmap): CONFLICTING_WRITE at iova ...`.
 A correct variant must end with none; a faulty variant must have findings at each of its
-expected steps. `Result` is plain data (JSON via `asdict`), with wall times kept apart in
-`timing` so two runs can be compared.
+expected steps (`results.outcome`). What a scenario declares (`Scenario`, `Variant`, `Cell`) is
+in `declarations`, what a run produced (`Result`) in `results`.
 
 Steps normally run one after the other. With `run.concurrent = True` every step is issued on its
 actor's own thread of control (A and B are independent drivers): the host issues the steps in
 table order but does not wait for a step that blocks in the guest (an EXCLUSIVE map or CPU
-access waiting for the owner); the ledger follows the order in which steps really completed.
+access waiting for the owner; `scheduler.StepScheduler`); the ledger follows the order in which
+steps really completed.
 
 A run has a seed (`dmalab run --seed`): the pattern constants a scenario writes are tags that
-`run.pattern_seed(tag)` and `run.fill_word(word)` turn into the bytes of this run. A matrix run
-also applies a policy (`POLICIES`): exporter flags added to every buffer the variant creates.
+`run.pattern_seed(tag)` and `run.fill_word(word)` turn into the bytes of this run (`codec`). A
+matrix run also applies a policy (`POLICIES`): exporter flags added to every buffer the variant
+creates.
 """
 
 from __future__ import annotations
@@ -37,216 +39,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from dmalab.errors import CheckFailed
 from dmalab.machine.agent import AgentError, Desc
 from dmalab.machine.guest_trace import GuestTrace
+from dmalab.machine.compare_bytes import compare
+from dmalab.scenarios.codec import (
+    DEFAULT_SEED,
+    cookie_step,
+    describe_cookie,
+    fill_bytes,
+    salted,
+    seed_salt,
+    step_cookie,
+)
+from dmalab.scenarios.declarations import POLICIES, Variant
 from dmalab.scenarios.ownership import Ledger
+from dmalab.scenarios.results import Finding, StepRecord
+from dmalab.scenarios.scheduler import StepScheduler
 from dmalab.spec import agent as spec
 
 PAGE = 4096
-COOKIE_TAG = 0x5C
-COOKIE_DRIVER = spec.COOKIE_DRIVER
-DRIVER_REASONS = {
-    1: "MAP", 2: "UNMAP", 3: "CPU_BEGIN", 4: "CPU_END", 5: "MOVE", 6: "REVOKE",
-    7: "MOVE_NOTIFY", 8: "ATT_SYNC", 9: "CACHE_OP",
-}  # fmt: skip
+#: Kernel trace lines kept per step (the counts cover them all).
+KERNEL_LINES = 40
 KEY_COUNTERS = (
     "desc_completed", "stale_reads", "lost_writes", "conflicting_writes",
     "writebacks_after_unmap", "iommu_map_events", "iommu_unmap_events", "translation_faults",
 )  # fmt: skip
-#: How long a step may stay pending before the host counts it as blocked in the guest.
-BLOCKED_AFTER_S = 0.25
-#: Kernel trace lines kept per step (the counts cover them all).
-KERNEL_LINES = 40
-_MASK64 = (1 << 64) - 1
-
-#: Matrix policies: exporter flags added to every buffer a variant creates. `base` is the
-#: variant as written.
-POLICIES: dict[str, tuple[str, ...]] = {
-    "base": (),
-    "cache-sgt": ("CACHE_SGT",),
-    "exclusive": ("EXCLUSIVE",),
-}
-#: The seed `dmalab run` uses unless told otherwise.
-DEFAULT_SEED = 1
-
-
-def _mix64(x: int) -> int:
-    """splitmix64's finaliser: every input bit moves every output bit."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def seed_salt(seed: int) -> int:
-    """What a run's seed XORs into every pattern tag. 0 for the default seed, so that its bytes
-    are the scenarios' constants as written and its results compare with older results files;
-    XOR keeps distinct tags distinct within a run."""
-    return _mix64(seed) ^ _mix64(DEFAULT_SEED)
-
-
-def fill_bytes(word: int, n: int) -> bytes:
-    """What FILL with `word` writes: byte i of the destination is byte i mod 8 of the word."""
-    return (word.to_bytes(8, "little") * (n // 8 + 1))[:n]
-
-
-def step_cookie(step: int, index: int = 0) -> int:
-    """The cookie of the `index`-th descriptor a scenario submits at `step`."""
-    return COOKIE_TAG << 56 | (step & 0xFFFF) << 16 | (index & 0xFFFF)
-
-
-def describe_cookie(cookie: int) -> tuple[str, int | None, str]:
-    """("step", step, text) for a scenario descriptor, ("driver", None, text) for the driver's
-    maintenance, ("other", None, text) otherwise."""
-    if cookie >> 56 == COOKIE_TAG:
-        step = cookie >> 16 & 0xFFFF
-        return "step", step, f"descriptor {cookie & 0xFFFF} of step {step}"
-    if cookie & COOKIE_DRIVER:
-        reason = DRIVER_REASONS.get(
-            cookie >> 32 & 0x7FFF_FFFF, f"reason {cookie >> 32 & 0x7FFF_FFFF}"
-        )
-        return "driver", None, f"driver {reason} maintenance (handle {cookie & 0xFFFF_FFFF})"
-    return "other", None, f"cookie {cookie:#x}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Declarations and results
-
-
-#: Where a `Cell` declaration holds: topologies whose devices are all coherent, the others, or
-#: both.
-CELL_TOPOLOGIES = ("any", "coherent", "noncoherent")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """What a variant is known to do in matrix cells (a policy, on some topologies) other than
-    its own expectation: "n/a" (not run, `why` says why), or "pass" / "detected" at `steps`."""
-
-    policy: str
-    expect: str  # "pass", "detected" or "n/a"
-    why: str
-    steps: tuple[int, ...] = ()
-    on: str = "any"  # one of CELL_TOPOLOGIES
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES or self.on not in CELL_TOPOLOGIES:
-            raise ValueError(f"cell {self.policy!r} on {self.on!r}: unknown policy or topology")
-        if self.expect not in ("pass", "detected", "n/a") or (
-            self.expect == "detected" and not self.steps
-        ):
-            raise ValueError(f"cell {self.policy!r}: expect {self.expect!r} at {self.steps}")
-        if not self.why:
-            raise ValueError(f"cell {self.policy!r}: say why")
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    expect: str  # "pass" or "detected"
-    steps: tuple[int, ...] = ()  # where a faulty variant must be detected
-    about: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
-    #: Known outcomes in other matrix cells (`cell_expectation`).
-    cells: tuple[Cell, ...] = ()
-
-    def __post_init__(self) -> None:
-        # A correct variant is correct everywhere: it may only be declared not applicable.
-        if self.expect == "pass" and any(c.expect != "n/a" for c in self.cells):
-            raise ValueError(f"variant {self.name}: a correct variant may only declare n/a cells")
-
-
-def cell_expectation(v: Variant, policy: str, coherent: bool) -> tuple[str, tuple[int, ...], str]:
-    """(expectation, steps, why) of variant `v` under `policy` on a topology whose devices are
-    all `coherent` or not. The expectation is "pass", "detected" (at least at `steps`),
-    "observe" (run and record, nothing enforced) or "n/a" (not run).
-
-    A correct variant must pass everywhere. A faulty one must be detected under `base` on a
-    noncoherent topology; elsewhere its outcome is observed, unless a `Cell` declares it."""
-    where = "coherent" if coherent else "noncoherent"
-    for c in v.cells:
-        if c.policy == policy and c.on in ("any", where):
-            return c.expect, c.steps, c.why
-    if v.expect == "pass" or (policy == "base" and not coherent):
-        return v.expect, v.steps, ""
-    return "observe", (), ""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    seed: str
-    title: str
-    body: Callable[[Run], Awaitable[None]]
-    variants: tuple[Variant, ...]
-    #: Returns why the variant cannot run on this machine (None: it can).
-    unavailable: Callable[[Run], str | None] | None = None
-
-
-@dataclass
-class StepRecord:
-    step: int
-    actor: str
-    action: str
-    order: int = 0  # completion order
-    owners: dict[str, list[str]] = field(default_factory=dict)  # buffer -> owners after
-    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # device -> deltas
-    error: str | None = None
-    #: What the guest kernel did in the step (its trace events): name -> how many, and the
-    #: first KERNEL_LINES of them.
-    kernel_events: dict[str, int] = field(default_factory=dict)
-    kernel: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Finding:
-    step: int
-    kind: str  # a violation kind, OWNERSHIP, BYTES, STATUS, CHECK
-    line: str
-
-
-@dataclass
-class Result:
-    scenario: str
-    seed: str
-    topology: str
-    variant: str
-    expectation: str
-    outcome: str  # pass | detected | FAIL | unavailable
-    expected_steps: list[int]
-    detected_steps: list[int]
-    evidence: list[str]
-    counters: dict[str, dict[str, int]]
-    steps: list[StepRecord]
-    note: str = ""
-    #: The matrix policy (`POLICIES`); None outside a matrix run (left out of the JSON).
-    policy: str | None = None
-    #: Physical addresses and other facts that differ from boot to boot.
-    machine: dict[str, Any] = field(default_factory=dict)
-    #: Wall times (seconds); left out when two runs are compared.
-    timing: dict[str, float] = field(default_factory=dict)
-    #: The guest architecture the topology is of (QEMU's name).
-    arch: str = "x86_64"
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in ("pass", "detected", "unavailable")
-
-
-def verdict(expect: str, expected_steps: Sequence[int], findings: Sequence[Finding]) -> str:
-    """The outcome of a variant that ran to its end; "observe" records what happened."""
-    detected = {f.step for f in findings}
-    if expect == "observe":
-        return "detected" if findings else "pass"
-    if expect == "pass":
-        return "pass" if not findings else "FAIL"
-    return "detected" if findings and set(expected_steps) <= detected else "FAIL"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,9 +131,8 @@ class Run:
         #: notifications) or "guest" (the kernel's iommu/map trace events).
         self.map_observer: dict[str, str] = {}
         self._seen_violations: dict[str, int] = {}
-        self._chains: dict[str, asyncio.Task[Any]] = {}
-        self._pending: dict[int, float] = {}  # step -> when issued (or last active)
-        self._completed = 0  # steps completed in concurrent mode
+        #: Runs each actor's steps on its own in concurrent mode.
+        self.scheduler = StepScheduler()
         self._lock = asyncio.Lock()
         self._flags: list[tuple[Finding, Any]] = []
         self._unmapping: dict[tuple[str, str], asyncio.Event] = {}
@@ -333,7 +153,7 @@ class Run:
 
     def pattern_seed(self, tag: int) -> int:
         """The CPU pattern seed (`write=(offset, length, seed)`) for the scenario's `tag`."""
-        return (tag ^ self.salt) & _MASK64
+        return salted(tag, self.salt)
 
     def pattern(self, tag: int, n: int) -> bytes:
         """The bytes a CPU pattern write of `tag` puts there."""
@@ -341,7 +161,7 @@ class Run:
 
     def fill_word(self, word: int) -> int:
         """The FILL word of this run for the scenario's constant `word`."""
-        return (word ^ self.salt) & _MASK64
+        return salted(word, self.salt)
 
     def fill(self, word: int, n: int) -> bytes:
         """The bytes FILL with the scenario's constant `word` writes."""
@@ -445,15 +265,15 @@ class Run:
         self, step: int, buf: Buf, offset: int, expected: bytes, what: str
     ) -> bool:
         actual = self.host_bytes(buf, offset, len(expected))
-        if actual == expected:
+        diff = compare(expected, actual)
+        if diff is None:
             return True
-        diff = [i for i in range(len(expected)) if expected[i] != actual[i]]
         self.find(
             step,
             "BYTES",
-            f"{what}: {len(diff)} of {len(expected)} bytes differ in memory at offset "
-            f"{offset + diff[0]:#x} (expected {expected[diff[0]]:#04x}, "
-            f"memory {actual[diff[0]]:#04x})",
+            f"{what}: {diff.differing} of {len(expected)} bytes differ in memory at offset "
+            f"{offset + diff.first:#x} (expected {expected[diff.first]:#04x}, "
+            f"memory {actual[diff.first]:#04x})",
         )
         return False
 
@@ -634,68 +454,21 @@ class Run:
         if not self.concurrent:
             await body()
             return
-        chain = actor.split()[-1]  # "driver A" and "device A" are one thread of control
-        prev = self._chains.get(chain)
-
-        async def run() -> None:
-            if prev is not None:
-                await prev
-            self._pending[record.step] = time.monotonic()
-            try:
-                await body()
-            finally:
-                self._pending.pop(record.step, None)
-                self._completed += 1
-
-        self._chains[chain] = asyncio.ensure_future(run())
-        await self.settle()
+        self.scheduler.issue(actor, record.step, body)
+        await self.scheduler.settle()
 
     def _replied(self, step: int) -> None:
         """The guest answered the step: it is not blocked (the host's reads follow)."""
-        if step in self._pending:
-            self._pending[step] = time.monotonic()
+        self.scheduler.replied(step)
 
     async def settle(self) -> None:
-        """Wait until every issued step has completed or has been blocked for a while.
-
-        Whether a step is blocked in the guest is only known by its taking long. A completion
-        may have let blocked steps through, and their replies take a while on a busy host (other
-        machines running beside this one): so every completion restarts their clocks, and the
-        next step is issued only once they stayed blocked that long again, or completed. Then
-        the steps complete in the same order however loaded the host is."""
-        await asyncio.sleep(0)
-        seen = self._completed
-        while True:
-            if all(t.done() for t in self._chains.values()):
-                return
-            now = time.monotonic()
-            if self._completed != seen:
-                seen = self._completed
-                for step in self._pending:
-                    self._pending[step] = now
-            fresh = [t for t in self._pending.values() if now - t < BLOCKED_AFTER_S]
-            if not fresh:
-                await asyncio.sleep(0.02)  # a chain may be starting its next step
-                now = time.monotonic()
-                if not [t for t in self._pending.values() if now - t < BLOCKED_AFTER_S]:
-                    return
-            await asyncio.sleep(0.01)
+        """Wait until every issued step has completed or has been blocked for a while."""
+        await self.scheduler.settle()
 
     async def finish(self, timeout: float = 20.0) -> None:
         """Wait for every step (concurrent mode); steps still blocked after `timeout` seconds
         fail the variant with one line naming them."""
-        if not self._chains:
-            return
-        chains = list(self._chains.values())
-        _, pending = await asyncio.wait(chains, timeout=timeout)
-        if pending:
-            blocked = ", ".join(f"{s} ({self._label(s)})" for s in sorted(self._pending))
-            for task in pending:
-                task.cancel()
-            raise CheckFailed(f"steps still blocked after {timeout:g} s: {blocked or '?'}")
-        self._chains.clear()
-        for task in chains:
-            task.result()  # a step's exception is the variant's
+        await self.scheduler.finish(timeout, self._label)
 
     async def _after(self, step: int, record: StepRecord) -> None:
         self._order += 1
@@ -721,8 +494,8 @@ class Run:
         """One finding per (step, kind, cookie): how many lines and bytes, the first one."""
         groups: dict[tuple[int, str, str], list[Any]] = {}
         for v in violations:
-            _, cookie_step, text = describe_cookie(v.cookie)
-            at = cookie_step if cookie_step is not None else step
+            _, under, text = describe_cookie(v.cookie)
+            at = under if under is not None else step
             groups.setdefault((at, v.kind, text), []).append(v)
         for (at, kind, text), vs in groups.items():
             v = vs[0]
@@ -755,10 +528,8 @@ class Run:
         return out
 
     async def transactions(self, device: str, step: int) -> list[Any]:
-        return [
-            t for t in await self.vm.device(device).transactions() if t.cookie >> 56 == COOKIE_TAG
-            and (t.cookie >> 16 & 0xFFFF) == step
-        ]  # fmt: skip
+        txs = await self.vm.device(device).transactions()
+        return [t for t in txs if cookie_step(t.cookie) == step]
 
     async def _ledger_dma(
         self, step: int, device: str, actor: str, writes: dict[str, dict[int, bytes]]

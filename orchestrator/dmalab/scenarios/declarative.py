@@ -21,17 +21,8 @@ from typing import Any, NoReturn
 
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.agent import Desc
-from dmalab.scenarios.api import (
-    CELL_TOPOLOGIES,
-    PAGE,
-    POLICIES,
-    Att,
-    Buf,
-    Cell,
-    Run,
-    Scenario,
-    Variant,
-)
+from dmalab.scenarios.api import PAGE, Att, Buf, Run
+from dmalab.scenarios.declarations import CELL_TOPOLOGIES, POLICIES, Cell, Scenario, Variant
 from dmalab.spec import agent as spec
 from dmalab.spec import ncdma as hw
 
@@ -598,7 +589,14 @@ def _step(
         label = label or f"dma (fill {subject} with {pattern:#x})"
         return StepDecl(**common, label=label, dst=dst, pattern=pattern,
                         status=t.choice("status", STATUSES, "OK"))  # fmt: skip
-    # check
+    return _check_step(t, common, buf, label, many)
+
+
+def _check_step(
+    t: _Table, common: dict[str, Any], buf: BufferDecl, label: str, many: bool
+) -> StepDecl:
+    """A `check` step: a range of the buffer against a coherent machine, a pattern or zeros."""
+    buffer = common["buffer"]
     span = _span(t, "range", buf, required=False) or Span(0, buf.size, "the whole buffer")
     equals = t.choice("equals", EQUALS, "coherent")
     if equals in ("cpu-pattern", "fill"):

@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from dmalab.scenarios.compare import result_key, results_of, verdict_of
+from dmalab.scenarios.compare_results import result_key, results_of, verdict_of
 from dmalab.scenarios.verdicts import (
     FAIL,
     VERDICT_CLASS,
@@ -490,17 +490,7 @@ def bar_chart(
     plot_w = max(n_cat * group_w, 200)
     group_w = plot_w / n_cat
     width = left + plot_w + right
-    # The legend flows left to right above the plot and wraps at the chart's width.
-    legend, lx, ly = [], left, 22 if title else 4
-    for label, _, color in series:
-        item_w = 18 + len(label) * CHAR_W + 18
-        if lx > left and lx + item_w > width:
-            lx, ly = left, ly + 18
-        legend.append(
-            f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{color}"/>'
-            f'<text x="{lx + 17}" y="{ly + 10}" font-size="12">{escape(label)}</text>'
-        )
-        lx += item_w
+    legend, ly = _legend(series, left, width, 22 if title else 4)
     top_m = ly + 18 + 20  # room for the value printed above the tallest bar
     label_lines = max((len(lines) for lines in labels), default=1)
     base = top_m + plot_h
@@ -522,7 +512,7 @@ def bar_chart(
         o.append(f'<text x="{left}" y="14" font-size="13" font-weight="600">{escape(title)}</text>')
     o += legend
     tick = 0.0
-    while tick <= axis_top + 1e-9:
+    while tick <= axis_top + 1e-9:  # horizontal grid lines with their values
         ty = y(tick)
         o.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" '
@@ -534,18 +524,9 @@ def bar_chart(
         x0 = left + ci * group_w + (group_w - len(series) * bar_w) / 2
         for si, (label, values, color) in enumerate(series):
             v = values[ci] if ci < len(values) else 0.0
-            bx = x0 + si * bar_w
             # A nonzero value next to a much larger one still shows as a sliver.
             bh = max(plot_h * v / axis_top, 1.5 if v else 0.0)
-            tip = f"{label}, {cat}: {_fmt(v)}"
-            o.append(
-                f'<rect class="bar" x="{bx + 1:.1f}" y="{base - bh:.1f}" '
-                f'width="{bar_w - 2}" height="{bh:.1f}" fill="{color}" '
-                f'data-series="{escape(label)}" data-category="{escape(cat)}" '
-                f'data-value="{_fmt(v)}"><title>{escape(tip)}</title></rect>'
-                f'<text x="{bx + bar_w / 2:.1f}" y="{base - bh - 3:.1f}" '
-                f'font-size="10" text-anchor="middle">{_fmt(v)}</text>'
-            )
+            o.append(_bar(x0 + si * bar_w, base, bar_w, bh, v, label, cat, color))
         cx = left + ci * group_w + group_w / 2
         for li, line in enumerate(labels[ci]):
             o.append(
@@ -562,6 +543,39 @@ def bar_chart(
     )
     o.append("</svg>")
     return "".join(o)
+
+
+def _legend(
+    series: Sequence[tuple[str, Sequence[float], str]], left: int, width: float, top: int
+) -> tuple[list[str], int]:
+    """The legend, flowing left to right from (left, top) and wrapping at the chart's width;
+    and the y of its last row."""
+    legend, lx, ly = [], left, top
+    for label, _, color in series:
+        item_w = 18 + len(label) * CHAR_W + 18
+        if lx > left and lx + item_w > width:
+            lx, ly = left, ly + 18
+        legend.append(
+            f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{color}"/>'
+            f'<text x="{lx + 17}" y="{ly + 10}" font-size="12">{escape(label)}</text>'
+        )
+        lx += item_w
+    return legend, ly
+
+
+def _bar(
+    bx: float, base: float, bar_w: int, bh: float, v: float, label: str, cat: str, color: str
+) -> str:
+    """One bar of height `bh` at x `bx` with its value above it and its data attributes."""
+    tip = f"{label}, {cat}: {_fmt(v)}"
+    return (
+        f'<rect class="bar" x="{bx + 1:.1f}" y="{base - bh:.1f}" '
+        f'width="{bar_w - 2}" height="{bh:.1f}" fill="{color}" '
+        f'data-series="{escape(label)}" data-category="{escape(cat)}" '
+        f'data-value="{_fmt(v)}"><title>{escape(tip)}</title></rect>'
+        f'<text x="{bx + bar_w / 2:.1f}" y="{base - bh - 3:.1f}" '
+        f'font-size="10" text-anchor="middle">{_fmt(v)}</text>'
+    )
 
 
 def _wrap(text: str, width: int = 14) -> list[str]:

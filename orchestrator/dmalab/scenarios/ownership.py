@@ -22,24 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dmalab.machine.compare_bytes import compare
+
 Range = tuple[int, int]  # (offset, length)
 
 
 def _runs(a: bytes, b: bytes) -> list[Range]:
-    """Maximal runs of differing bytes."""
-    runs: list[Range] = []
-    start = None
+    """Maximal runs of differing bytes in the length both have."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            if start is None:
-                start = i
-        elif start is not None:
-            runs.append((start, i - start))
-            start = None
-    if start is not None:
-        runs.append((start, n - start))
-    return runs
+    diff = compare(a[:n], b[:n])
+    return diff.runs if diff is not None else []
 
 
 def _overlap(ranges: list[Range], other: list[Range]) -> list[Range]:

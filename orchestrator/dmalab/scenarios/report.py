@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dmalab.scenarios.api import Result, Scenario, Variant, cell_expectation
-from dmalab.scenarios.runner import as_json
+from dmalab.scenarios.declarations import Scenario, Variant, cell_expectation
+from dmalab.scenarios.results import Result, as_json
 from dmalab.scenarios.verdicts import cell_text, verdict
 from dmalab.scenarios.verdicts import key_counters as _key_counters
 

@@ -18,7 +18,7 @@ import contextlib
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,10 @@ from dmalab.machine.devices import _walk_pci
 from dmalab.machine.launch import boot
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.topology import Topology, load_topology
-from dmalab.scenarios.api import (
-    DEFAULT_SEED,
-    POLICIES,
-    Result,
-    Run,
-    Scenario,
-    Variant,
-    cell_expectation,
-    verdict,
-)
+from dmalab.scenarios.api import Run
+from dmalab.scenarios.codec import DEFAULT_SEED
+from dmalab.scenarios.declarations import POLICIES, Scenario, Variant, cell_expectation
+from dmalab.scenarios.results import Result, as_json, outcome, suite_ok
 from dmalab.scenarios.suite import SUITE
 
 SHIPPED = ("default", "virtio-iommu", "arm64-smmuv3", "arm64-virtio-iommu")
@@ -90,12 +84,11 @@ async def run_variant(
         await run.finish()
     except Exception as exc:  # the variant failed to run: report it, go on with the next
         error = f"{type(exc).__name__}: {exc}"
-        for task in run._chains.values():
-            task.cancel()
+        run.scheduler.cancel()
         if not isinstance(exc, CheckFailed):
             error += "\n" + traceback.format_exc(limit=4)
     findings = run.final_findings()
-    outcome = "FAIL" if error else verdict(expect, steps, findings)
+    judged = "FAIL" if error else outcome(expect, steps, findings)
     evidence = [f.line for f in findings]
     if error:
         evidence.append(f"error: {error}")
@@ -111,7 +104,7 @@ async def run_variant(
         topology=run.topology,
         variant=v.name,
         expectation=expect,
-        outcome=outcome,
+        outcome=judged,
         expected_steps=list(steps),
         detected_steps=sorted({f.step for f in findings}),
         evidence=evidence,
@@ -255,6 +248,78 @@ def plan(
     return items
 
 
+class _Jobs:
+    """The machines of a suite run: which topology a free job boots next, and what each machine
+    did (`machines`, for the run's timing)."""
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        loaded: dict[str, Topology],
+        *,
+        seed: int,
+        matrix: bool,
+        accel: str | None,
+        artifacts_dir: Path | None,
+        on_result: Callable[[Result], None] | None,
+    ) -> None:
+        self.topologies = list(loaded)
+        self.loaded = loaded
+        self.queues = {t: collections.deque(i for i in items if i.topology == t) for t in loaded}
+        self.running = dict.fromkeys(loaded, 0)
+        self.booted = dict.fromkeys(loaded, 0)
+        self.results: dict[int, Result] = {}
+        self.machines: list[dict[str, Any]] = []
+        self.seed, self.matrix, self.accel = seed, matrix, accel
+        self.artifacts_dir, self.on_result = artifacts_dir, on_result
+
+    def pick(self) -> str | None:
+        """A topology nobody has started yet, in the order given; else the one with the most
+        variants left per machine, if each would still run JOIN_MIN_VARIANTS; else None."""
+        for t in self.topologies:
+            if self.queues[t] and self.booted[t] == 0:
+                return t
+        left = [t for t in self.topologies if self.queues[t]]
+        if not left:
+            return None
+        best = max(left, key=lambda t: len(self.queues[t]) / (self.running[t] + 1))
+        share = len(self.queues[best]) / (self.running[best] + 1)
+        return best if share >= JOIN_MIN_VARIANTS else None
+
+    async def job(self) -> None:
+        while (topo := self.pick()) is not None:
+            self.booted[topo] += 1
+            self.running[topo] += 1
+            number = self.booted[topo]
+            entry: dict[str, Any] = {"topology": topo, "vm": number}
+            self.machines.append(entry)
+            t0 = time.perf_counter()
+            try:
+                await self._machine(topo, number, entry)
+            finally:
+                self.running[topo] -= 1
+                entry["seconds"] = round(time.perf_counter() - t0, 3)
+
+    async def _machine(self, topo: str, number: int, entry: dict[str, Any]) -> None:
+        """Boot machine `number` of `topo` and run the topology's variants until none is left."""
+        async with machine(
+            topo, accel=self.accel, artifacts_dir=self.artifacts_dir, loaded=self.loaded[topo],
+            name=f"{self.loaded[topo].name}-{number}",
+        ) as m:  # fmt: skip
+            entry["boot_seconds"] = round(m.boot_seconds, 3)
+            entry["snapshot_seconds"] = round(m.save_seconds, 3)
+            entry["variants"] = 0
+            while self.queues[topo]:
+                item = self.queues[topo].popleft()
+                r = await m.run_one(item.scenario, item.variant, policy=item.policy,
+                                    seed=self.seed, matrix=self.matrix)  # fmt: skip
+                r.timing["vm"] = number
+                self.results[item.index] = r
+                entry["variants"] += 1
+                if self.on_result:
+                    self.on_result(r)
+
+
 async def run_suite(
     topologies: Sequence[str] = SHIPPED,
     scenarios: Sequence[Scenario] = SUITE,
@@ -283,56 +348,13 @@ async def run_suite(
             raise ValueError(f"unknown policy {p!r}")
     loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
     items = plan(topologies, scenarios, pols)
-    queues = {t: collections.deque(i for i in items if i.topology == t) for t in topologies}
-    running = dict.fromkeys(topologies, 0)
-    booted = dict.fromkeys(topologies, 0)
-    results: dict[int, Result] = {}
-    machines: list[dict[str, Any]] = []
+    run = _Jobs(items, loaded, seed=seed, matrix=matrix, accel=accel,
+                artifacts_dir=artifacts_dir, on_result=on_result)  # fmt: skip
     start = time.perf_counter()
-
-    def pick() -> str | None:
-        for t in topologies:
-            if queues[t] and booted[t] == 0:
-                return t
-        left = [t for t in topologies if queues[t]]
-        if not left:
-            return None
-        best = max(left, key=lambda t: len(queues[t]) / (running[t] + 1))
-        return best if len(queues[best]) / (running[best] + 1) >= JOIN_MIN_VARIANTS else None
-
-    async def job() -> None:
-        while (topo := pick()) is not None:
-            booted[topo] += 1
-            running[topo] += 1
-            number = booted[topo]
-            entry: dict[str, Any] = {"topology": topo, "vm": number}
-            machines.append(entry)
-            t0 = time.perf_counter()
-            try:
-                async with machine(
-                    topo, accel=accel, artifacts_dir=artifacts_dir, loaded=loaded[topo],
-                    name=f"{loaded[topo].name}-{number}",
-                ) as m:  # fmt: skip
-                    entry["boot_seconds"] = round(m.boot_seconds, 3)
-                    entry["snapshot_seconds"] = round(m.save_seconds, 3)
-                    entry["variants"] = 0
-                    while queues[topo]:
-                        item = queues[topo].popleft()
-                        r = await m.run_one(item.scenario, item.variant, policy=item.policy,
-                                            seed=seed, matrix=matrix)  # fmt: skip
-                        r.timing["vm"] = number
-                        results[item.index] = r
-                        entry["variants"] += 1
-                        if on_result:
-                            on_result(r)
-            finally:
-                running[topo] -= 1
-                entry["seconds"] = round(time.perf_counter() - t0, 3)
-
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(jobs, len(items)) or 1):
-                group.create_task(job())
+                group.create_task(run.job())
     except BaseExceptionGroup as eg:
         # One job failed and the others were cancelled (their machines are shut down by now):
         # report the failure itself, not the group.
@@ -345,8 +367,8 @@ async def run_suite(
         "matrix": matrix,
         "dmalab": dmalab_version(),
     }
-    timing = {"wall_seconds": round(time.perf_counter() - start, 3), "machines": machines}
-    return SuiteRun([results[i.index] for i in items], meta, timing)
+    timing = {"wall_seconds": round(time.perf_counter() - start, 3), "machines": run.machines}
+    return SuiteRun([run.results[i.index] for i in items], meta, timing)
 
 
 def _first(eg: BaseExceptionGroup) -> BaseException:
@@ -365,25 +387,3 @@ async def run_topology(
     **kwargs: Any,
 ) -> list[Result]:
     return (await run_suite([topology], scenarios, **kwargs)).results
-
-
-def suite_ok(results: Sequence[Result]) -> bool:
-    return all(r.ok for r in results)
-
-
-def as_json(results: Sequence[Result], *, timing: bool = True) -> list[dict[str, Any]]:
-    """JSON-ready results; `timing=False` leaves out what differs from run to run (wall times,
-    physical addresses, the guest kernel's trace lines), for comparing two runs. `policy` is
-    there only in a matrix run."""
-    out = []
-    for r in results:
-        d = asdict(r)
-        if d["policy"] is None:
-            d.pop("policy")
-        if not timing:
-            d.pop("timing")
-            d.pop("machine")
-            for step in d["steps"]:
-                step.pop("kernel")
-        out.append(d)
-    return out

@@ -10,7 +10,8 @@ The `Cell`s say what a variant does in matrix cells beyond its own expectation (
 from __future__ import annotations
 
 from dmalab.machine.agent import Desc
-from dmalab.scenarios.api import PAGE, POLICIES, Cell, Run, Scenario, Variant
+from dmalab.scenarios.api import PAGE, Run
+from dmalab.scenarios.declarations import POLICIES, Cell, Scenario, Variant
 
 BUF = "buf"
 

@@ -1,20 +1,10 @@
-"""The built-in suite: what `dmalab run` runs with no arguments, in this order: the Python seed
-scenarios, then the scenario files shipped in scenarios/files (sorted by file name)."""
+"""The built-in suite: what `dmalab run` runs with no arguments, each seed scenario once, in the
+order of ARCHITECTURE.md §5. Scenario files (docs/scenario-files.md) run with `--scenario-file`;
+docs/examples/000-arnd-table.toml is seed 000 written as one."""
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
-from dmalab.scenarios.api import Scenario
-from dmalab.scenarios.declarative import load_file
+from dmalab.scenarios.declarations import Scenario
 from dmalab.scenarios.seeds import SEEDS
 
-
-def shipped_files() -> list[Path]:
-    """The scenario files that come with dmalab."""
-    folder = resources.files("dmalab.scenarios") / "files"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-SUITE: tuple[Scenario, ...] = (*SEEDS, *(load_file(p) for p in shipped_files()))
+SUITE: tuple[Scenario, ...] = SEEDS

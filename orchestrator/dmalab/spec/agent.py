@@ -35,6 +35,7 @@ HeaderFlags = c.FlagsEnum(
     REPLY=0x1,  # set on every reply
     ASYNC=0x2,  # request: run on a thread of its own; its reply may overtake earlier ones
 )
+_REPLY = HeaderFlags.flags["REPLY"]
 
 Header = c.Struct(
     "magic" / c.Int32ul * "MAGIC",
@@ -42,7 +43,7 @@ Header = c.Struct(
     "op" / c.Int16ul * "Op code; echoed in the reply",
     "seq" / c.Int32ul * "chosen by the host; echoed in the reply",
     "flags" / HeaderFlags,
-    "reserved" / c.Int16ul * "zero",
+    "reserved" / c.Const(0, c.Int16ul) * "zero",
     "status" / c.Int32ul * "reply: 0 or a Linux errno number",
     "length" / c.Int32ul * "payload bytes after the header",
 )
@@ -134,10 +135,10 @@ MAX_BATCH = 4096
 Desc = c.Struct(
     "op" / c.Int8ul * "NCDMA_UOP_*",
     "flags" / c.Int8ul * "NCDMA_UDESC_* (WHOLE 1, RAW 2)",
-    "reserved0" / c.Int16ul,
+    "reserved0" / c.Const(0, c.Int16ul),
     "src" / c.Int32ul * "agent attachment id (COPY), 0 with RAW",
     "dst" / c.Int32ul * "agent attachment id, 0 with RAW or WHOLE",
-    "reserved1" / c.Int32ul,
+    "reserved1" / c.Const(0, c.Int32ul),
     "src_off" / c.Int64ul,
     "dst_off" / c.Int64ul,
     "len" / c.Int64ul,
@@ -167,16 +168,16 @@ HelloReply = c.Struct(
     "devices" / c.Int32ul * "ncdma devices present (/dev/ncdma0..N-1)",
 )
 
-ReadFileRequest = c.Struct("max_len" / c.Int32ul, "reserved" / c.Int32ul)
+ReadFileRequest = c.Struct("max_len" / c.Int32ul, "reserved" / c.Const(0, c.Int32ul))
 WriteFileRequest = c.Struct(
     "path_len" / c.Int32ul * "the tail is the path, then the data",
-    "reserved" / c.Int32ul,
+    "reserved" / c.Const(0, c.Int32ul),
 )
 KmsgMarkReply = c.Struct("seq" / c.Int64ul * "sequence number of the newest record")
 KmsgReadRequest = c.Struct(
     "since" / c.Int64ul * "records with a larger sequence number",
     "max_len" / c.Int32ul,
-    "reserved" / c.Int32ul,
+    "reserved" / c.Const(0, c.Int32ul),
 )
 KmsgReadReply = c.Struct(
     "last_seq" / c.Int64ul,
@@ -185,7 +186,7 @@ KmsgReadReply = c.Struct(
 )
 CloseAllReply = c.Struct("buffers" / c.Int32ul, "attachments" / c.Int32ul)
 
-DevRequest = c.Struct("dev" / c.Int32ul, "reserved" / c.Int32ul)
+DevRequest = c.Struct("dev" / c.Int32ul, "reserved" / c.Const(0, c.Int32ul))
 
 DeviceInfoReply = c.Struct(
     "uapi_version" / c.Int32ul,
@@ -203,7 +204,7 @@ DeviceInfoReply = c.Struct(
     "dma_mask_bits" / c.Int32ul,
     "iommu_group" / c.Int32sl * "-1: none",
     "iommu_domain" / c.Int32ul * "0 none, 1 identity, 2 DMA (IOVAs), 3 other",
-    "reserved" / c.Int32ul,
+    "reserved" / c.Const(0, c.Int32ul),
     "pci_name" / c.Bytes(32) * "NUL-terminated",
 )
 
@@ -263,7 +264,7 @@ BufCreateReply = c.Struct(
     "handle" / c.Int32ul * "NCDMA: the handle on dev",
     "size" / c.Int64ul,
 )
-BufRequest = c.Struct("buf" / c.Int32ul, "reserved" / c.Int32ul)
+BufRequest = c.Struct("buf" / c.Int32ul, "reserved" / c.Const(0, c.Int32ul))
 BufInfoRequest = c.Struct("buf" / c.Int32ul, "dev" / c.Int32ul * "ANY_DEVICE or a device index")
 BufInfoReply = c.Struct(
     "kind" / BufKind,
@@ -284,7 +285,7 @@ BufPagesRequest = c.Struct(
     "count" / c.Int32ul * "pages, at most 65536",
     "first" / c.Int64ul * "page index",
 )
-CountReply = c.Struct("count" / c.Int32ul, "reserved" / c.Int32ul)
+CountReply = c.Struct("count" / c.Int32ul, "reserved" / c.Const(0, c.Int32ul))
 
 CpuWriteRequest = c.Struct(
     "buf" / c.Int32ul,
@@ -301,12 +302,12 @@ CpuReadRequest = c.Struct(
 )
 CpuReadReply = c.Struct(
     "crc32" / c.Int32ul * "zlib's CRC-32 of the range",
-    "reserved" / c.Int32ul,
+    "reserved" / c.Const(0, c.Int32ul),
     "len" / c.Int64ul,
 )
 CpuVerifyRequest = c.Struct(
     "buf" / c.Int32ul,
-    "reserved" / c.Int32ul,
+    "reserved" / c.Const(0, c.Int32ul),
     "offset" / c.Int64ul,
     "len" / c.Int64ul,
     "seed" / c.Int64ul,
@@ -329,14 +330,14 @@ AttachReply = c.Struct(
     "att" / c.Int32ul * "agent attachment id",
     "handle" / c.Int32ul * "the driver's handle on dev",
 )
-AttRequest = c.Struct("att" / c.Int32ul, "reserved" / c.Int32ul)
+AttRequest = c.Struct("att" / c.Int32ul, "reserved" / c.Const(0, c.Int32ul))
 MapRequest = c.Struct(
     "att" / c.Int32ul,
     "dir" / c.Int32ul * "0 bidirectional, 1 to device, 2 from device",
     "timeout_ms" / c.Int32ul,
-    "reserved" / c.Int32ul,
+    "reserved" / c.Const(0, c.Int32ul),
 )
-MapReply = c.Struct("nsegs" / c.Int32ul, "reserved" / c.Int32ul)
+MapReply = c.Struct("nsegs" / c.Int32ul, "reserved" / c.Const(0, c.Int32ul))
 AttInfoRequest = c.Struct("att" / c.Int32ul, "max_segs" / c.Int32ul)
 AttInfoReply = c.Struct(
     "state" / c.Int32ul * "NCDMA_ATT_STATE_*",
@@ -353,19 +354,21 @@ AttSyncRequest = c.Struct("att" / c.Int32ul, "flags" / c.Int32ul * "1 for CPU, 2
 AttFaultsRequest = c.Struct("att" / c.Int32ul, "faults" / c.Int32ul)
 
 SubmitRequest = c.Struct("dev" / c.Int32ul, "count" / c.Int32ul)
-SubmitReply = c.Struct("batch" / c.Int64ul, "pieces" / c.Int32ul, "reserved" / c.Int32ul)
+SubmitReply = c.Struct(
+    "batch" / c.Int64ul, "pieces" / c.Int32ul, "reserved" / c.Const(0, c.Int32ul)
+)
 WaitRequest = c.Struct(
     "dev" / c.Int32ul,
     "timeout_ms" / c.Int32ul * "0: 30 s",
     "batch" / c.Int64ul,
     "count" / c.Int32ul * "results wanted",
-    "reserved" / c.Int32ul,
+    "reserved" / c.Const(0, c.Int32ul),
 )
 RunRequest = c.Struct(
     "dev" / c.Int32ul,
     "count" / c.Int32ul,
     "timeout_ms" / c.Int32ul,
-    "reserved" / c.Int32ul,
+    "reserved" / c.Const(0, c.Int32ul),
 )
 RunReply = c.Struct("batch" / c.Int64ul, "pieces" / c.Int32ul, "count" / c.Int32ul)
 CacheOpRequest = c.Struct(
@@ -376,7 +379,7 @@ CacheOpRequest = c.Struct(
     "offset" / c.Int64ul,
     "len" / c.Int64ul,
 )
-CacheOpReply = c.Struct("status" / c.Int32ul * "NCDMA_ST_*", "reserved" / c.Int32ul)
+CacheOpReply = c.Struct("status" / c.Int32ul * "NCDMA_ST_*", "reserved" / c.Const(0, c.Int32ul))
 
 # ---------------------------------------------------------------------------------------------
 # Operations
@@ -689,7 +692,6 @@ def encode_header(
             "op": op,
             "seq": seq,
             "flags": flags,
-            "reserved": 0,
             "status": status,
             "length": length,
         }
@@ -716,12 +718,12 @@ def encode_reply(
     op: Op, seq: int, fields: dict | None = None, tail: bytes | list = b"", *, flags: int = 0
 ) -> bytes:
     payload = encode_payload(op.reply, op.reply_tail, fields or {}, tail)
-    return encode_header(op.code, seq, len(payload), flags=flags | 0x1) + payload
+    return encode_header(op.code, seq, len(payload), flags=flags | _REPLY) + payload
 
 
 def encode_error(op_code: int, seq: int, status: int, message: str = "") -> bytes:
     payload = message.encode()
-    return encode_header(op_code, seq, len(payload), flags=0x1, status=status) + payload
+    return encode_header(op_code, seq, len(payload), flags=_REPLY, status=status) + payload
 
 
 def decode_reply(op: Op, payload: bytes) -> tuple[c.Container, object]:

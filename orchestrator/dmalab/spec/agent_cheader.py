@@ -1,20 +1,18 @@
 """Generate the guest agent's C protocol header from `dmalab.spec.agent`.
 
-`python -m dmalab.spec.agent_cheader [--check]` writes (or checks) guest-tests/agent/agent-proto.h.
-Like ncdma-hw.h it holds only constants, packed little-endian structs and X-macros, and a test
-fails when the committed file differs from what this module generates.
+`dmalab spec header [--check]` writes (or checks) guest-tests/agent/agent-proto.h with it. Like
+ncdma-hw.h it holds only constants, packed little-endian structs and X-macros, and a test fails
+when the committed file differs from what this module generates.
 """
 
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import construct as c
 
 from dmalab.spec import agent
-from dmalab.spec.cheader import _comment, _enum_block, _field
+from dmalab.spec.cheader import _comment, _enum_blocks, _field
 
 HEADER_NAME = "agent-proto.h"
 _UINT = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t", 8: "uint64_t"}
@@ -67,8 +65,8 @@ def generate() -> str:
         "/* SPDX-License-Identifier: GPL-2.0-or-later */",
         "/*",
         " * dmalab guest agent protocol: header, operations, request and reply structs.",
-        " * Generated from orchestrator/dmalab/spec/agent.py by",
-        " * `python -m dmalab.spec.agent_cheader`: do not edit. Everything is little-endian.",
+        " * Generated from orchestrator/dmalab/spec/agent.py by `dmalab spec header`: do not edit.",
+        " * Everything is little-endian.",
         " */",
         "#ifndef DMALAB_AGENT_PROTO_H",
         "#define DMALAB_AGENT_PROTO_H",
@@ -95,8 +93,7 @@ def generate() -> str:
         ("AGENT_READ", a.CpuReadMode),
         ("AGENT_SYNC", a.SyncFlags),
     )
-    for prefix, con in enums:
-        out += ["", *_enum_block(prefix, con)]
+    out += _enum_blocks(enums)
 
     out += ["", "/* Structs */"]
     emitted: set[int] = set()
@@ -139,38 +136,3 @@ def generate() -> str:
             names.pop(id(value))
     out += ["", "#endif /* DMALAB_AGENT_PROTO_H */", ""]
     return "\n".join(out)
-
-
-def header_path() -> Path:
-    from dmalab.artifacts.cache import repo_root
-
-    return repo_root() / "guest-tests" / "agent" / HEADER_NAME
-
-
-def write(path: Path) -> bool:
-    """Write the header if it differs; True when the file changed."""
-    text = generate()
-    if path.exists() and path.read_text() == text:
-        return False
-    path.write_text(text)
-    return True
-
-
-def main(argv: list[str]) -> int:
-    path = header_path()
-    if "--check" in argv:
-        if not path.exists() or path.read_text() != generate():
-            print(
-                f"{path} differs from orchestrator/dmalab/spec/agent.py: run "
-                "`python -m dmalab.spec.agent_cheader`",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{path} is up to date")
-        return 0
-    print(f"{'wrote' if write(path) else 'unchanged:'} {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -6,8 +6,6 @@ constants, offsets, X-macros and packed little-endian structs, never logic.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import construct as c
 
 from dmalab.spec import ncdma
@@ -38,6 +36,14 @@ def _enum_block(prefix: str, con: c.Construct) -> list[str]:
         names = " ".join(f"X({k.upper()}, {v})" for k, v in mapping.items())
         lines.append(f"#define {prefix}_LIST(X) {names}")
     return lines
+
+
+def _enum_blocks(enums: tuple[tuple[str, c.Construct], ...]) -> list[str]:
+    """The `_enum_block` of each (prefix, construct), a blank line before each."""
+    out: list[str] = []
+    for prefix, con in enums:
+        out += ["", *_enum_block(prefix, con)]
+    return out
 
 
 def _struct_block(cname: str, prefix: str, struct: c.Struct) -> list[str]:
@@ -109,8 +115,7 @@ def generate() -> str:
         ("NCDMA_IRQ", n.IrqStatus),
         ("NCDMA_VIOL", n.ViolationKind),
     )
-    for prefix, con in enums:
-        out += ["", *_enum_block(prefix, con)]
+    out += _enum_blocks(enums)
     out += ["", "/* BAR0 register offsets */"]
     width = max(len(k) for k in n.REG)
     out += [f"#define NCDMA_REG_{k:<{width}} 0x{v:03x}" for k, v in n.REG.items()]
@@ -138,12 +143,3 @@ def generate() -> str:
         "",
     ]
     return "\n".join(out)
-
-
-def write(path: Path) -> bool:
-    """Write the header if it differs; True when the file changed."""
-    text = generate()
-    if path.exists() and path.read_text() == text:
-        return False
-    path.write_text(text)
-    return True

@@ -62,7 +62,7 @@ Status = c.Enum(
 Descriptor = c.Struct(
     "opcode" / Opcode,
     "flags" / DescFlags,
-    "reserved0" / c.Int16ul * "must be zero",
+    "reserved0" / c.Const(0, c.Int16ul) * "must be zero",
     "status" / Status * "written by the device on completion",
     "cookie" / c.Int64ul * "opaque to the device; echoed into logs",
     "src" / c.Int64ul * "source IOVA (COPY)",
@@ -70,8 +70,29 @@ Descriptor = c.Struct(
     "len" / c.Int64ul * "bytes",
     "pattern" / c.Int64ul * "FILL pattern, little-endian byte order",
     "done" / c.Int64ul * "written by the device: bytes transferred before completion or fault",
-    "reserved1" / c.Int64ul * "must be zero",
+    "reserved1" / c.Const(0, c.Int64ul) * "must be zero",
 )
+
+
+def with_free_reserved(struct: c.Struct) -> c.Struct:
+    """`struct` with each `Const` field a plain one that defaults to the constant: the same
+    layout, names and docs, but a caller may set a reserved field and parse one that is set."""
+
+    def free(sc: c.Construct) -> c.Construct:
+        name, docs, inner = sc.name, "", sc
+        while isinstance(inner, c.Renamed):
+            docs = docs or (inner.docs or "")
+            inner = inner.subcon
+        if not isinstance(inner, c.Const):
+            return sc
+        return name / c.Default(inner.subcon, inner.value) * docs
+
+    return c.Struct(*(free(sc) for sc in struct.subcons))
+
+
+#: A descriptor as a hostile driver may write it (reserved fields set): for tests and the fuzzer.
+RawDescriptor = with_free_reserved(Descriptor)
+
 
 Ctrl = c.FlagsEnum(
     c.Int32ul,

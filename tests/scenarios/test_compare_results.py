@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from dmalab.cli import main
 from dmalab.errors import BadInput
-from dmalab.scenarios.compare import Key, compare, load, render_text
+from dmalab.scenarios.compare_results import Key, compare, load, render_text
 
 FIXTURE = Path(__file__).parent / "data" / "results.json"
 

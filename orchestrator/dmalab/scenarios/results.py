@@ -1,0 +1,95 @@
+"""What running a scenario variant produced: its steps, findings and outcome, as plain data.
+
+A `Result` is JSON via `as_json` (results.json; docs/reports.md). Wall times are kept apart in
+`timing`, and facts that differ from boot to boot in `machine`, so two runs can be compared.
+The outcome is what happened ("pass", "detected", "FAIL", "unavailable"); the verdict, what that
+means against the expectation, is `dmalab.scenarios.verdicts.verdict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class StepRecord:
+    step: int
+    actor: str
+    action: str
+    order: int = 0  # completion order
+    owners: dict[str, list[str]] = field(default_factory=dict)  # buffer -> owners after
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # device -> deltas
+    error: str | None = None
+    #: What the guest kernel did in the step (its trace events): name -> how many, and the
+    #: first lines of them (`api.KERNEL_LINES`).
+    kernel_events: dict[str, int] = field(default_factory=dict)
+    kernel: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Finding:
+    step: int
+    kind: str  # a violation kind, OWNERSHIP, BYTES, STATUS, CHECK
+    line: str
+
+
+@dataclass
+class Result:
+    scenario: str
+    seed: str
+    topology: str
+    variant: str
+    expectation: str
+    outcome: str  # pass | detected | FAIL | unavailable
+    expected_steps: list[int]
+    detected_steps: list[int]
+    evidence: list[str]
+    counters: dict[str, dict[str, int]]
+    steps: list[StepRecord]
+    note: str = ""
+    #: The matrix policy (`POLICIES`); None outside a matrix run (left out of the JSON).
+    policy: str | None = None
+    #: Physical addresses and other facts that differ from boot to boot.
+    machine: dict[str, Any] = field(default_factory=dict)
+    #: Wall times (seconds); left out when two runs are compared.
+    timing: dict[str, float] = field(default_factory=dict)
+    #: The guest architecture the topology is of (QEMU's name).
+    arch: str = "x86_64"
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("pass", "detected", "unavailable")
+
+
+def outcome(expect: str, expected_steps: Sequence[int], findings: Sequence[Finding]) -> str:
+    """The outcome of a variant that ran to its end; "observe" records what happened."""
+    detected = {f.step for f in findings}
+    if expect == "observe":
+        return "detected" if findings else "pass"
+    if expect == "pass":
+        return "pass" if not findings else "FAIL"
+    return "detected" if findings and set(expected_steps) <= detected else "FAIL"
+
+
+def suite_ok(results: Sequence[Result]) -> bool:
+    return all(r.ok for r in results)
+
+
+def as_json(results: Sequence[Result], *, timing: bool = True) -> list[dict[str, Any]]:
+    """JSON-ready results; `timing=False` leaves out what differs from run to run (wall times,
+    physical addresses, the guest kernel's trace lines), for comparing two runs. `policy` is
+    there only in a matrix run."""
+    out = []
+    for r in results:
+        d = asdict(r)
+        if d["policy"] is None:
+            d.pop("policy")
+        if not timing:
+            d.pop("timing")
+            d.pop("machine")
+            for step in d["steps"]:
+                step.pop("kernel")
+        out.append(d)
+    return out
