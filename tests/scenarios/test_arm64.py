@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from dmalab.scenarios.api import Result
+from dmalab.scenarios.results import Result
 from dmalab.scenarios.runner import Machine, machine
 from dmalab.scenarios.seeds import SEED_000, SEED_001, SEED_002, SEED_003, SEED_004
 

@@ -25,7 +25,7 @@ import pytest
 from dmalab.errors import CheckFailed
 from dmalab.scenarios import runner
 from dmalab.scenarios.declarations import Scenario, Variant
-from dmalab.scenarios.results import Result
+from dmalab.scenarios.results import Result, comparable
 
 TOPOLOGIES = ["-t", "default", "-t", "virtio-iommu"]
 SUBSET = [*TOPOLOGIES, "-s", "000-arnd-table", "-s", "003", "-s", "002"]
@@ -42,18 +42,11 @@ def dmalab_run(*args: str, results: Path | None = None) -> subprocess.CompletedP
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
-def comparable(doc: dict[str, Any]) -> dict[str, Any]:
-    """results.json without what may differ from run to run: the top-level `timing`, each
-    result's `timing` and `machine`, and the guest kernel's trace lines of each step (times and
-    addresses; their counts, `kernel_events`, stay)."""
+def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
+    """results.json without what may differ from run to run: the top-level `timing` and, per
+    result, what `results.comparable` leaves out."""
     out = {k: v for k, v in doc.items() if k != "timing"}
-    out["results"] = [
-        {
-            **{k: v for k, v in r.items() if k not in ("timing", "machine", "steps")},
-            "steps": [{k: v for k, v in s.items() if k != "kernel"} for s in r["steps"]],
-        }
-        for r in doc["results"]
-    ]
+    out["results"] = [comparable(r) for r in doc["results"]]
     return out
 
 
@@ -78,7 +71,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
 
 def test_one_or_two_machines_at_once_give_the_same_results(runs: dict[str, Any]) -> None:
     j1, j2 = runs["j1"], runs["j2"]
-    assert comparable(j2) == comparable(j1)
+    assert _comparable(j2) == _comparable(j1)
     assert [m["topology"] for m in j1["timing"]["machines"]] == ["default", "virtio-iommu"]
     assert sorted(m["topology"] for m in j2["timing"]["machines"]) == ["default", "virtio-iommu"]
     # Every variant has its own wall times.

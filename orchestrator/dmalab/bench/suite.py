@@ -20,6 +20,7 @@ from typing import Any
 
 from dmalab.bench import target_lines
 from dmalab.bench.device import machine_info
+from dmalab.scenarios.results import comparable
 
 SCHEMA = "dmalab.bench.suite/1"
 JOBS = (1, 2)
@@ -30,13 +31,7 @@ RUN_TIMEOUT_S = 600.0
 
 def _comparable(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The results without what may differ from run to run (docs/scenarios.md)."""
-    out = []
-    for r in doc.get("results", []):
-        r = dict(r)
-        r.pop("timing", None)
-        r.pop("machine", None)
-        out.append(r)
-    return out
+    return [comparable(r) for r in doc.get("results", [])]
 
 
 def _one(jobs: int, accel: str | None, out: Path, log: Callable[[str], None]) -> dict[str, Any]:

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmalab.machine.agent import AgentError, Desc
-from dmalab.machine.guest_trace import GuestTrace
 from dmalab.machine.compare_bytes import compare
+from dmalab.machine.guest_trace import GuestTrace
 from dmalab.scenarios.codec import (
     DEFAULT_SEED,
     cookie_step,
