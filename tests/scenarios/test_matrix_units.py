@@ -21,8 +21,9 @@ from dmalab.scenarios.api import (
     verdict,
 )
 from dmalab.scenarios.report import render_matrix, write_json, write_junit
-from dmalab.scenarios.runner import as_json, plan
+from dmalab.scenarios.runner import as_json
 from dmalab.scenarios.seeds import SEED_000, SEED_003, SEEDS
+from dmalab.scenarios.suite import plan
 from dmalab.spec import agent as spec
 
 FAULTY = Variant(

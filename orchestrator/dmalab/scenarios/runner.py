@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dmalab.artifacts.image import ImageBuild
 from dmalab.errors import CheckFailed
 from dmalab.machine.devices import _walk_pci
 from dmalab.machine.launch import boot
@@ -38,7 +39,7 @@ from dmalab.scenarios.api import (
     cell_expectation,
     verdict,
 )
-from dmalab.scenarios.suite import SUITE
+from dmalab.scenarios.suite import SUITE, Item, plan
 
 SHIPPED = ("default", "virtio-iommu")
 #: `dmalab run --matrix` without -t: the shipped topologies and the coherent baseline.
@@ -188,12 +189,16 @@ async def machine(
     artifacts_dir: Path | None = None,
     loaded: Topology | None = None,
     name: str | None = None,
+    image: ImageBuild | None = None,
 ) -> AsyncIterator[Machine]:
     """Boot `topology` (a shipped name or a file; `loaded` if already read) and yield it with
-    its snapshot saved; the machine is shut down on the way out, whatever happened."""
+    its snapshot saved; the machine is shut down on the way out, whatever happened. `image`
+    replaces the topology's guest image."""
     t0 = time.perf_counter()
-    options = {"name": name} if name else {}
-    async with boot(loaded or topology, accel=accel, artifacts_dir=artifacts_dir, **options) as vm:
+    options: dict[str, Any] = {"name": name} if name else {}
+    async with boot(
+        loaded or topology, accel=accel, artifacts_dir=artifacts_dir, image=image, **options
+    ) as vm:
         m = Machine(vm, topology)
         m.boot_seconds = time.perf_counter() - t0
         await m.prepare()
@@ -202,17 +207,6 @@ async def machine(
 
 # ---------------------------------------------------------------------------------------------
 # The suite, on one machine per topology or several at once
-
-
-@dataclass(frozen=True)
-class Item:
-    """One variant to run: where it goes in the results, and the cell it belongs to."""
-
-    index: int
-    topology: str
-    policy: str
-    scenario: Scenario
-    variant: Variant
 
 
 @dataclass
@@ -238,19 +232,6 @@ def dmalab_version() -> str:
         return "unknown"
 
 
-def plan(
-    topologies: Sequence[str], scenarios: Sequence[Scenario], policies: Sequence[str]
-) -> list[Item]:
-    """Every variant to run, in the canonical order: topology, policy, scenario, variant."""
-    items: list[Item] = []
-    for topo in topologies:
-        for policy in policies:
-            for sc in scenarios:
-                for v in sc.variants:
-                    items.append(Item(len(items), topo, policy, sc, v))
-    return items
-
-
 async def run_suite(
     topologies: Sequence[str] = SHIPPED,
     scenarios: Sequence[Scenario] = SUITE,
@@ -261,9 +242,13 @@ async def run_suite(
     accel: str | None = None,
     artifacts_dir: Path | None = None,
     on_result: Callable[[Result], None] | None = None,
+    items: Sequence[Item] | None = None,
+    image: ImageBuild | None = None,
 ) -> SuiteRun:
     """Every variant of `scenarios` on every topology (under every policy of a matrix run:
-    `policies` given), on at most `jobs` machines at once.
+    `policies` given), on at most `jobs` machines at once; only `items` when given (a part of
+    `plan`'s list for the same arguments: `dmalab run -k/--shard`). `image` replaces every
+    topology's guest image (`dmalab run --kernel`).
 
     A job boots a machine of a topology nobody has started yet, in the order given; once every
     topology has one, a free job boots another machine of the topology with the most variants
@@ -278,7 +263,8 @@ async def run_suite(
         if p not in POLICIES:
             raise ValueError(f"unknown policy {p!r}")
     loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
-    items = plan(topologies, scenarios, pols)
+    if items is None:
+        items = plan(topologies, scenarios, pols)
     queues = {t: collections.deque(i for i in items if i.topology == t) for t in topologies}
     running = dict.fromkeys(topologies, 0)
     booted = dict.fromkeys(topologies, 0)
@@ -307,7 +293,7 @@ async def run_suite(
             try:
                 async with machine(
                     topo, accel=accel, artifacts_dir=artifacts_dir, loaded=loaded[topo],
-                    name=f"{loaded[topo].name}-{number}",
+                    name=f"{loaded[topo].name}-{number}", image=image,
                 ) as m:  # fmt: skip
                     entry["boot_seconds"] = round(m.boot_seconds, 3)
                     entry["snapshot_seconds"] = round(m.save_seconds, 3)
