@@ -9,6 +9,7 @@ import click
 
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ensure_qemu
+from dmalab.cli.options import kernel_options
 from dmalab.errors import EnvironmentProblem
 
 _IMAGE_MODULE = "dmalab.artifacts.image"
@@ -33,17 +34,7 @@ def _build_image(kernel: Path | None, modules: Path | None) -> Path:
     help="Look up the newest Debian QEMU 10.0 source again (by default the version found by the "
     "first build is kept, so rebuilds are reproducible).",
 )
-@click.option(
-    "--kernel",
-    type=click.Path(path_type=Path),
-    help="Build the image around your own kernel (a bzImage or vmlinux with CONFIG_PVH=y) "
-    "instead of Debian's.",
-)
-@click.option(
-    "--modules",
-    type=click.Path(path_type=Path),
-    help="Your kernel's lib/modules/<release> tree (its build/ gives the headers for ncdma.ko).",
-)
+@kernel_options
 def command(what: str, refresh: bool, kernel: Path | None, modules: Path | None) -> None:
     """Build QEMU with the ncdma devices and the guest image, or find them in the cache.
 
