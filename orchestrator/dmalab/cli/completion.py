@@ -9,19 +9,17 @@ from click.shell_completion import CompletionItem
 
 def complete_topology(
     ctx: click.Context, param: click.Parameter, incomplete: str
-) -> list[CompletionItem | str]:
-    """Shipped topology names, and .toml files and folders for a path."""
+) -> list[CompletionItem]:
+    """Shipped topology names, and files for a path to a .toml file."""
     from dmalab.machine.topology import shipped_topologies
 
-    names: list[CompletionItem | str] = [
-        n for n in shipped_topologies() if n.startswith(incomplete)
-    ]
+    names = [CompletionItem(n) for n in shipped_topologies() if n.startswith(incomplete)]
     return [*names, CompletionItem(incomplete, type="file")]
 
 
 def complete_policy(
     ctx: click.Context, param: click.Parameter, incomplete: str
-) -> list[CompletionItem | str]:
+) -> list[CompletionItem]:
     from dmalab.scenarios.api import POLICIES
 
-    return [p for p in POLICIES if p.startswith(incomplete)]
+    return [CompletionItem(p) for p in POLICIES if p.startswith(incomplete)]
