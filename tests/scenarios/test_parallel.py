@@ -209,6 +209,10 @@ async def test_shards_run_their_items_and_only_those(monkeypatch: pytest.MonkeyP
         booted = sorted({e.split()[1][0] for e in log if e.startswith("boot")})
         assert booted == sorted({item.topology for item in part})  # no machine for nothing
 
+    log.clear()
+    empty = await runner.run_suite(["a", "b"], SCENARIOS, jobs=2, items=Shard(1, 200).take(items))
+    assert empty.results == [] and empty.timing["machines"] == [] and log == []
+
     def bare(rs: list[Result]) -> list[dict[str, Any]]:
         return [{k: v for k, v in asdict(r).items() if k != "timing"} for r in rs]
 
