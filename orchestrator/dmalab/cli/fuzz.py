@@ -68,7 +68,10 @@ kept (moved under --artifacts).
     "--seeds", "count", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
     help="Run this many seeds, --seed, --seed+1, ...; --ops operations each.",
 )  # fmt: skip
-@shard_option("the (seed, configuration) runs (needs --seed)")
+@shard_option(
+    "the (seed, configuration) runs",
+    "Needs --seed, so that every part draws from the same seeds.",
+)
 @output_options("Print the results as JSON.")
 def command(
     seed: int | None, ops: int, config_name: str, artifacts: Path | None, count: int,

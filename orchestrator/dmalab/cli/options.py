@@ -78,8 +78,9 @@ def own_image(kernel: Path | None, modules: Path | None) -> ImageBuild | None:
     return ensure_image(kernel=kernel, modules=modules)
 
 
-def shard_option(what: str) -> Callable[[F], F]:
-    """`--shard I/N` over `what` (the run list, as the help names it), as `shard`: a Shard."""
+def shard_option(what: str, note: str) -> Callable[[F], F]:
+    """`--shard I/N` over `what` (the run list, as the help names it), as `shard`: a Shard;
+    `note` ends the help."""
 
     def parse(ctx: click.Context, param: click.Parameter, text: str | None) -> Shard | None:
         return None if text is None else Shard.parse(text)
@@ -87,5 +88,5 @@ def shard_option(what: str) -> Callable[[F], F]:
     return click.option(
         "--shard", metavar="I/N", callback=parse,
         help=f"Run only part I of N of {what}: N disjoint parts that together are the whole "
-        "run, the same whatever -j and the seeds (docs/cli.md).",
+        f"run (docs/cli.md). {note}",
     )  # fmt: skip

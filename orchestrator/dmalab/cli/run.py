@@ -67,7 +67,7 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     "substrings of an item's topology, policy, scenario name, seed or variant, joined by "
     "and, or, not and parentheses (-k 'revoke and not virtio').",
 )  # fmt: skip
-@shard_option("the run list (after -k)")
+@shard_option("the run list (after -k)", "The parts do not depend on -j or --seed.")
 @click.option(
     "--list", "list_only", is_flag=True,
     help="Print the run items (topology, scenario, variant, policy), one a line, and run "
