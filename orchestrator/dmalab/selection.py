@@ -90,18 +90,20 @@ class _Parser:
         return token
 
     def expr(self) -> Matcher:
-        parts = [self.and_expr()]
-        while self.peek() == "or":
-            self.pos += 1
-            parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else lambda names: any(p(names) for p in parts)
+        return self._joined("or", self.and_expr, any)
 
     def and_expr(self) -> Matcher:
-        parts = [self.not_expr()]
-        while self.peek() == "and":
+        return self._joined("and", self.not_expr, all)
+
+    def _joined(
+        self, word: str, operand: Callable[[], Matcher], combine: Callable[[Iterable[bool]], bool]
+    ) -> Matcher:
+        """operand (word operand)*: the operands' matches combined by `combine` (any, all)."""
+        parts = [operand()]
+        while self.peek() == word:
             self.pos += 1
-            parts.append(self.not_expr())
-        return parts[0] if len(parts) == 1 else lambda names: all(p(names) for p in parts)
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else lambda names: combine(p(names) for p in parts)
 
     def not_expr(self) -> Matcher:
         token = self.next()
