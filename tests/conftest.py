@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,3 +64,29 @@ def run_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def artifacts(tmp_path: Path) -> Path:
     """Where QEMU run directories of failed runs go."""
     return tmp_path / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def own_kernel(guest_image: ImageBuild) -> list[str]:
+    """`--kernel FILE --modules DIR` for a kernel handed in as a user's: Debian's bzImage of the
+    guest image, and a lib/modules/<release> tree of links to its modules, with build/ linked
+    to the unpacked Debian headers (a user's tree has its build/ too). The tree stays at one
+    place in the cache, so its image is built once, not once per session (the image key
+    includes the tree's path)."""
+    manifest = json.loads(guest_image.manifest.read_text())
+    debian = Path(manifest["kernel"]["modules_tree"])
+    release = guest_image.kernel_release
+    bzimage = debian.parents[2] / "boot" / f"vmlinuz-{release}"
+    unpacked = debian.parents[3]
+    tree = unpacked.parent / "test-own-kernel" / release
+    if not tree.is_dir():
+        (headers,) = unpacked.glob(f"linux-headers-{release}_*/usr/src/linux-headers-{release}")
+        staging = Path(tempfile.mkdtemp(dir=unpacked.parent, prefix=".own-kernel-"))
+        for entry in debian.iterdir():
+            (staging / entry.name).symlink_to(entry)
+        (staging / "build").symlink_to(headers)
+        tree.parent.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # another session made it first: same links
+            staging.rename(tree)
+        shutil.rmtree(staging, ignore_errors=True)
+    return ["--kernel", str(bzimage), "--modules", str(tree)]

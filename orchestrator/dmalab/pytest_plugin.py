@@ -4,7 +4,7 @@ A thin layer over `dmalab.machine`: `launch.boot` boots, `Snapshots` brings the 
 docs/pytest-plugin.md has the whole story and an example. In short:
 
 ```python
-@pytest.mark.topology("default")         # a shipped name or a path to a .toml file
+@pytest.mark.dmalab(topology="default")  # a shipped name or a path to a .toml file
 def test_fill(dmalab_machine):
     hello = dmalab_machine.run(dmalab_machine.vm.agent.hello())
 ```
@@ -17,7 +17,11 @@ def test_fill(dmalab_machine):
 - When a test that used a machine fails, its report gets the console's tail and each device's
   counters and violations, and `--dmalab-artifacts DIR` gets a folder for the test with the
   console log, QEMU's log, the QMP events and a full dump of every device (`ncdma-<id>.json`).
-  Without the option, DIR is a temporary directory, removed at the end unless a test failed.
+  Without the option, DIR is a temporary directory, removed at the end unless a test failed;
+  the summary says where what was kept is (under pytest-xdist too, where the workers keep it).
+- Options may also be set in the ini file (`dmalab_artifacts`, `dmalab_accel`).
+- Loading the plugin imports nothing of dmalab's machinery: every pytest run in an environment
+  with dmalab installed loads it, and most never boot a machine.
 """
 
 from __future__ import annotations
@@ -32,16 +36,16 @@ import tempfile
 import threading
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from dmalab.machine import launch
-from dmalab.machine.snapshot import Snapshots
-from dmalab.machine.topology import Topology, load_topology
-from dmalab.machine.vm import Vm
+if TYPE_CHECKING:
+    from dmalab.machine.topology import Topology
+    from dmalab.machine.vm import Vm
 
 T = TypeVar("T")
+ACCELS = ("auto", "tcg", "kvm")
 BOOTED = "booted"
 CONSOLE_TAIL_LINES = 40
 _ARTIFACT_FILES = ("console.log", "qemu.log", "qmp-events.jsonl", "argv.json")
@@ -55,6 +59,8 @@ class Machine:
     def __init__(
         self, owner: Machines, topology: Topology, vm: Vm, stack: contextlib.AsyncExitStack
     ):
+        from dmalab.machine.snapshot import Snapshots
+
         self._owner = owner
         self.topology = topology
         self.vm = vm
@@ -101,6 +107,8 @@ class Machines:
 
     def get(self, spec: str | Path) -> Machine:
         """The machine for `spec`, booted on first use, else restored to just after its boot."""
+        from dmalab.machine.topology import load_topology
+
         topology = load_topology(spec)
         key = topology.path.resolve()
         machine = self._booted.get(key)
@@ -117,6 +125,8 @@ class Machines:
         return machine
 
     async def _boot(self, topology: Topology) -> Machine:
+        from dmalab.machine import launch
+
         stack = contextlib.AsyncExitStack()
         vm = await stack.enter_async_context(
             launch.boot(
@@ -185,44 +195,89 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         type=Path,
         help="keep the artifacts of failed tests (and of machines that failed) in DIR "
-        "(default: a temporary directory, kept only when a test failed)",
+        "(default: a temporary directory, kept only when a test failed; ini: dmalab_artifacts)",
     )
     group.addoption(
         "--dmalab-accel",
-        choices=("auto", "tcg", "kvm"),
-        help="override every topology's accelerator",
+        choices=ACCELS,
+        help="override every topology's accelerator (ini: dmalab_accel)",
     )
+    parser.addini(
+        "dmalab_artifacts",
+        "dmalab: where failed tests' artifacts go, relative to the ini file (--dmalab-artifacts)",
+    )
+    parser.addini("dmalab_accel", "dmalab: auto, tcg or kvm for every topology (--dmalab-accel)")
+
+
+def _artifacts_setting(config: pytest.Config) -> Path | None:
+    """--dmalab-artifacts, else the ini's dmalab_artifacts (relative to the ini file)."""
+    given: Path | None = config.getoption("--dmalab-artifacts")
+    if given is not None:
+        return given
+    ini = str(config.getini("dmalab_artifacts") or "")
+    if not ini:
+        return None
+    base = config.inipath.parent if config.inipath else config.rootpath
+    return base / ini
+
+
+def _accel_setting(config: pytest.Config) -> str | None:
+    """--dmalab-accel, else the ini's dmalab_accel."""
+    given: str | None = config.getoption("--dmalab-accel")
+    ini = str(config.getini("dmalab_accel") or "")
+    if given is None and ini and ini not in ACCELS:
+        raise pytest.UsageError(f"dmalab_accel = {ini}: expected one of {', '.join(ACCELS)}")
+    return given or ini or None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "topology(name_or_path): the dmalab topology the dmalab_machine fixture boots "
+        "dmalab(topology=NAME_OR_PATH): the dmalab topology the dmalab_machine fixture boots "
         "(a shipped name such as default, or a path to a .toml file)",
     )
+    _accel_setting(config)  # a bad ini value stops the run before any test
     config.stash[_KEEP] = False
+    config.stash[_KEPT] = []
 
 
 _KEEP = pytest.StashKey[bool]()
+#: Artifact directories kept at the end, for the summary (the controller's, under xdist).
+_KEPT = pytest.StashKey[list[str]]()
 
 
 def _machines(config: pytest.Config) -> Machines:
     if _MACHINES not in config.stash:
-        given = config.getoption("--dmalab-artifacts")
+        given = _artifacts_setting(config)
         artifacts = given if given else Path(tempfile.mkdtemp(prefix="dmalab-pytest-"))
-        config.stash[_MACHINES] = Machines(artifacts, config.getoption("--dmalab-accel"))
+        config.stash[_MACHINES] = Machines(artifacts, _accel_setting(config))
     return config.stash[_MACHINES]
+
+
+def _topology(request: pytest.FixtureRequest) -> str | Path:
+    """The test's `dmalab(topology=...)` (default: "default"); a relative .toml path is taken
+    relative to the test file."""
+    marker = request.node.get_closest_marker("dmalab")
+    if marker is None and request.node.get_closest_marker("topology") is not None:
+        pytest.fail(
+            "@pytest.mark.topology(X) is now @pytest.mark.dmalab(topology=X)", pytrace=False
+        )
+    options = dict(marker.kwargs) if marker else {}
+    if marker and (marker.args or set(options) - {"topology"}):
+        pytest.fail(
+            "@pytest.mark.dmalab takes topology=NAME_OR_PATH and nothing else", pytrace=False
+        )
+    spec = options.get("topology", "default")
+    if isinstance(spec, str) and spec.endswith(".toml") and not Path(spec).is_absolute():
+        spec = Path(request.node.path).parent / spec
+    return spec
 
 
 @pytest.fixture
 def dmalab_machine(request: pytest.FixtureRequest) -> Iterator[Machine]:
-    """The machine of the test's `topology` marker (default: "default"), in its just-booted
-    state."""
-    marker = request.node.get_closest_marker("topology")
-    spec = marker.args[0] if marker and marker.args else "default"
-    if isinstance(spec, str) and spec.endswith(".toml") and not Path(spec).is_absolute():
-        spec = Path(request.node.path).parent / spec  # relative to the test file
-    machine = _machines(request.config).get(spec)
+    """The machine of the test's `dmalab(topology=...)` marker (default: "default"), in its
+    just-booted state."""
+    machine = _machines(request.config).get(_topology(request))
     request.node.stash[_USED] = machine
     yield machine
 
@@ -245,18 +300,46 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
+def _close(config: pytest.Config) -> str | None:
+    """Shut the machines down; the artifacts directory if it is kept, else remove it."""
     machines = config.stash.get(_MACHINES, None)
     if machines is None:
-        return
+        return None
+    del config.stash[_MACHINES]
     machines.close()
     kept = machines.artifacts / "machines"
     failed = config.stash.get(_KEEP, False) or (kept.exists() and any(kept.iterdir()))
-    if not config.getoption("--dmalab-artifacts") and not failed:
+    if failed:
+        return str(machines.artifacts)
+    if _artifacts_setting(config) is None:
         shutil.rmtree(machines.artifacts, ignore_errors=True)
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    kept = _close(config)
+    if kept is None:
+        return
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller prints the summary
+        workeroutput["dmalab_artifacts"] = kept
+    else:
+        config.stash[_KEPT].append(kept)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist, on the controller: a worker ended; note what it kept."""
+    kept = getattr(node, "workeroutput", {}).get("dmalab_artifacts")
+    if kept:
+        node.config.stash[_KEPT].append(kept)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _close(config)  # when the session never finished
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    machines = config.stash.get(_MACHINES, None)
-    if machines is not None and config.stash.get(_KEEP, False):
-        terminalreporter.write_line(f"dmalab: artifacts of failed tests in {machines.artifacts}")
+    for kept in sorted(set(config.stash.get(_KEPT, []))):
+        terminalreporter.write_line(f"dmalab: artifacts of failed tests in {kept}")

@@ -1,10 +1,14 @@
 """The pytest plugin, run as a user runs it: a real topology booted per test process, restored
-before each test, and a failing test's report carrying the machine's artifacts."""
+before each test, a failing test's report carrying the machine's artifacts, and the summary
+saying where they are (from the controller under pytest-xdist); settings from the ini file; and
+a plugin load that imports nothing heavy."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -20,7 +24,7 @@ TESTS = """
 import os
 import pytest
 
-@pytest.mark.topology("default")
+@pytest.mark.dmalab(topology="default")
 def test_dirty(dmalab_machine):
     vm = dmalab_machine.vm
     buf = dmalab_machine.run(vm.agent.buf_create("NCDMA", 4096))
@@ -28,7 +32,7 @@ def test_dirty(dmalab_machine):
     with open(os.environ["PIDS"], "a") as f:
         f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {vm.process.pid} {buf.id}\\n")
 
-@pytest.mark.topology("default")
+@pytest.mark.dmalab(topology="default")
 def test_clean(dmalab_machine):
     vm = dmalab_machine.vm
     # restored to just after boot: the agent has no buffers, the counters are the boot's
@@ -39,12 +43,12 @@ def test_clean(dmalab_machine):
         f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {vm.process.pid} {buf.id}\\n")
 
 @pytest.mark.asyncio
-@pytest.mark.topology("default")
+@pytest.mark.dmalab(topology="default")
 async def test_async(dmalab_machine):
     hello = await dmalab_machine.arun(dmalab_machine.vm.agent.hello())
     assert hello.devices == 3
 
-@pytest.mark.topology("default")
+@pytest.mark.dmalab(topology="default")
 def test_fails(dmalab_machine):
     counters = dmalab_machine.run(dmalab_machine.vm.device("dma1").counters())
     assert counters["desc_completed"] == 12345, "deliberately failing"
@@ -126,3 +130,56 @@ def test_plugin_default_artifacts_kept_on_failure(pytester: pytest.Pytester, env
     assert f"dmalab: artifacts of failed tests in {kept}" in result.stdout.str()
     (test_dir,) = (p for p in kept.iterdir() if p.name != "machines")
     assert (test_dir / "ncdma-dma0.json").exists()
+
+
+def test_plugin_xdist_summary_and_ini_settings(
+    pytester: pytest.Pytester, env: Path, tmp_path: Path
+) -> None:
+    """Under xdist the worker that ran the failing test keeps the artifacts and the controller
+    prints where; the accelerator and the directory come from the ini file."""
+    pytester.makeini("[pytest]\ndmalab_accel = tcg\ndmalab_artifacts = kept-here\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "-k", "fails or clean", timeout=600
+    )  # fmt: skip
+    result.assert_outcomes(passed=1, failed=1)
+    kept = pytester.path / "kept-here"
+    assert f"dmalab: artifacts of failed tests in {kept}" in result.stdout.str()
+    (test_dir,) = (p for p in kept.iterdir() if "test_fails" in p.name)
+    assert (test_dir / "ncdma-dma1.json").exists()
+    assert list(env.iterdir()) == []
+
+
+MISUSED = """
+import pytest
+
+@pytest.mark.topology("default")
+def test_old_marker(dmalab_machine):
+    pass
+
+@pytest.mark.dmalab("default")
+def test_positional(dmalab_machine):
+    pass
+"""
+
+
+def test_marker_misuse_and_bad_ini_are_reported(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_misused=MISUSED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    out = result.stdout.str()
+    assert "@pytest.mark.topology(X) is now @pytest.mark.dmalab(topology=X)" in out
+    assert "@pytest.mark.dmalab takes topology=NAME_OR_PATH and nothing else" in out
+    pytester.makeini("[pytest]\ndmalab_accel = fast\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "dmalab_accel = fast: expected one of auto, tcg, kvm" in result.stderr.str()
+
+
+def test_loading_the_plugin_imports_no_machinery() -> None:
+    code = (
+        "import sys, dmalab.pytest_plugin; "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('dmalab', 'qemu', 'construct'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["dmalab", "dmalab.pytest_plugin"]

@@ -13,8 +13,8 @@ from dmalab.scenarios.codec import DEFAULT_SEED, fill_bytes, seed_salt
 from dmalab.scenarios.declarations import Cell, Scenario, Variant, cell_expectation
 from dmalab.scenarios.report import render_matrix, write_json, write_junit
 from dmalab.scenarios.results import Result, as_json, outcome
-from dmalab.scenarios.runner import plan
 from dmalab.scenarios.seeds import SEED_000, SEED_003, SEEDS
+from dmalab.scenarios.suite import plan
 from dmalab.spec import agent as spec
 
 FAULTY = Variant(

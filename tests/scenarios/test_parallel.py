@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,8 @@ from dmalab.errors import CheckFailed
 from dmalab.scenarios import runner
 from dmalab.scenarios.declarations import Scenario, Variant
 from dmalab.scenarios.results import Result, comparable
+from dmalab.scenarios.suite import plan
+from dmalab.selection import Shard
 
 TOPOLOGIES = ["-t", "default", "-t", "virtio-iommu"]
 SUBSET = [*TOPOLOGIES, "-s", "000-arnd-table", "-s", "003", "-s", "002"]
@@ -52,19 +55,21 @@ def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """Three runs on both topologies: the subset with -j 2 and -j 1 and the default seed; the whole
+    """Runs on both topologies: the subset with -j 2 and -j 1 and the default seed; the whole
     suite and the 000 example with -j 3 and seed 99 (enough variants for a second machine of one
-    topology)."""
+    topology); the subset in two shards."""
     docs = {}
     for name, args in (
         ("j2", [*SUBSET, "-j", "2"]),
         ("j1", [*SUBSET, "-j", "1"]),
         ("j3-seed99", [*WHOLE, "-j", "3", "--seed", "99"]),
+        ("shard1", [*SUBSET, "--shard", "1/2"]),
+        ("shard2", [*SUBSET, "--shard", "2/2", "-j", "2"]),
     ):
         out = tmp_path_factory.mktemp(name)
         proc = dmalab_run(*args, results=out)
+        assert proc.returncode == 0, f"{name}: {proc.stdout}{proc.stderr}"
         print(f"\n{name}: " + next(x for x in proc.stdout.splitlines() if " results in " in x))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
         docs[name] = json.loads((out / "results.json").read_text())
     return docs
 
@@ -86,6 +91,18 @@ def test_meta_says_how_the_run_was_made(runs: dict[str, Any]) -> None:
     assert "jobs" not in meta
     whole = runs["j3-seed99"]["meta"]
     assert whole["seed"] == 99 and len(whole["scenarios"]) > len(meta["scenarios"])
+
+
+def test_two_shards_together_are_the_whole_run(runs: dict[str, Any]) -> None:
+    whole = comparable(runs["j1"])
+    parts = [comparable(runs[f"shard{i}"]) for i in (1, 2)]
+    assert parts[0]["results"] and parts[1]["results"]
+    assert parts[0]["results"] + parts[1]["results"] == whole["results"]
+    for i, part in enumerate(parts, 1):
+        assert part["meta"] == {**whole["meta"], "shard": f"{i}/2"}
+    # The subset is 2 topologies of equal length: each shard boots one machine, of its own.
+    machines = [[m["topology"] for m in runs[f"shard{i}"]["timing"]["machines"]] for i in (1, 2)]
+    assert machines == [["default"], ["virtio-iommu"]]
 
 
 def test_another_seed_writes_other_bytes_with_the_same_verdicts(runs: dict[str, Any]) -> None:
@@ -180,6 +197,30 @@ async def test_results_come_in_canonical_order_whatever_finishes_first(
         "shutdown a#1", "shutdown a#2", "shutdown b#1", "shutdown b#2",
     ]  # fmt: skip
     assert run.meta["policies"] == ["base", "exclusive"] and run.meta["matrix"] is True
+
+
+async def test_shards_run_their_items_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = fake_suite(monkeypatch)
+    policies = ["base", "exclusive"]
+    whole = await runner.run_suite(["a", "b"], SCENARIOS, jobs=2, policies=policies)
+    items = plan(["a", "b"], SCENARIOS, policies)
+    parts = []
+    for i in (1, 2, 3):
+        log.clear()
+        part = Shard(i, 3).take(items)
+        run = await runner.run_suite(["a", "b"], SCENARIOS, jobs=i, policies=policies, items=part)
+        parts += run.results
+        booted = sorted({e.split()[1][0] for e in log if e.startswith("boot")})
+        assert booted == sorted({item.topology for item in part})  # no machine for nothing
+
+    log.clear()
+    empty = await runner.run_suite(["a", "b"], SCENARIOS, jobs=2, items=Shard(1, 200).take(items))
+    assert empty.results == [] and empty.timing["machines"] == [] and log == []
+
+    def bare(rs: list[Result]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in asdict(r).items() if k != "timing"} for r in rs]
+
+    assert bare(parts) == bare(whole.results)
 
 
 async def test_one_job_boots_one_machine_per_topology_in_turn(

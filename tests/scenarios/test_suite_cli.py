@@ -59,3 +59,19 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
     arches = [p.get("value") for p in root.findall("./testsuite/testcase/properties/property")]
     assert arches == [r["arch"] for r in data]
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_dmalab_run_on_your_own_kernel(own_kernel: list[str], tmp_path: Path) -> None:
+    """--kernel/--modules: an image is built around the kernel and the run boots it; the JSON
+    on stdout is results.json's document, and the summary and verdict go to stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmalab", "run", "--accel", "tcg", "-t", "default", "-s", "002",
+         *own_kernel, "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["meta"]["kernel"]["file"] == own_kernel[1]
+    assert doc["meta"]["kernel"]["release"] == Path(own_kernel[3]).name
+    assert [r["outcome"] for r in doc["results"]] == ["pass", "detected"]
+    assert "verdict: PASS" in proc.stderr and " results in " in proc.stderr

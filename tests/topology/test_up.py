@@ -110,3 +110,52 @@ def test_up_json_then_attach_agent(run_base: Path, topology: str) -> None:
             proc.kill()
     assert proc.returncode == 0
     assert list(run_base.iterdir()) == []
+
+
+def test_up_on_your_own_kernel(run_base: Path, own_kernel: list[str], tmp_path: Path) -> None:
+    """--kernel/--modules: the machine boots the image built around that kernel (the one
+    `dmalab build image` with the same options names); --output gets the endpoints."""
+    built = subprocess.run(
+        [*DMALAB, "build", "image", *own_kernel], capture_output=True, text=True, timeout=600
+    )
+    assert built.returncode == 0, built.stderr
+    image_dir = Path(built.stdout.split()[-1]).parent
+    endpoints = tmp_path / "up.json"
+    proc = _start(run_base, *own_kernel, "--json", "--output", str(endpoints))
+    try:
+        _wait_ready(proc, "stderr")
+        info = json.loads(endpoints.read_text())
+        argv = json.loads((Path(info["run_dir"]) / "argv.json").read_text())
+        flat = argv if isinstance(argv, list) else argv["argv"]
+        kernel = Path(flat[flat.index("-kernel") + 1])
+        assert kernel.parent == image_dir
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and out == ""  # the endpoints went to the file
+    assert list(run_base.iterdir()) == []
+
+
+def test_shell_boots_your_own_kernel(run_base: Path, own_kernel: list[str]) -> None:
+    shell = subprocess.run(
+        [*DMALAB, "shell", "default", "--accel", "tcg", "--agent", *own_kernel],
+        input="devices\n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert shell.returncode == 0, shell.stderr
+    assert "dma2: /dev/ncdma2" in shell.stdout
+    assert list(run_base.iterdir()) == []
+
+
+def test_kernel_options_are_checked_before_anything_boots(tmp_path: Path) -> None:
+    for args, message in (
+        (["shell", "--attach", str(tmp_path), "--kernel", "bzImage"],
+         "--kernel/--modules: only when booting a TOPOLOGY, not with --attach"),
+        (["up", "default", "--modules", str(tmp_path)], "--modules: give --kernel too"),
+        (["up", "default", "--kernel", str(tmp_path / "nothing")], "kernel "),
+        (["up", "no-such-topology", "--kernel", "bzImage"], "no-such-topology"),
+    ):  # fmt: skip
+        proc = subprocess.run([*DMALAB, *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"dmalab: error: {message}") and proc.stderr.count("\n") == 1

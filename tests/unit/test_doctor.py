@@ -1,4 +1,5 @@
-"""dmalab doctor: read-only checks, each failing one with its fix, exit 1 when anything fails."""
+"""dmalab doctor: read-only checks, each failing one with its fix, exit 3 (an environment
+problem, as the README's table says) when anything fails."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_findings_name_what_is_missing_and_how_to_fix_it(
     assert findings["guest image"].fix == "dmalab build image --arch x86_64"
     assert findings["python"].ok and findings["cache"].ok
     result = CliRunner().invoke(main, ["doctor", "--json"])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     parsed = {f["check"]: f for f in json.loads(result.output)}
     assert parsed["qemu"]["ok"] is False
 
@@ -45,3 +46,9 @@ def test_render_shows_fixes_under_failures() -> None:
         [doctor.Finding("a", True, "fine"), doctor.Finding("bb", False, "broken", "do this")]
     )
     assert text.splitlines() == ["[ok  ] a   fine", "[FAIL] bb  broken", "           fix: do this"]
+
+
+def test_exit_0_when_everything_is_there(qemu_build: object, guest_image: object) -> None:
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.stdout and "[ok  ] qemu" in result.stdout

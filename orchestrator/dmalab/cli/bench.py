@@ -1,8 +1,8 @@
-"""`dmalab bench`: throughput measurements. Results on stdout as tables, progress on stderr."""
+"""`dmalab bench`: throughput measurements. Results on stdout as tables (or JSON), progress on
+stderr."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -18,6 +18,7 @@ from dmalab.bench import machine as machine_bench
 from dmalab.bench import parse_size
 from dmalab.bench import qemu as qemu_bench
 from dmalab.bench import suite as suite_bench
+from dmalab.cli.options import emit, emit_json, output_options
 from dmalab.errors import BadInput, CheckFailed
 
 
@@ -28,18 +29,13 @@ def command() -> None:
 
 
 def _finish(
-    name: str,
-    report: dict[str, Any],
-    table: str,
-    json_path: Path | None,
-    check: bool,
-    progress: Progress,
+    report: dict[str, Any], table: str, as_json: bool, output: Path | None, check: bool
 ) -> None:
-    """Print the table, write the JSON if asked, and with --check fail on a missed target."""
-    click.echo(table, nl=False)
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        progress.note(f"bench {name}: wrote {json_path}")
+    """Print the table (or the JSON), and with --check fail on a missed target."""
+    if as_json:
+        emit_json(report, output)
+    else:
+        emit(table.rstrip("\n"), output)
     if check and not report["all_targets_pass"]:
         missed = [t["name"] for t in report["targets"] if t["pass"] is not True]
         raise CheckFailed(f"targets missed: {', '.join(missed)}")
@@ -57,11 +53,8 @@ def _sizes(values: tuple[str, ...]) -> list[int]:
 
 
 @command.command("device", short_help="COPY throughput of ncdma in four configurations.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the full results (machine, QEMU, medians, ratios, targets) here.",
+@output_options(
+    "Print the full results (machine, QEMU, medians, ratios, targets) as JSON instead of the table."
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
 @click.option(
@@ -85,7 +78,7 @@ def _sizes(values: tuple[str, ...]) -> list[int]:
     show_default=True,
     help="Bytes one batch moves (fewer if the ring fills first).",
 )
-def device(json_path: Path | None, check: bool, repeats: int, sizes: tuple[str, ...],
+def device(as_json: bool, output: Path | None, check: bool, repeats: int, sizes: tuple[str, ...],
            batch_mib: int) -> None:  # fmt: skip
     """Measure ncdma COPY throughput with coherent=on, with the device cache, and behind
     intel-iommu with and without the device IOTLB, against host memcpy of the same sizes.
@@ -103,15 +96,12 @@ def device(json_path: Path | None, check: bool, repeats: int, sizes: tuple[str, 
         log=progress.note,
         command=shlex.join(["dmalab", *sys.argv[1:]]),
     )
-    _finish("device", report, device_bench.render_table(report), json_path, check, progress)
+    _finish(report, device_bench.render_table(report), as_json, output, check)
 
 
 @command.command("machine", short_help="QMP, guest memory, snapshot restore and boot times.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the full results (machine, QEMU, medians, targets) here.",
+@output_options(
+    "Print the full results (machine, QEMU, medians, targets) as JSON instead of the table."
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
 @click.option(
@@ -121,7 +111,7 @@ def device(json_path: Path | None, check: bool, repeats: int, sizes: tuple[str, 
     show_default=True,
     help="Boots, 64 MiB reads and restores measured.",
 )
-def machine(json_path: Path | None, check: bool, repeats: int) -> None:
+def machine(as_json: bool, output: Path | None, check: bool, repeats: int) -> None:
     """Measure the machine layer on the q35 + intel-iommu + ncdma guest under TCG: a QMP
     counter fetch, reading 64 MiB of guest RAM through the shared mapping against pmemsave,
     snapshot restore until the agent answers, and a cold boot; then cold boot, agent echo and
@@ -140,34 +130,26 @@ def machine(json_path: Path | None, check: bool, repeats: int) -> None:
         log=progress.note,
         command=shlex.join(["dmalab", *sys.argv[1:]]),
     )
-    _finish("machine", report, machine_bench.render_table(report), json_path, check, progress)
+    _finish(report, machine_bench.render_table(report), as_json, output, check)
 
 
 @command.command("image", short_help="Guest image build time, cold and cached.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the full results (machine, kernel, times, targets) here.",
+@output_options(
+    "Print the full results (machine, kernel, times, targets) as JSON instead of the table."
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
-def image(json_path: Path | None, check: bool) -> None:
-    """Build the guest image in a private empty cache (downloads included, as on a new machine),
-    then again with everything cached. Your own cache is not touched."""
+def image(as_json: bool, output: Path | None, check: bool) -> None:
+    """Build each architecture's guest image in a private empty cache (downloads included, as
+    on a new machine), then again with everything cached. Your own cache is not touched."""
     progress = Progress()
     report = image_bench.run(log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]]))
-    _finish("image", report, image_bench.render_table(report), json_path, check, progress)
+    _finish(report, image_bench.render_table(report), as_json, output, check)
 
 
 @command.command("qemu", short_help="QEMU build time (both targets), cold and unchanged.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the full results (machine, times, targets) here.",
-)
+@output_options("Print the full results (machine, times, targets) as JSON instead of the table.")
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
-def qemu(json_path: Path | None, check: bool) -> None:
+def qemu(as_json: bool, output: Path | None, check: bool) -> None:
     """Build QEMU (qemu-system-x86_64 and qemu-system-aarch64) in a private empty cache, source
     download included, as on a new machine; then ask for it again with nothing changed. Your
     own cache is not touched. Takes several minutes."""
@@ -175,19 +157,16 @@ def qemu(json_path: Path | None, check: bool) -> None:
     report = qemu_bench.run(
         progress=progress, log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]])
     )
-    _finish("qemu", report, qemu_bench.render_table(report), json_path, check, progress)
+    _finish(report, qemu_bench.render_table(report), as_json, output, check)
 
 
 @command.command("suite", short_help="Wall time of the built-in suite, -j 1 against -j 2.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the full results (machine, both runs, speed-up, targets) here.",
+@output_options(
+    "Print the full results (machine, both runs, speed-up, targets) as JSON instead of the table."
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
 @click.option("--accel", default=None, help="Override the topologies' accelerator (tcg, kvm).")
-def suite(json_path: Path | None, check: bool, accel: str | None) -> None:
+def suite(as_json: bool, output: Path | None, check: bool, accel: str | None) -> None:
     """Run `dmalab run` (the whole built-in suite on the shipped topologies) with -j 1, then
     with -j 2, and report each one's wall time against the 60 s target, the speed-up, and
     whether both wrote the same results.
@@ -200,4 +179,4 @@ def suite(json_path: Path | None, check: bool, accel: str | None) -> None:
     report = suite_bench.run(
         accel=accel, log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]])
     )
-    _finish("suite", report, suite_bench.render_table(report), json_path, check, progress)
+    _finish(report, suite_bench.render_table(report), as_json, output, check)

@@ -9,6 +9,7 @@ import click
 from dmalab.artifacts import image
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ARCHES, ensure_qemu
+from dmalab.cli.options import kernel_options
 from dmalab.errors import BadInput
 
 
@@ -20,17 +21,7 @@ from dmalab.errors import BadInput
     help="Look up the newest Debian QEMU 10.0 source again (by default the version found by the "
     "first build is kept, so rebuilds are reproducible).",
 )
-@click.option(
-    "--kernel",
-    type=click.Path(path_type=Path),
-    help="Build the image around your own kernel (a bzImage or vmlinux with CONFIG_PVH=y) "
-    "instead of Debian's.",
-)
-@click.option(
-    "--modules",
-    type=click.Path(path_type=Path),
-    help="Your kernel's lib/modules/<release> tree (its build/ gives the headers for ncdma.ko).",
-)
+@kernel_options
 @click.option(
     "--arch",
     "arches",

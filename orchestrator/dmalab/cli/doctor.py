@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from dmalab import doctor
+from dmalab.cli.options import emit, output_options
+from dmalab.errors import EXIT_ENVIRONMENT
 
 
 @click.command("doctor", short_help="Check prerequisites, builds and KVM; say how to fix each.")
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-def command(as_json: bool) -> None:
+@output_options("Print the findings as JSON.")
+def command(as_json: bool, output: Path | None) -> None:
     """Check Python, Debian packages, the cache, the QEMU build for this checkout, the guest image
     and KVM, without building or installing anything. Exit 0 when everything needed is there,
-    1 otherwise; each problem comes with the command that fixes it."""
+    3 (an environment problem) otherwise; each problem comes with the command that fixes it."""
     findings = doctor.diagnose()
-    click.echo(doctor.as_json(findings) if as_json else doctor.render(findings))
+    emit(doctor.as_json(findings) if as_json else doctor.render(findings), output)
     if not all(f.ok for f in findings):
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(EXIT_ENVIRONMENT)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from dmalab.cli.options import emit, output_options
 from dmalab.errors import BadInput
 
 
@@ -16,8 +17,10 @@ from dmalab.errors import BadInput
     "--compare", "pair", nargs=2, type=click.Path(path_type=Path), metavar="OLD NEW",
     help="Compare two runs (results directories or results.json files) instead of rendering.",
 )  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="With --compare: print the diff as JSON.")
-def command(results: Path | None, pair: tuple[Path, Path] | None, as_json: bool) -> None:
+@output_options("With --compare: print the diff as JSON.")
+def command(
+    results: Path | None, pair: tuple[Path, Path] | None, as_json: bool, output: Path | None
+) -> None:
     """Render DIR/report.html again from DIR/results.json (written by `dmalab run --results
     DIR`) and print its path. DIR may also name a results.json file; the report goes next to
     it.
@@ -37,7 +40,7 @@ def command(results: Path | None, pair: tuple[Path, Path] | None, as_json: bool)
             raise click.UsageError("give either DIR or --compare OLD NEW, not both")
         (old, old_file), (new, new_file) = (cmp_mod.load(p) for p in pair)
         diff = cmp_mod.compare(old, new, old_name=str(old_file), new_name=str(new_file))
-        click.echo(json.dumps(diff.as_json(), indent=2) if as_json else cmp_mod.render_text(diff))
+        emit(json.dumps(diff.as_json(), indent=2) if as_json else cmp_mod.render_text(diff), output)
         if diff.regressed:
             raise click.exceptions.Exit(1)
         return
@@ -53,4 +56,4 @@ def command(results: Path | None, pair: tuple[Path, Path] | None, as_json: bool)
         write_html(doc, out)
     except OSError as exc:
         raise BadInput(f"{out}: cannot write: {exc.strerror or exc}") from exc
-    click.echo(out)
+    emit(str(out), output)

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dmalab.artifacts.image import ensure_image
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ensure_qemu
+from dmalab.cli.completion import complete_policy, complete_topology
+from dmalab.cli.options import (
+    emit,
+    emit_json,
+    kernel_options,
+    output_options,
+    own_image,
+    shard_option,
+)
 from dmalab.errors import BadInput, CheckFailed
+from dmalab.selection import Shard, select
+
+if TYPE_CHECKING:
+    from dmalab.scenarios.suite import Item
 
 #: Failing results named in the final error line; the rest are counted.
 FAILURES_NAMED = 8
@@ -34,6 +48,7 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
 @click.command("run", short_help="Run the built-in scenario suite and print a verdict.")
 @click.option(
     "-t", "--topology", "topologies", multiple=True, metavar="NAME|FILE",
+    shell_complete=complete_topology,
     help="Topology to run on (repeatable). Default: the shipped default, virtio-iommu, "
     "arm64-smmuv3 and arm64-virtio-iommu (with --matrix default, virtio-iommu and coherent), "
     "those of --arch.",
@@ -52,6 +67,18 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     "the files run; with -s, the scenarios -s names too.",
 )  # fmt: skip
 @click.option(
+    "-k", "keyword", metavar="EXPR",
+    help="Only the run items EXPR matches, as pytest's -k: words matched as case-insensitive "
+    "substrings of an item's topology, policy, scenario name, seed or variant, joined by "
+    "and, or, not and parentheses (-k 'revoke and not virtio').",
+)  # fmt: skip
+@shard_option("the run list (after -k)", "The parts do not depend on -j or --seed.")
+@click.option(
+    "--list", "list_only", is_flag=True,
+    help="Print the run items (topology, scenario, variant, policy), one a line, and run "
+    "nothing. Honours -t, -s, --scenario-file, --matrix, --policy, -k and --shard.",
+)  # fmt: skip
+@click.option(
     "-j", "--jobs", "jobs_text", metavar="N",
     help="Machines running at once (default 1). Results are the same for any N.",
 )  # fmt: skip
@@ -66,7 +93,7 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     "and print the matrix.",
 )  # fmt: skip
 @click.option(
-    "--policy", "policies", multiple=True, metavar="NAME",
+    "--policy", "policies", multiple=True, metavar="NAME", shell_complete=complete_policy,
     help="Only these matrix policies (repeatable; implies --matrix).",
 )  # fmt: skip
 @click.option(
@@ -74,18 +101,30 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     help="Write results.json, junit.xml and report.html into this directory.",
 )  # fmt: skip
 @click.option("--accel", default=None, help="Override the topology's accelerator (tcg, kvm, auto).")
+@kernel_options
+@output_options(
+    "Print results.json's document instead of the table (with --list: the items as a JSON "
+    "list); the summary and the verdict go to stderr."
+)
 @click.option("--demo", is_flag=True, help="Run the ncdma device demonstration instead (no guest).")
 def command(
     topologies: tuple[str, ...],
     arch: str,
     only: tuple[str, ...],
     files: tuple[Path, ...],
+    keyword: str | None,
+    shard: Shard | None,
+    list_only: bool,
     jobs_text: str | None,
     seed_text: str | None,
     matrix: bool,
     policies: tuple[str, ...],
     results: Path | None,
     accel: str | None,
+    kernel: Path | None,
+    modules: Path | None,
+    as_json: bool,
+    output: Path | None,
     demo: bool,
 ) -> None:
     """Run the seed scenarios (Arnd's table, sg_table caching, domain reuse, move, revoke) on
@@ -98,15 +137,69 @@ def command(
     if demo:
         _demo()
         return
-    from dmalab.machine.topology import load_topology
     from dmalab.scenarios.codec import DEFAULT_SEED
-    from dmalab.scenarios.declarations import POLICIES
-    from dmalab.scenarios.report import render_matrix, render_table
-    from dmalab.scenarios.runner import MATRIX_TOPOLOGIES, SHIPPED, all_coherent, run_suite
+    from dmalab.scenarios.runner import run_suite
 
     jobs = _integer("-j/--jobs", jobs_text, 1, 64) or 1
     seed = _integer("--seed", seed_text, 0, MAX_SEED)
     seed = DEFAULT_SEED if seed is None else seed
+    runs = _run_list(topologies, arch, only, files, matrix, policies, keyword, shard)
+    if list_only:
+        _list(runs.items, as_json, output)
+        return
+    arches = list(dict.fromkeys(runs.arches[i.topology] for i in runs.items))
+    if kernel is not None and len(arches) > 1:
+        raise BadInput(
+            f"--kernel: the run's topologies are {' and '.join(arches)}; a kernel is for one "
+            "architecture: choose it with --arch or -t"
+        )
+    progress = Progress()
+    ensure_qemu(progress)
+    image = own_image(kernel, modules, *arches[:1])
+    for each in arches if image is None else ():
+        ensure_image(lambda m: click.echo(m, err=True), arch=each)
+    run = asyncio.run(
+        run_suite(runs.topologies, runs.scenarios, policies=runs.policies, seed=seed, jobs=jobs,
+                  accel=accel, on_result=_live, items=runs.items,
+                  image=image)
+    )  # fmt: skip
+    doc = run.doc()
+    doc["meta"].update(runs.meta())
+    if image is not None:
+        doc["meta"]["kernel"] = {"file": str(kernel), "release": image.kernel_release}
+    _report(run, doc, runs, jobs, seed, results, as_json, output)
+
+
+@dataclass(frozen=True)
+class RunList:
+    """What a run runs: its topologies, scenarios and policies (None: no matrix), and the items
+    chosen from their expansion by -k and --shard."""
+
+    topologies: list[str]
+    scenarios: list[Any]
+    policies: list[str] | None
+    coherent: dict[str, bool]
+    arches: dict[str, str]  # topology -> guest architecture
+    items: list[Item]
+    keyword: str | None
+    shard: Shard | None
+
+    def meta(self) -> dict[str, Any]:
+        """What results.json's meta says about the selection (nothing for a whole run)."""
+        chosen = {"keyword": self.keyword, "shard": str(self.shard) if self.shard else None}
+        return {k: v for k, v in chosen.items() if v is not None}
+
+
+def _run_list(
+    topologies: tuple[str, ...], arch: str, only: tuple[str, ...], files: tuple[Path, ...],
+    matrix: bool, policies: tuple[str, ...], keyword: str | None, shard: Shard | None,
+) -> RunList:  # fmt: skip
+    """The run list the options give, checked before anything is built or booted."""
+    from dmalab.machine.topology import load_topology
+    from dmalab.scenarios.declarations import POLICIES
+    from dmalab.scenarios.runner import MATRIX_TOPOLOGIES, SHIPPED, all_coherent
+    from dmalab.scenarios.suite import plan
+
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise BadInput(f"--policy: unknown policy {unknown[0]!r} (known: {', '.join(POLICIES)})")
@@ -118,32 +211,59 @@ def command(
     if not topologies and arch != "all":
         topos = [t for t in topos if loaded[t].arch == arch]
     coherent = {t: all_coherent(loaded[t]) for t in topos}
+    arches = {t: loaded[t].arch for t in topos}
+    every = plan(topos, scenarios, chosen or ["base"])
+    matching = select(every, lambda i: i.names, keyword=keyword)
+    if keyword is not None and not matching:
+        raise BadInput(f"-k: {keyword!r} matches none of the {len(every)} run items")
+    items = shard.take(matching) if shard is not None else matching
+    return RunList(topos, scenarios, chosen, coherent, arches, items, keyword, shard)
 
-    progress = Progress()
-    ensure_qemu(progress)
-    for image_arch in dict.fromkeys(loaded[t].arch for t in topos):
-        ensure_image(lambda message: click.echo(message, err=True), arch=image_arch)
 
-    def live(r: Any) -> None:
-        policy = f" {r.policy:<10}" if r.policy is not None else ""
-        click.echo(f"  {r.topology:<13}{policy} {r.scenario:<18} {r.variant:<24} {r.outcome}",
-                   err=True)  # fmt: skip
+def _list(items: list[Item], as_json: bool, output: Path | None) -> None:
+    """`--list`: the items, one a line (or a JSON list)."""
+    rows = [(i.topology, i.scenario.name, i.variant.name, i.policy) for i in items]
+    if as_json:
+        keys = ("topology", "scenario", "variant", "policy")
+        emit_json([dict(zip(keys, row, strict=True)) for row in rows], output)
+        return
+    widths = [max((len(row[c]) for row in rows), default=0) for c in range(3)]
+    lines = [" ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=False)) + f" {row[3]}"
+             for row in rows]  # fmt: skip
+    emit("\n".join(lines), output) if lines else click.echo("no run items", err=True)
 
-    run = asyncio.run(
-        run_suite(topos, scenarios, policies=chosen, seed=seed, jobs=jobs, accel=accel,
-                  on_result=live)
-    )  # fmt: skip
-    if matrix:
-        click.echo(render_matrix(run.results, scenarios, coherent))
-    else:
-        click.echo(render_table(run.results))
+
+def _live(r: Any) -> None:
+    policy = f" {r.policy:<10}" if r.policy is not None else ""
+    click.echo(f"  {r.topology:<13}{policy} {r.scenario:<18} {r.variant:<24} {r.outcome}",
+               err=True)  # fmt: skip
+
+
+def _report(
+    run: Any, doc: dict[str, Any], runs: RunList, jobs: int, seed: int, results: Path | None,
+    as_json: bool, output: Path | None,
+) -> None:  # fmt: skip
+    """The table (or the JSON), the summary, the files, the verdict."""
+    from dmalab.scenarios.report import render_matrix, render_table
+
     machines = run.timing["machines"]
-    click.echo(f"\n{len(run.results)} results in {run.timing['wall_seconds']:.1f} s on "
+    shard = f", shard {runs.shard}" if runs.shard else ""
+    summary = (f"{len(run.results)} results in {run.timing['wall_seconds']:.1f} s on "
                f"{len(machines)} machine{'s' if len(machines) != 1 else ''} "
-               f"(-j {jobs}, seed {seed})")  # fmt: skip
+               f"(-j {jobs}, seed {seed}{shard})")  # fmt: skip
+    lines = [summary]
     if results:
-        _write(run.doc(), run.results, results)
+        lines.append("results: " + ", ".join(map(str, _write(doc, run.results, results))))
     bad = [r for r in run.results if not r.ok]
+    if not bad:
+        lines.append("verdict: PASS")
+    if as_json:
+        emit_json(doc, output)
+        click.echo("\n".join(lines), err=True)
+    else:
+        table = (render_matrix(run.results, runs.scenarios, runs.coherent)
+                 if runs.policies is not None else render_table(run.results))  # fmt: skip
+        emit("\n\n".join([table, *lines]), output)
     if bad:
         names = [
             f"{r.scenario}/{r.topology}/{r.variant}" + (f"[{r.policy}]" if r.policy else "")
@@ -151,7 +271,6 @@ def command(
         ]
         more = f" and {len(names) - FAILURES_NAMED} more" if len(names) > FAILURES_NAMED else ""
         raise CheckFailed(f"verdict: FAIL ({', '.join(names[:FAILURES_NAMED])}{more})")
-    click.echo("\nverdict: PASS")
 
 
 def _scenarios(only: tuple[str, ...], files: tuple[Path, ...]) -> list[Any]:
@@ -176,7 +295,8 @@ def _scenarios(only: tuple[str, ...], files: tuple[Path, ...]) -> list[Any]:
     return chosen
 
 
-def _write(doc: dict[str, Any], out: list[Any], results: Path) -> None:
+def _write(doc: dict[str, Any], out: list[Any], results: Path) -> list[Path]:
+    """results.json, junit.xml and report.html in `results`; the files written."""
     from dmalab.scenarios.report import write_doc, write_junit
 
     results.mkdir(parents=True, exist_ok=True)
@@ -190,7 +310,7 @@ def _write(doc: dict[str, Any], out: list[Any], results: Path) -> None:
     else:
         write_html(doc, results / "report.html")
         written.append(results / "report.html")
-    click.echo(f"\nresults: {', '.join(map(str, written))}")
+    return written
 
 
 def _demo() -> None:

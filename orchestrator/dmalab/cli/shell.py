@@ -13,8 +13,12 @@ from pathlib import Path
 
 import click
 
+from dmalab.artifacts.image import ImageBuild
+from dmalab.cli.completion import complete_topology
+from dmalab.cli.options import kernel_options, own_image
 from dmalab.errors import BadInput, EnvironmentProblem
 from dmalab.machine import attach, launch, repl
+from dmalab.machine.topology import load_topology
 from dmalab.machine.vm import Vm
 
 QUIT_KEY = b"\x1d"  # Ctrl-]
@@ -132,8 +136,12 @@ async def attached(run_dir: Path, agent: bool) -> None:
         writer.close()
 
 
-async def booted(topology: str, accel: str | None, agent: bool) -> None:
-    async with launch.boot(topology, accel=accel, progress=progress, name="shell") as vm:
+async def booted(
+    topology: str, accel: str | None, agent: bool, image: ImageBuild | None = None
+) -> None:
+    async with launch.boot(
+        topology, accel=accel, progress=progress, name="shell", image=image
+    ) as vm:
         progress(f"{vm.name} is up ({vm.accel}, booted in {vm.boot_seconds:.1f} s)")
         if agent:
             await agent_repl(lambda line: repl.execute(vm, line))
@@ -150,7 +158,7 @@ async def _console_from(vm: Vm) -> AsyncIterator[bytes]:
 
 
 @click.command("shell", short_help="The guest console (or agent ops) at the terminal.")
-@click.argument("topology", required=False)
+@click.argument("topology", required=False, shell_complete=complete_topology)
 @click.option(
     "--attach",
     "run_dir",
@@ -167,7 +175,15 @@ async def _console_from(vm: Vm) -> AsyncIterator[bytes]:
     type=click.Choice(["auto", "tcg", "kvm"]),
     help="Override the topology's accelerator.",
 )
-def command(topology: str | None, run_dir: Path | None, agent: bool, accel: str | None) -> None:
+@kernel_options
+def command(
+    topology: str | None,
+    run_dir: Path | None,
+    agent: bool,
+    accel: str | None,
+    kernel: Path | None,
+    modules: Path | None,
+) -> None:
     """Boot TOPOLOGY and open its serial console in raw mode (Ctrl-] quits and shuts it down),
     or with --attach RUN_DIR open the console of a machine `dmalab up` keeps running (Ctrl-]
     only detaches).
@@ -179,7 +195,10 @@ def command(topology: str | None, run_dir: Path | None, agent: bool, accel: str 
     if (topology is None) == (run_dir is None):
         raise BadInput("give a TOPOLOGY to boot or --attach RUN_DIR, not both or neither")
     if run_dir is not None:
+        if kernel is not None or modules is not None:
+            raise BadInput("--kernel/--modules: only when booting a TOPOLOGY, not with --attach")
         asyncio.run(attached(run_dir, agent))
     else:
         assert topology is not None
-        asyncio.run(booted(topology, accel, agent))
+        arch = load_topology(topology).arch  # a bad topology fails before an image is built
+        asyncio.run(booted(topology, accel, agent, own_image(kernel, modules, arch)))

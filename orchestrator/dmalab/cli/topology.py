@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
 import click
 
+from dmalab.cli.completion import complete_topology
+from dmalab.cli.options import emit, emit_json, output_options
 from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.topology import load_topology, shipped_topologies
 
@@ -22,20 +23,19 @@ def command() -> None:
 
 
 @command.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def list_(as_json: bool) -> None:
+@output_options("Print a JSON list instead of a table.")
+def list_(as_json: bool, output: Path | None) -> None:
     """The topologies that come with dmalab."""
     rows = [(name, load_topology(name).description) for name in shipped_topologies()]
     if as_json:
-        click.echo(json.dumps([{"name": n, "description": d} for n, d in rows]))
+        emit_json([{"name": n, "description": d} for n, d in rows], output)
         return
     width = max(len(n) for n, _ in rows)
-    for name, description in rows:
-        click.echo(f"{name:<{width}}  {description}")
+    emit("\n".join(f"{name:<{width}}  {description}" for name, description in rows), output)
 
 
 @command.command("check")
-@click.argument("topology")
+@click.argument("topology", shell_complete=complete_topology)
 @click.option(
     "--argv",
     "show_argv",

@@ -9,10 +9,14 @@ import shutil
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
 
+from dmalab.artifacts.image import ImageBuild
+from dmalab.cli.completion import complete_topology
+from dmalab.cli.options import emit, kernel_options, output_options, own_image
 from dmalab.errors import CheckFailed
 from dmalab.machine import attach, launch
 from dmalab.machine.topology import load_topology
@@ -100,10 +104,16 @@ def signals_set(event: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-async def run(topology: str, accel: str | None, as_json: bool) -> None:
+async def run(
+    topology: str,
+    accel: str | None,
+    as_json: bool,
+    output: Path | None = None,
+    image: ImageBuild | None = None,
+) -> None:
     topo = load_topology(topology)
     vm = await launch.prepare(
-        topo, accel=accel, progress=progress, user_qmp=True, name=f"up-{topo.name}"
+        topo, accel=accel, progress=progress, user_qmp=True, name=f"up-{topo.name}", image=image
     )
     progress(
         f"booting {topo.name} ({topo.iommu_kind}, {len(topo.devices)} ncdma, accel {vm.accel})"
@@ -117,16 +127,16 @@ async def run(topology: str, accel: str | None, as_json: bool) -> None:
         raise
     stop = asyncio.Event()
     with signals_set(stop):
-        await _serve(vm, stop, as_json)
+        await _serve(vm, stop, as_json, output)
     progress("stopped; nothing left behind")
 
 
-async def _serve(vm: Vm, stop: asyncio.Event, as_json: bool) -> None:
+async def _serve(vm: Vm, stop: asyncio.Event, as_json: bool, output: Path | None) -> None:
     try:
         async with attach.serve(vm):
             info = await endpoints(vm)
-            click.echo(json.dumps(info) if as_json else describe(info))
-            click.echo(READY_LINE, err=as_json)
+            emit(json.dumps(info) if as_json else describe(info), output)
+            click.echo(READY_LINE, err=as_json or output is not None)
             sys.stdout.flush()
             why = await until_stopped(vm, stop)
         if why == "exit":
@@ -144,14 +154,22 @@ async def _serve(vm: Vm, stop: asyncio.Event, as_json: bool) -> None:
 
 
 @click.command("up", short_help="Boot a topology and keep it up until Ctrl-C.")
-@click.argument("topology")
+@click.argument("topology", shell_complete=complete_topology)
 @click.option(
     "--accel",
     type=click.Choice(["auto", "tcg", "kvm"]),
     help="Override the topology's accelerator.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
-def command(topology: str, accel: str | None, as_json: bool) -> None:
+@kernel_options
+@output_options("Print the endpoints as one JSON object (the ready line goes to stderr).")
+def command(
+    topology: str,
+    accel: str | None,
+    kernel: Path | None,
+    modules: Path | None,
+    as_json: bool,
+    output: Path | None,
+) -> None:
     """Boot TOPOLOGY (a shipped name or a .toml path) and keep it running.
 
     Prints where to reach it: the run directory, a QMP socket for qmp-shell or socat, the console
@@ -159,4 +177,6 @@ def command(topology: str, accel: str | None, as_json: bool) -> None:
     device's QOM path with a counters summary. Ctrl-C shuts it down and removes everything (exit
     0; 130 if pressed during the boot). A guest failure exits 1 and keeps the run directory.
     """
-    asyncio.run(run(topology, accel, as_json))
+    arch = load_topology(topology).arch  # a bad topology fails before an image is built
+    image = own_image(kernel, modules, arch)
+    asyncio.run(run(topology, accel, as_json, output, image))

@@ -35,6 +35,26 @@ The package, in the order a step flows through it: `operations` (what a step may
 descriptor checks), `engine` (runs steps on a rig), `checks` (the invariants above).
 """
 
-from dmalab.fuzz.engine import CONFIGS, FuzzConfig, FuzzResult, fuzz, fuzz_config, resolve_configs
+from dmalab.fuzz.engine import (
+    CONFIGS,
+    FuzzConfig,
+    FuzzItem,
+    FuzzResult,
+    fuzz,
+    fuzz_config,
+    fuzz_items,
+    plan,
+    resolve_configs,
+)
 
-__all__ = ["CONFIGS", "FuzzConfig", "FuzzResult", "fuzz", "fuzz_config", "resolve_configs"]
+__all__ = [
+    "CONFIGS",
+    "FuzzConfig",
+    "FuzzItem",
+    "FuzzResult",
+    "fuzz",
+    "fuzz_config",
+    "fuzz_items",
+    "plan",
+    "resolve_configs",
+]

@@ -460,6 +460,49 @@ def resolve_configs(name: str) -> list[FuzzConfig]:
     return [CONFIGS[name]]
 
 
+@dataclass(frozen=True)
+class FuzzItem:
+    """One run of `dmalab fuzz`: `ops` operations of `config` from `seed`."""
+
+    seed: int
+    config: FuzzConfig
+    ops: int
+
+
+def plan(seeds: Sequence[int], ops: int, configs: Sequence[FuzzConfig]) -> list[FuzzItem]:
+    """Every run, seed by seed: each seed's `ops` operations shared evenly by `configs`. A
+    config's share depends only on its place in `configs`, so a `--shard` of this list runs
+    exactly what the whole list runs for its items."""
+    return [
+        FuzzItem(seed, config, ops // len(configs) + (1 if i < ops % len(configs) else 0))
+        for seed in seeds
+        for i, config in enumerate(configs)
+    ]
+
+
+async def fuzz_items(
+    qemu_argv: Sequence[str],
+    items: Sequence[FuzzItem],
+    *,
+    artifacts_dir: Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[FuzzResult]:
+    """Run `items` one after the other; raise CheckFailed on the first finding."""
+    results = []
+    for item in items:
+        results.append(
+            await fuzz_config(
+                qemu_argv,
+                item.config,
+                seed=item.seed,
+                ops=item.ops,
+                artifacts_dir=artifacts_dir,
+                progress=progress,
+            )
+        )
+    return results
+
+
 async def fuzz(
     qemu_argv: Sequence[str],
     *,
@@ -471,17 +514,5 @@ async def fuzz(
 ) -> list[FuzzResult]:
     """`ops` operations in total, shared evenly by `configs` (all of them by default)."""
     configs = list(configs if configs is not None else CONFIGS.values())
-    results = []
-    for i, config in enumerate(configs):
-        share = ops // len(configs) + (1 if i < ops % len(configs) else 0)
-        results.append(
-            await fuzz_config(
-                qemu_argv,
-                config,
-                seed=seed,
-                ops=share,
-                artifacts_dir=artifacts_dir,
-                progress=progress,
-            )
-        )
-    return results
+    items = plan([seed], ops, configs)
+    return await fuzz_items(qemu_argv, items, artifacts_dir=artifacts_dir, progress=progress)

@@ -25,6 +25,7 @@ from typing import Any
 
 from dmalab.errors import CheckFailed
 from dmalab.machine.devices import _walk_pci
+from dmalab.artifacts.image import ImageBuild
 from dmalab.machine.launch import boot
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.topology import Topology, load_topology
@@ -32,7 +33,7 @@ from dmalab.scenarios.api import Run
 from dmalab.scenarios.codec import DEFAULT_SEED
 from dmalab.scenarios.declarations import POLICIES, Scenario, Variant, cell_expectation
 from dmalab.scenarios.results import Result, as_json, outcome, suite_ok
-from dmalab.scenarios.suite import SUITE
+from dmalab.scenarios.suite import SUITE, Item, plan
 
 SHIPPED = ("default", "virtio-iommu", "arm64-smmuv3", "arm64-virtio-iommu")
 #: `dmalab run --matrix` without -t: the x86 topologies and the coherent baseline.
@@ -185,12 +186,16 @@ async def machine(
     artifacts_dir: Path | None = None,
     loaded: Topology | None = None,
     name: str | None = None,
+    image: ImageBuild | None = None,
 ) -> AsyncIterator[Machine]:
     """Boot `topology` (a shipped name or a file; `loaded` if already read) and yield it with
-    its snapshot saved; the machine is shut down on the way out, whatever happened."""
+    its snapshot saved; the machine is shut down on the way out, whatever happened. `image`
+    replaces the topology's guest image."""
     t0 = time.perf_counter()
     options = {"name": name} if name else {}
-    async with boot(loaded or topology, accel=accel, artifacts_dir=artifacts_dir, **options) as vm:
+    async with boot(
+        loaded or topology, accel=accel, artifacts_dir=artifacts_dir, image=image, **options
+    ) as vm:
         m = Machine(vm, topology)
         m.boot_seconds = time.perf_counter() - t0
         await m.prepare()
@@ -199,17 +204,6 @@ async def machine(
 
 # ---------------------------------------------------------------------------------------------
 # The suite, on one machine per topology or several at once
-
-
-@dataclass(frozen=True)
-class Item:
-    """One variant to run: where it goes in the results, and the cell it belongs to."""
-
-    index: int
-    topology: str
-    policy: str
-    scenario: Scenario
-    variant: Variant
 
 
 @dataclass
@@ -235,19 +229,6 @@ def dmalab_version() -> str:
         return "unknown"
 
 
-def plan(
-    topologies: Sequence[str], scenarios: Sequence[Scenario], policies: Sequence[str]
-) -> list[Item]:
-    """Every variant to run, in the canonical order: topology, policy, scenario, variant."""
-    items: list[Item] = []
-    for topo in topologies:
-        for policy in policies:
-            for sc in scenarios:
-                for v in sc.variants:
-                    items.append(Item(len(items), topo, policy, sc, v))
-    return items
-
-
 class _Jobs:
     """The machines of a suite run: which topology a free job boots next, and what each machine
     did (`machines`, for the run's timing)."""
@@ -262,6 +243,7 @@ class _Jobs:
         accel: str | None,
         artifacts_dir: Path | None,
         on_result: Callable[[Result], None] | None,
+        image: ImageBuild | None,
     ) -> None:
         self.topologies = list(loaded)
         self.loaded = loaded
@@ -271,7 +253,7 @@ class _Jobs:
         self.results: dict[int, Result] = {}
         self.machines: list[dict[str, Any]] = []
         self.seed, self.matrix, self.accel = seed, matrix, accel
-        self.artifacts_dir, self.on_result = artifacts_dir, on_result
+        self.artifacts_dir, self.on_result, self.image = artifacts_dir, on_result, image
 
     def pick(self) -> str | None:
         """A topology nobody has started yet, in the order given; else the one with the most
@@ -304,7 +286,7 @@ class _Jobs:
         """Boot machine `number` of `topo` and run the topology's variants until none is left."""
         async with machine(
             topo, accel=self.accel, artifacts_dir=self.artifacts_dir, loaded=self.loaded[topo],
-            name=f"{self.loaded[topo].name}-{number}",
+            name=f"{self.loaded[topo].name}-{number}", image=self.image,
         ) as m:  # fmt: skip
             entry["boot_seconds"] = round(m.boot_seconds, 3)
             entry["snapshot_seconds"] = round(m.save_seconds, 3)
@@ -330,9 +312,13 @@ async def run_suite(
     accel: str | None = None,
     artifacts_dir: Path | None = None,
     on_result: Callable[[Result], None] | None = None,
+    items: Sequence[Item] | None = None,
+    image: ImageBuild | None = None,
 ) -> SuiteRun:
     """Every variant of `scenarios` on every topology (under every policy of a matrix run:
-    `policies` given), on at most `jobs` machines at once.
+    `policies` given), on at most `jobs` machines at once; only `items` when given (a part of
+    `plan`'s list for the same arguments: `dmalab run -k/--shard`). `image` replaces every
+    topology's guest image (`dmalab run --kernel`).
 
     A job boots a machine of a topology nobody has started yet, in the order given; once every
     topology has one, a free job boots another machine of the topology with the most variants
@@ -347,9 +333,10 @@ async def run_suite(
         if p not in POLICIES:
             raise ValueError(f"unknown policy {p!r}")
     loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
-    items = plan(topologies, scenarios, pols)
+    if items is None:
+        items = plan(topologies, scenarios, pols)
     run = _Jobs(items, loaded, seed=seed, matrix=matrix, accel=accel,
-                artifacts_dir=artifacts_dir, on_result=on_result)  # fmt: skip
+                artifacts_dir=artifacts_dir, on_result=on_result, image=image)  # fmt: skip
     start = time.perf_counter()
     try:
         async with asyncio.TaskGroup() as group:

@@ -1,10 +1,48 @@
-"""The built-in suite: what `dmalab run` runs with no arguments, each seed scenario once, in the
-order of ARCHITECTURE.md §5. Scenario files (docs/scenario-files.md) run with `--scenario-file`;
-docs/examples/000-arnd-table.toml is seed 000 written as one."""
+"""The built-in suite, and the run list a run expands to.
+
+`SUITE` is what `dmalab run` runs with no arguments: each seed scenario once, in the order of
+ARCHITECTURE.md §5. Scenario files (docs/scenario-files.md) run with `--scenario-file`;
+docs/examples/000-arnd-table.toml is seed 000 written as one. `plan` expands topologies x
+policies x scenarios x variants into the run's items in the canonical order; `dmalab run
+-k/--shard/--list` choose from that list (dmalab.selection).
+"""
 
 from __future__ import annotations
 
-from dmalab.scenarios.declarations import Scenario
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dmalab.scenarios.declarations import Scenario, Variant
 from dmalab.scenarios.seeds import SEEDS
 
 SUITE: tuple[Scenario, ...] = SEEDS
+
+
+@dataclass(frozen=True)
+class Item:
+    """One variant to run: where it goes in the results, and the cell it belongs to."""
+
+    index: int
+    topology: str
+    policy: str
+    scenario: Scenario
+    variant: Variant
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What `-k` matches against."""
+        return (self.topology, self.policy, self.scenario.name, self.scenario.seed,
+                self.variant.name)  # fmt: skip
+
+
+def plan(
+    topologies: Sequence[str], scenarios: Sequence[Scenario], policies: Sequence[str]
+) -> list[Item]:
+    """Every variant to run, in the canonical order: topology, policy, scenario, variant."""
+    items: list[Item] = []
+    for topo in topologies:
+        for policy in policies:
+            for sc in scenarios:
+                for v in sc.variants:
+                    items.append(Item(len(items), topo, policy, sc, v))
+    return items
