@@ -80,17 +80,13 @@ void devtlb_insert(DevTlb *t, uint64_t iova, uint64_t mask, uint64_t pa, uint32_
     };
 }
 
-void devtlb_invalidate(DevTlb *t, uint64_t iova, uint64_t size)
+void devtlb_invalidate(DevTlb *t, uint64_t first, uint64_t last)
 {
-    uint64_t last = size ? iova + size - 1 : iova;
     uint32_t i;
 
-    if (last < iova) {
-        last = UINT64_MAX;
-    }
     for (i = 0; i < t->nentries; i++) {
         DevTlbEntry *e = &t->e[i];
-        if (e->valid && e->iova <= last && (e->iova | e->mask) >= iova) {
+        if (e->valid && e->iova <= last && (e->iova | e->mask) >= first) {
             e->valid = 0;
         }
     }

@@ -32,7 +32,10 @@ void devtlb_flush(DevTlb *t);
 /* On a hit, *pa is the translation of iova and *avail the bytes left in its page. */
 bool devtlb_lookup(DevTlb *t, uint64_t iova, uint32_t perm, uint64_t *pa, uint64_t *avail);
 void devtlb_insert(DevTlb *t, uint64_t iova, uint64_t mask, uint64_t pa, uint32_t perm);
-/* Drop every entry overlapping [iova, iova + size - 1]. */
-void devtlb_invalidate(DevTlb *t, uint64_t iova, uint64_t size);
+/*
+ * Drop every entry overlapping [first, last]. Inclusive bounds: a whole-space
+ * invalidation (SMMUv3's TLBI by ASID or of everything) has no size that fits.
+ */
+void devtlb_invalidate(DevTlb *t, uint64_t first, uint64_t last);
 
 #endif

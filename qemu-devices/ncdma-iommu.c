@@ -136,6 +136,8 @@ static void ncdma_iommu_notify(IOMMUNotifier *n, IOMMUTLBEntry *e)
     NcdmaNotifier *nn = container_of(n, NcdmaNotifier, n);
     NcdmaState *s = nn->s;
     uint64_t iova = e->iova + nn->offset;
+    /* Inclusive: addr_mask + 1 wraps to 0 for a whole-space UNMAP (SMMUv3). */
+    uint64_t last = iova + e->addr_mask;
     uint64_t size = e->addr_mask + 1;
     /* Replayed mappings and the state shuffle of a snapshot load are not guest events. */
     bool count = !s->replaying && !restoring();
@@ -152,8 +154,8 @@ static void ncdma_iommu_notify(IOMMUNotifier *n, IOMMUTLBEntry *e)
     if (count) {
         s->counters[NCDMA_CNT_IOMMU_UNMAP_EVENTS]++;
     }
-    devtlb_invalidate(&s->tlb, iova, size);
-    live_remove(s, iova, iova + e->addr_mask);
+    devtlb_invalidate(&s->tlb, iova, last);
+    live_remove(s, iova, last);
 }
 
 static void ncdma_region_add(MemoryListener *l, MemoryRegionSection *section)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from dmalab.artifacts import cpio, image
+from dmalab.artifacts import cpio, guest_kernel, image
 from dmalab.artifacts.cache import cache_root, repo_root
 from dmalab.errors import BadInput
 
@@ -209,6 +209,8 @@ def test_bring_your_own_kernel(built: image.ImageBuild, tmp_path: Path, arch: st
     with _checkout(_fake_checkout(tmp_path / "checkout", stubs=False)):
         own = image.ensure_image(progress=_quiet, kernel=bzimage, modules=modules, arch=arch)
     assert own.arch == arch and own.kernel.name == ("vmlinux" if arch == "x86_64" else "Image")
+    assert guest_kernel.kernel_arch(bzimage) == arch
+    assert guest_kernel.kernel_arch(own.kernel) == arch  # the uncompressed one too
     data = json.loads(own.manifest.read_text())
     assert data["kernel"]["source"] == "user"
     assert data["kernel"]["origin"] == str(bzimage)

@@ -94,8 +94,8 @@ def test_meta_says_how_the_run_was_made(runs: dict[str, Any]) -> None:
 
 
 def test_two_shards_together_are_the_whole_run(runs: dict[str, Any]) -> None:
-    whole = comparable(runs["j1"])
-    parts = [comparable(runs[f"shard{i}"]) for i in (1, 2)]
+    whole = _comparable(runs["j1"])
+    parts = [_comparable(runs[f"shard{i}"]) for i in (1, 2)]
     assert parts[0]["results"] and parts[1]["results"]
     assert parts[0]["results"] + parts[1]["results"] == whole["results"]
     for i, part in enumerate(parts, 1):

@@ -27,6 +27,31 @@ VMLINUX = "vmlinux"
 BOOT_FILE = {"x86_64": VMLINUX, "aarch64": "Image"}
 
 
+#: ELF e_machine -> guest architecture.
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
+
+
+def kernel_arch(kernel: Path) -> str | None:
+    """The architecture a kernel file is for (bzImage or ELF vmlinux: x86_64; arm64 Image,
+    gzip'd or not, or an arm64 ELF: aarch64), or None when it is none of those."""
+    try:
+        with open(kernel, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return None
+    if bzimage.is_bzimage(head):
+        return "x86_64"
+    if head[:4] == b"\x7fELF" and len(head) >= 20:
+        return _ELF_MACHINES.get(int.from_bytes(head[18:20], "little"))
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(kernel) as inflated:
+                head = inflated.read(0x40)
+        except (OSError, EOFError):
+            return None
+    return "aarch64" if head[0x38:0x3C] == b"ARM\x64" else None
+
+
 def boot_kernel(arch: str, kernel: Path) -> bytes:
     """The bootable uncompressed kernel of `arch` from a distribution kernel file."""
     if arch == "x86_64":

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from dmalab.artifacts import image
+from dmalab.artifacts.guest_kernel import kernel_arch
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ARCHES, ensure_qemu
 from dmalab.cli.options import kernel_options
-from dmalab.errors import BadInput
 
 
 @click.command("build", short_help="Build QEMU and the guest image (cached).")
@@ -28,7 +28,8 @@ from dmalab.errors import BadInput
     type=click.Choice(["all", *ARCHES]),
     default="all",
     show_default=True,
-    help="Guest architecture of the image (QEMU always has both); --kernel needs one.",
+    help="Guest architecture of the image (QEMU always has both); with --kernel, the kernel's "
+    "own by default.",
 )
 def command(
     what: str, refresh: bool, kernel: Path | None, modules: Path | None, arches: str
@@ -43,7 +44,7 @@ def command(
     (and DMALAB_QEMU_AARCH64=/path/to/qemu-system-aarch64) to use your own QEMU instead.
     """
     if kernel is not None and arches == "all":
-        raise BadInput("--kernel: say which architecture it is for with --arch")
+        arches = kernel_arch(kernel) or "x86_64"  # a file of neither kind fails in the build
     chosen = ARCHES if arches == "all" else (arches,)
     progress = Progress()
     if what in ("qemu", "all"):

@@ -68,9 +68,7 @@ def kernel_options(f: F) -> F:
     )(f)  # fmt: skip
 
 
-def own_image(
-    kernel: Path | None, modules: Path | None, arch: str = "x86_64"
-) -> ImageBuild | None:
+def own_image(kernel: Path | None, modules: Path | None, arch: str = "x86_64") -> ImageBuild | None:
     """The `arch` guest image around `--kernel` (built unless cached), or None without it."""
     if kernel is None:
         if modules is not None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dmalab.artifacts.guest_kernel import kernel_arch
 from dmalab.artifacts.image import ensure_image
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ensure_qemu
@@ -55,7 +56,8 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
 )  # fmt: skip
 @click.option(
     "--arch", type=click.Choice(["all", "x86_64", "aarch64"]), default="all", show_default=True,
-    help="Without -t: only the default topologies of this guest architecture.",
+    help="Without -t: only the default topologies of this guest architecture (with --kernel, "
+    "the kernel's by default).",
 )  # fmt: skip
 @click.option(
     "-s", "--scenario", "only", multiple=True, metavar="SEED",
@@ -143,6 +145,8 @@ def command(
     jobs = _integer("-j/--jobs", jobs_text, 1, 64) or 1
     seed = _integer("--seed", seed_text, 0, MAX_SEED)
     seed = DEFAULT_SEED if seed is None else seed
+    if kernel is not None and arch == "all" and not topologies:
+        arch = kernel_arch(kernel) or "x86_64"  # your kernel runs on its own architecture
     runs = _run_list(topologies, arch, only, files, matrix, policies, keyword, shard)
     if list_only:
         _list(runs.items, as_json, output)

@@ -23,9 +23,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dmalab.artifacts.image import ImageBuild
 from dmalab.errors import CheckFailed
 from dmalab.machine.devices import _walk_pci
-from dmalab.artifacts.image import ImageBuild
 from dmalab.machine.launch import boot
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.topology import Topology, load_topology
