@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.machine.ncdma_host import NcdmaHost
+from dmalab.machine.pagetable import IoDomain, PagingIommu
 from dmalab.machine.pci import PciDevice, PciTree
 from dmalab.machine.physmem import PhysAllocator
 from dmalab.machine.qtest import QtestVM
-from dmalab.machine.vtd import IntelIommu, VtdDomain
+from dmalab.machine.vtd import IntelIommu
 from dmalab.spec import ncdma as spec
 
 PAGE = 4096
@@ -32,7 +33,7 @@ class RigDevice:
     id: str
     pci: PciDevice
     host: NcdmaHost
-    domain: VtdDomain | None
+    domain: IoDomain | None
     qom_path: str
 
 
@@ -41,8 +42,8 @@ class NcdmaRig:
     vm: QtestVM
     mem: PhysAllocator
     devices: list[RigDevice]
-    iommu: IntelIommu | None
-    _next_iova: dict[int, int] = field(default_factory=dict)
+    iommu: PagingIommu[Any] | None
+    _next_iova: dict[IoDomain, int] = field(default_factory=dict)
 
     @property
     def qtest(self) -> Any:
@@ -67,8 +68,8 @@ class NcdmaRig:
             return pa
         size = -(-size // PAGE) * PAGE
         if iova is None:
-            iova = self._next_iova.get(dev.domain.did, IOVA_BASE)
-            self._next_iova[dev.domain.did] = iova + size + PAGE  # a guard page between buffers
+            iova = self._next_iova.get(dev.domain, IOVA_BASE)
+            self._next_iova[dev.domain] = iova + size + PAGE  # a guard page between buffers
         await self.iommu.map(dev.domain, iova, pa, size, read=read, write=write)
         return iova
 

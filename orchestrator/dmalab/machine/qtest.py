@@ -265,6 +265,29 @@ class QtestClient:
         await self.command(f"set_irq_in {qom_path} {name} {line} {level}")
 
 
+class QtestRegisters:
+    """A device's register block at `base`, read and written through qtest.
+
+    Each register must be accessed at its own width: QEMU devices refuse or assert on others.
+    """
+
+    def __init__(self, qtest: QtestClient, base: int) -> None:
+        self.qtest = qtest
+        self.base = base
+
+    async def read32(self, offset: int) -> int:
+        return await self.qtest.readl(self.base + offset)
+
+    async def read64(self, offset: int) -> int:
+        return await self.qtest.readq(self.base + offset)
+
+    async def write32(self, offset: int, value: int) -> None:
+        await self.qtest.writel(self.base + offset, value)
+
+    async def write64(self, offset: int, value: int) -> None:
+        await self.qtest.writeq(self.base + offset, value)
+
+
 def _settle(futures: list[asyncio.Future[bytes]]) -> None:
     """After a failed bulk transfer: drop the replies nobody will await, without warnings."""
     for future in futures:
