@@ -5,8 +5,8 @@ Intel's second-level tables and Arm's VMSAv8-64 stage-1 tables (4 KiB granule, 4
 have the same shape: four levels of 4 KiB tables with 512 8-byte entries, indexed by IOVA bits
 47:39, 38:30, 29:21 and 20:12. Only the entries differ, so each IOMMU module passes an
 `EntryFormat` and this module does the walking, allocating and bookkeeping. `PagingIommu` is the
-interface the ncdma rig programs (vtd.IntelIommu): map and unmap write the table, then each IOMMU
-invalidates in its own way.
+interface the ncdma rig programs (vtd.IntelIommu, smmuv3.SmmuV3): map and unmap write the table,
+then each IOMMU invalidates in its own way.
 """
 
 from __future__ import annotations
