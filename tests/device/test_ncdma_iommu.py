@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 
+from ncdma_iommu_checks import check_scattered_copy, check_unmapped_write_faults
+
 from dmalab.machine.ncdma_host import copy, fill, fill_bytes, maint
 from dmalab.machine.ncdma_rig import PAGE, ncdma_rig
 
@@ -22,55 +24,14 @@ def data(n: int, seed: int) -> bytes:
 async def test_dma_through_scattered_mappings_is_byte_exact(qemu_argv: list[str]) -> None:
     async with ncdma_rig(qemu_argv, ["", "coherent=on"], iommu=VTD) as rig:
         for dev in rig.devices:
-            # Eight source pages in reverse physical order behind one contiguous IOVA range.
-            pages = [rig.alloc(PAGE) for _ in range(8)][::-1]
-            src_iova = 0x9_0000_0000
-            for i, pa in enumerate(pages):
-                await rig.map(dev, pa, PAGE, iova=src_iova + i * PAGE)
-            payload = data(8 * PAGE, 1)
-            for i, pa in enumerate(pages):
-                await rig.qtest.write(pa, payload[i * PAGE : (i + 1) * PAGE])
-            dst = rig.alloc(8 * PAGE)
-            dst_iova = await rig.map(dev, dst, 8 * PAGE)
-            assert dst_iova != dst
-            done = await dev.host.submit(
-                [copy(dst_iova + 7, src_iova + 3, 8 * PAGE - 10, 1), maint("CLEAN")]
-            )
-            assert [c.status for c in done] == ["OK", "OK"]
-            assert await rig.qtest.read(dst + 7, 8 * PAGE - 10) == payload[3 : 8 * PAGE - 7]
-            # The transaction log names every physical page the device read, in IOVA order.
-            tx = (await rig.qom(dev, "transactions"))[-2]
-            reads = [s for s in tx["segments"] if not s["write"]]
-            assert [s["pa"] & ~(PAGE - 1) for s in reads] == pages
-            assert sum(s["len"] for s in reads) == 8 * PAGE - 10
+            await check_scattered_copy(rig, dev)
 
 
 async def test_unmapped_iova_faults_and_nothing_lands(qemu_argv: list[str]) -> None:
     async with ncdma_rig(qemu_argv, ["", "coherent=on"], iommu=VTD) as rig:
         for dev in rig.devices:
-            src, dst = rig.alloc(2 * PAGE), rig.alloc(2 * PAGE)
-            src_iova = await rig.map(dev, src, 2 * PAGE)
-            dst_iova = await rig.map(dev, dst, PAGE)  # the second destination page is unmapped
-            before = data(2 * PAGE, 2)
-            await rig.qtest.write(dst, before)
-            await rig.qtest.write(src, data(2 * PAGE, 3))
             await rig.iommu.clear_faults()
-            done = await dev.host.submit(
-                [
-                    copy(dst_iova + PAGE, src_iova, PAGE, 1),
-                    copy(dst_iova + 100, src_iova, PAGE, 2),
-                    maint("CLEAN"),
-                ]
-            )
-            assert (done[0].status, done[0].done) == ("IOMMU_FAULT", 0)
-            # The piece within the mapped page lands; the rest faults before it moves.
-            assert (done[1].status, done[1].done) == ("IOMMU_FAULT", PAGE - 100)
-            memory = await rig.qtest.read(dst, 2 * PAGE)
-            assert memory[PAGE:] == before[PAGE:], "a byte landed behind an unmapped IOVA"
-            assert memory[100:PAGE] == data(2 * PAGE, 3)[: PAGE - 100]
-            counters = await rig.qom(dev, "counters")
-            assert counters["translation_faults"] == 2
-            assert counters["desc_errors"] == 2
+            await check_unmapped_write_faults(rig, dev)
             assert await rig.iommu.faults(), "intel-iommu recorded no fault"
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from dmalab.machine.pci import MMIO64_WINDOW, PciDevice, PciTree
+from dmalab.machine.pci import MMIO64_WINDOW, Bdf, PciDevice, PciError, PciTree
 from dmalab.machine.physmem import MiB, PhysAllocator, align_up
 from dmalab.machine.process import EVENTS_LOG, QEMU_LOG, QemuDied, QemuProcess, QemuStartFailed
-from dmalab.machine.qtest import QtestConnectionLost, QtestError, QtestVM
+from dmalab.machine.qtest import VIRT, QtestConnectionLost, QtestError, QtestVM
 from dmalab.machine.vtd import FSTS_PPF, IntelIommu, invalidation_blocks
 
 EDU = (0x1234, 0x11E8)
@@ -74,6 +74,15 @@ class Edu:
 
     async def to_ram(self, addr: int, count: int = PAGE) -> None:
         await self.dma(self.DMA_BUFFER, addr, count, to_ram=True)
+
+    async def check_round_trip(self, mem: PhysAllocator, seed: int) -> None:
+        """A page copied from RAM into the device's buffer and back to another page is intact."""
+        src, dst = mem.alloc(PAGE), mem.alloc(PAGE)
+        data = random.Random(seed).randbytes(PAGE)
+        await self.qtest.write(src, data)
+        await self.from_ram(src)
+        await self.to_ram(dst)
+        assert await self.qtest.read(dst, PAGE) == data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,13 +264,7 @@ async def test_edu_dma_round_trip_without_iommu(qemu_argv, run_base):
     async with QtestVM(qemu_argv, devices=["edu"], memory_mib=64) as vm:
         qt = vm.qtest
         edu = Edu((await PciTree.scan(qt)).find(*EDU))
-        mem = PhysAllocator(vm.memory_size)
-        src, dst = mem.alloc(PAGE), mem.alloc(PAGE)
-        data = random.Random(2).randbytes(PAGE)
-        await qt.write(src, data)
-        await edu.from_ram(src)
-        await edu.to_ram(dst)
-        assert await qt.read(dst, PAGE) == data
+        await edu.check_round_trip(PhysAllocator(vm.memory_size), 2)
 
 
 async def test_edu_msi_lands_in_ram(qemu_argv, run_base):
@@ -386,6 +389,21 @@ async def test_pci_64bit_bar_behind_root_port_and_msix_table(qemu_argv, run_base
         # 0) reads back what was written, so the access went through the bridge's 64-bit window.
         await qt.writel(bar64.address, 1)
         assert await qt.readl(bar64.address) == 1
+
+
+async def test_edu_behind_root_port_on_virt_through_ecam(qemu_argv_aarch64, run_base):
+    devices = ["pcie-root-port,id=rp0,chassis=1", f"{EDU_WIDE},bus=rp0"]  # RAM is above 1 GiB
+    async with QtestVM(qemu_argv_aarch64, board=VIRT, devices=devices, memory_mib=64) as vm:
+        qt = vm.qtest
+        tree = await PciTree.scan(qt, mmio32=VIRT.mmio32, mmio64=VIRT.mmio64, ecam=VIRT.ecam)
+        edu = Edu(tree.find(*EDU))
+        assert edu.device.bdf == Bdf(1, 0)
+        assert VIRT.mmio32[0] <= edu.mmio < VIRT.mmio32[1]
+        assert await qt.readl(edu.mmio) == 0x010000ED  # edu's identification register
+        await edu.check_round_trip(PhysAllocator(vm.ram_end, VIRT.ram_base + 16 * MiB), 7)
+        # Bus 16 would be RAM, not configuration space, behind virt's low ECAM window.
+        with pytest.raises(PciError, match="beyond the 16 buses"):
+            await tree.config.read(Bdf(16, 0), 0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -444,7 +444,7 @@ async def _layout(rig: NcdmaRig, dev: RigDevice) -> Layout:
         ring_entries=host.entries,
         buf_pa=buf_pa,
         buf_iova=buf_iova,
-        ram_end=rig.vm.memory_size,
+        ram_end=rig.vm.ram_end,
         bar0=host.bar0,
         max_xfer=await host.reg("MAX_XFER"),
     )

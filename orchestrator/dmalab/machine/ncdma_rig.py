@@ -1,8 +1,9 @@
-"""A qtest machine with ncdma devices and, optionally, intel-iommu programmed from this side.
+"""A qtest machine with ncdma devices and, optionally, an IOMMU programmed from this side.
 
 `NcdmaRig` is what device tests, `dmalab fuzz`, `dmalab bench device` and the demo share: it boots
-the machine, finds and enables the devices, gives each a ring, and offers buffers (guest-physical
-pages) that it maps into a device's IOVA space when an IOMMU translates it.
+the machine (q35 with intel-iommu, or arm virt with its SMMUv3), finds and enables the devices,
+gives each a ring, and offers buffers (guest-physical pages) that it maps into a device's IOVA
+space when an IOMMU translates it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.machine.ncdma_host import NcdmaHost
+from dmalab.machine.pagetable import IoDomain, PagingIommu
 from dmalab.machine.pci import PciDevice, PciTree
-from dmalab.machine.physmem import PhysAllocator
-from dmalab.machine.qtest import QtestVM
-from dmalab.machine.vtd import IntelIommu, VtdDomain
+from dmalab.machine.physmem import MiB, PhysAllocator
+from dmalab.machine.qtest import BOARDS, QtestVM
+from dmalab.machine.smmuv3 import SmmuV3
+from dmalab.machine.vtd import IntelIommu
 from dmalab.spec import ncdma as spec
 
 PAGE = 4096
@@ -32,7 +35,7 @@ class RigDevice:
     id: str
     pci: PciDevice
     host: NcdmaHost
-    domain: VtdDomain | None
+    domain: IoDomain | None
     qom_path: str
 
 
@@ -41,8 +44,8 @@ class NcdmaRig:
     vm: QtestVM
     mem: PhysAllocator
     devices: list[RigDevice]
-    iommu: IntelIommu | None
-    _next_iova: dict[int, int] = field(default_factory=dict)
+    iommu: PagingIommu[Any] | None
+    _next_iova: dict[IoDomain, int] = field(default_factory=dict)
 
     @property
     def qtest(self) -> Any:
@@ -67,8 +70,8 @@ class NcdmaRig:
             return pa
         size = -(-size // PAGE) * PAGE
         if iova is None:
-            iova = self._next_iova.get(dev.domain.did, IOVA_BASE)
-            self._next_iova[dev.domain.did] = iova + size + PAGE  # a guard page between buffers
+            iova = self._next_iova.get(dev.domain, IOVA_BASE)
+            self._next_iova[dev.domain] = iova + size + PAGE  # a guard page between buffers
         await self.iommu.map(dev.domain, iova, pa, size, read=read, write=write)
         return iova
 
@@ -91,23 +94,28 @@ async def ncdma_rig(
     devices: Sequence[str] = ("",),
     *,
     iommu: str | None = None,
+    arch: str = "x86_64",
     shared_domain: bool = False,
     memory_mib: int = 256,
     artifacts_dir: Path | None = None,
     ring_entries: int = RING_ENTRIES,
 ) -> AsyncIterator[NcdmaRig]:
-    """Boot q35 under qtest with one ncdma per entry of `devices` (extra -device properties).
+    """Boot q35 (or virt, `arch` "aarch64") under qtest with one ncdma per entry of `devices`
+    (extra -device properties); `qemu_argv` must start the binary of `arch`.
 
-    `iommu` is an intel-iommu -device value (e.g. "intel-iommu,caching-mode=on"); each device then
-    gets its own domain, or all share one with `shared_domain`, and translation is enabled.
+    `iommu` is an intel-iommu -device value (e.g. "intel-iommu,caching-mode=on") on q35, or
+    "smmuv3" on virt; each device then gets its own domain, or all share one with `shared_domain`,
+    and translation is enabled.
     """
     ids = [f"ncdma{i}" for i in range(len(devices))]
     args = [
         f"ncdma,id={i}" + (f",{props}" if props else "")
         for i, props in zip(ids, devices, strict=True)
     ]
+    board = BOARDS[arch]
     vm = QtestVM(
         qemu_argv,
+        board=board,
         iommu=iommu,
         devices=args,
         memory_mib=memory_mib,
@@ -115,28 +123,35 @@ async def ncdma_rig(
         name="ncdma",
     )
     async with vm:
-        mem = PhysAllocator(vm.memory_size)
-        tree = await PciTree.scan(vm.qtest)
-        vtd = None
-        if iommu is not None:
+        mem = PhysAllocator(vm.ram_end, board.ram_base + 16 * MiB)
+        tree = await PciTree.scan(
+            vm.qtest, mmio32=board.mmio32, mmio64=board.mmio64, ecam=board.ecam
+        )
+        unit: PagingIommu[Any] | None = None
+        if iommu == "smmuv3":
+            smmu = SmmuV3(vm.qtest, mem)
+            await smmu.setup(max(8, max(d.bdf.sid for d in tree).bit_length()))
+            unit = smmu
+        elif iommu is not None:
             vtd = IntelIommu(vm.qtest, mem)
             await vtd.setup()
-        rig = NcdmaRig(vm=vm, mem=mem, devices=[], iommu=vtd)
-        shared = await vtd.new_domain() if vtd and shared_domain else None
+            unit = vtd
+        rig = NcdmaRig(vm=vm, mem=mem, devices=[], iommu=unit)
+        shared = await unit.new_domain() if unit and shared_domain else None
         for index, dev_id in enumerate(ids):
             pci = tree.find(spec.PCI_VENDOR_ID, spec.PCI_DEVICE_ID, index)
-            domain = None
-            if vtd is not None:
-                domain = shared or await vtd.new_domain()
-                await vtd.attach(pci, domain)
+            domain: IoDomain | None = None
+            if unit is not None:
+                domain = shared or await unit.new_domain()
+                await unit.attach(pci, domain)
             ring_pa = mem.alloc(ring_entries * spec.DESC_SIZE)
             host = NcdmaHost(
                 vm.qtest, pci.bar(spec.REGS_BAR).address, ring_pa, ring_pa, ring_entries
             )
             device = RigDevice(dev_id, pci, host, domain, f"/machine/peripheral/{dev_id}")
             rig.devices.append(device)
-        if vtd is not None:
-            await vtd.enable_translation()
+        if unit is not None:
+            await unit.enable_translation()
         for device in rig.devices:
             device.host.ring_iova = await rig.map(
                 device, device.host.ring_pa, ring_entries * spec.DESC_SIZE

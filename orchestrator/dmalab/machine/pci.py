@@ -1,10 +1,11 @@
 """PCI from the host side over qtest: config space, enumeration, BAR assignment, MSI and MSI-X.
 
 With no firmware and no guest, nothing has numbered the buses or placed the BARs: `PciTree.scan`
-does what firmware would. It walks bus 0 through type 1 config cycles (ports 0xcf8/0xcfc), gives
-every bridge (e.g. pcie-root-port) secondary/subordinate bus numbers, sizes every memory BAR and
-places it in a window of the q35 PCI hole, programs each bridge's windows to cover what is behind
-it, and turns on memory decoding and bus mastering.
+does what firmware would. It walks bus 0 through configuration cycles (ports 0xcf8/0xcfc on q35,
+the ECAM window on arm virt), gives every bridge (e.g. pcie-root-port) secondary/subordinate bus
+numbers, sizes every memory BAR and places it in a window of the machine's PCI MMIO space,
+programs each bridge's windows to cover what is behind it, and turns on memory decoding and bus
+mastering.
 
 Trick for interrupts without a guest: point an MSI or MSI-X vector at guest RAM. The device's
 interrupt is then a plain DMA write of `data` to `address` (through the IOMMU, if one translates
@@ -21,7 +22,7 @@ from typing import Self
 
 from dmalab.errors import DmalabError
 from dmalab.machine.physmem import MiB, align_up
-from dmalab.machine.qtest import QtestClient
+from dmalab.machine.qtest import Q35_MMIO32, Q35_MMIO64, QtestClient
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,9 @@ MSIX_ENTRY_CTRL_MASKBIT = 1
 
 BRIDGE_WINDOW_ALIGN = 1 * MiB
 
-#: Default BAR windows on q35: above any 32-bit RAM (up to 2.75 GiB stays below MMCONFIG at
-#: 0xb0000000) and below the IOAPIC at 0xfec00000; 64-bit prefetchable BARs from 64 GiB up.
-MMIO32_WINDOW = (0xE000_0000, 0xFEC0_0000)
-MMIO64_WINDOW = (0x10_0000_0000, 0x20_0000_0000)
+#: Default BAR windows: q35's.
+MMIO32_WINDOW = Q35_MMIO32
+MMIO64_WINDOW = Q35_MMIO64
 
 
 class PciError(DmalabError):
@@ -186,6 +186,32 @@ class ConfigSpace:
         mask = (1 << (8 * size)) - 1
         data = self.qtest.submit(f"{op} {CONFIG_DATA + (offset & 3):#x} {value & mask:#x}")
         await asyncio.gather(select, data)
+
+
+class EcamConfigSpace(ConfigSpace):
+    """PCIe enhanced configuration access: memory-mapped, 4 KiB per function from `base`, for
+    `buses` buses (beyond them lies other memory, e.g. RAM on virt)."""
+
+    def __init__(self, qtest: QtestClient, base: int, buses: int) -> None:
+        super().__init__(qtest)
+        self.base = base
+        self.buses = buses
+
+    def _ecam(self, bdf: Bdf, offset: int, size: int) -> int:
+        if size not in (1, 2, 4) or offset % size or not 0 <= offset < 4096:
+            raise ValueError(f"config access of {size} bytes at {offset:#x}")
+        if bdf.bus >= self.buses:
+            raise PciError(f"bus {bdf.bus} is beyond the {self.buses} buses of the ECAM window")
+        return self.base + (bdf.bus << 20 | bdf.devfn << 12 | offset)
+
+    async def read(self, bdf: Bdf, offset: int, size: int = 4) -> int:
+        op = {1: "readb", 2: "readw", 4: "readl"}[size]
+        return int(await self.qtest.command(f"{op} {self._ecam(bdf, offset, size):#x}"), 0)
+
+    async def write(self, bdf: Bdf, offset: int, value: int, size: int = 4) -> None:
+        op = {1: "writeb", 2: "writew", 4: "writel"}[size]
+        mask = (1 << (8 * size)) - 1
+        await self.qtest.command(f"{op} {self._ecam(bdf, offset, size):#x} {value & mask:#x}")
 
 
 @dataclass(eq=False)
@@ -397,13 +423,16 @@ class PciTree:
         mmio32: tuple[int, int] = MMIO32_WINDOW,
         mmio64: tuple[int, int] | None = MMIO64_WINDOW,
         enable: bool = True,
+        ecam: tuple[int, int] | None = None,
     ) -> Self:
         """Number the buses, assign memory BARs and bridge windows, enable decoding.
 
         64-bit prefetchable BARs go to `mmio64` (None: everything goes to `mmio32`), the rest to
         `mmio32`. With `enable`, every function gets COMMAND.MEMORY and COMMAND.MASTER.
+        Configuration space is reached through ports 0xcf8/0xcfc, or the ECAM window `ecam`
+        (base, number of buses).
         """
-        config = ConfigSpace(qtest)
+        config = ConfigSpace(qtest) if ecam is None else EcamConfigSpace(qtest, *ecam)
         roots: list[PciDevice] = []
         next_bus = [1]
         await cls._scan_bus(config, 0, None, roots, next_bus)

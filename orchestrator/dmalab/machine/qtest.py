@@ -1,4 +1,4 @@
-"""The qtest protocol (QEMU system/qtest.c) as an asyncio client, and a q35 machine driven by it.
+"""The qtest protocol (QEMU system/qtest.c) as an asyncio client, and machines driven by it.
 
 qtest is a line protocol: one command per line, one reply per command ("OK [value]", "FAIL ...",
 "ERR ..."), in order. `IRQ raise N` / `IRQ lower N` lines arrive between replies whenever an
@@ -17,7 +17,7 @@ import itertools
 import logging
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -246,6 +246,29 @@ class QtestClient(StreamClient[tuple[int, str], bytes]):
         await self.command(f"set_irq_in {qom_path} {name} {line} {level}")
 
 
+class QtestRegisters:
+    """A device's register block at `base`, read and written through qtest.
+
+    Each register must be accessed at its own width: QEMU devices refuse or assert on others.
+    """
+
+    def __init__(self, qtest: QtestClient, base: int) -> None:
+        self.qtest = qtest
+        self.base = base
+
+    async def read32(self, offset: int) -> int:
+        return await self.qtest.readl(self.base + offset)
+
+    async def read64(self, offset: int) -> int:
+        return await self.qtest.readq(self.base + offset)
+
+    async def write32(self, offset: int, value: int) -> None:
+        await self.qtest.writel(self.base + offset, value)
+
+    async def write64(self, offset: int, value: int) -> None:
+        await self.qtest.writeq(self.base + offset, value)
+
+
 def _settle(futures: list[asyncio.Future[bytes]]) -> None:
     """After a failed bulk transfer: drop the replies nobody will await, without warnings."""
     for future in futures:
@@ -261,18 +284,65 @@ def _port(port: int) -> int:
     return port
 
 
-class QtestVM:
-    """A q35 machine under the qtest accelerator: no guest code runs, this side drives it.
+@dataclass(frozen=True)
+class QtestBoard:
+    """A machine as the host drives it under qtest: its command line, and the parts of its memory
+    map the host programs itself (no firmware runs to do it)."""
 
-    `qemu_argv` starts the command line (binary and `-L` firmware dirs). `iommu` is a `-device`
-    value placed before every other device: devices created earlier would not be translated.
-    `devices` are `-device` values, `global_props` `-global` values, in order.
+    arch: str
+    machine: str  # the -machine value
+    args: tuple[str, ...]
+    ram_base: int
+    ecam: tuple[int, int] | None  # PCIe ECAM (base, buses); None: ports 0xcf8/0xcfc
+    mmio32: tuple[int, int]  # where 32-bit memory BARs go
+    mmio64: tuple[int, int] | None  # 64-bit prefetchable BARs (None: in mmio32)
+    #: IOMMUs that are a property of the machine (`-machine ...,iommu=X`), not a -device.
+    machine_iommus: tuple[str, ...] = field(default=())
+
+
+#: q35: BARs above any 32-bit RAM (up to 2.75 GiB stays below MMCONFIG at 0xb0000000) and below
+#: the IOAPIC at 0xfec00000; 64-bit prefetchable BARs from 64 GiB up.
+Q35_MMIO32 = (0xE000_0000, 0xFEC0_0000)
+Q35_MMIO64 = (0x10_0000_0000, 0x20_0000_0000)
+Q35 = QtestBoard(
+    arch="x86_64",
+    machine="q35",
+    args=(),
+    ram_base=0,
+    ecam=None,
+    mmio32=Q35_MMIO32,
+    mmio64=Q35_MMIO64,
+)
+#: arm virt (hw/arm/virt.c base_memmap): RAM from 1 GiB, the 32-bit PCIe MMIO window, and the
+#: ECAM kept low (highmem-ecam=off: 16 buses at 0x3f000000, instead of a high window whose
+#: address depends on the RAM size). The CPU never runs under qtest; GICv3 as in the topologies.
+VIRT = QtestBoard(
+    arch="aarch64",
+    machine="virt,gic-version=3,highmem-ecam=off",
+    args=("-cpu", "cortex-a57"),
+    ram_base=0x4000_0000,
+    ecam=(0x3F00_0000, 16),
+    mmio32=(0x1000_0000, 0x3EFF_0000),
+    mmio64=None,
+    machine_iommus=("smmuv3",),
+)
+BOARDS = {board.arch: board for board in (Q35, VIRT)}
+
+
+class QtestVM:
+    """A machine under the qtest accelerator: no guest code runs, this side drives it.
+
+    `qemu_argv` starts the command line (binary and `-L` firmware dirs) and must suit `board`.
+    `iommu` is a `-device` value placed before every other device (devices created earlier would
+    not be translated), or one of the board's `machine_iommus`. `devices` are `-device` values,
+    `global_props` `-global` values, in order.
     """
 
     def __init__(
         self,
         qemu_argv: Sequence[str],
         *,
+        board: QtestBoard = Q35,
         iommu: str | None = None,
         devices: Sequence[str] = (),
         global_props: Sequence[str] = (),
@@ -281,14 +351,18 @@ class QtestVM:
         artifacts_dir: Path | None = None,
         name: str = "qtest",
     ) -> None:
+        self.board = board
         self.memory_size = memory_mib << 20
+        machine = board.machine
+        if iommu in board.machine_iommus:
+            machine += f",iommu={iommu}"
         argv = [
             *qemu_argv,
-            "-machine", "q35", "-accel", "qtest", "-display", "none", "-nodefaults",
-            "-m", f"{memory_mib}M",
+            "-machine", machine, *board.args, "-accel", "qtest", "-display", "none",
+            "-nodefaults", "-m", f"{memory_mib}M",
             "-qtest", "chardev:qtest", "-qtest-log", "none",
         ]  # fmt: skip
-        if iommu is not None:
+        if iommu is not None and iommu not in board.machine_iommus:
             argv += ["-device", iommu]
         for prop in global_props:
             argv += ["-global", prop]
@@ -297,6 +371,11 @@ class QtestVM:
         argv += extra_args
         self.process = QemuProcess(argv, name=name, channels=["qtest"], artifacts_dir=artifacts_dir)
         self._qtest: QtestClient | None = None
+
+    @property
+    def ram_end(self) -> int:
+        """The end of guest RAM (it starts at `board.ram_base`)."""
+        return self.board.ram_base + self.memory_size
 
     @property
     def qtest(self) -> QtestClient:

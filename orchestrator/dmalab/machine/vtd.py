@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dmalab.errors import DmalabError
+from dmalab.machine.pagetable import (
+    IoDomain,
+    IoPageTable,
+    PagingIommu,
+    invalidation_blocks,
+    zeroed_page,
+)
 from dmalab.machine.pci import Bdf, PciDevice
 from dmalab.machine.physmem import PAGE_SIZE, PhysAllocator
 from dmalab.machine.qtest import QtestClient
@@ -80,10 +86,6 @@ CONTEXT_AW_48BIT = 2  # 4-level table
 SL_READ = 1 << 0
 SL_WRITE = 1 << 1
 SL_ADDR_MASK = ((1 << 52) - 1) & ~(PAGE_SIZE - 1)
-
-LEVELS = 4
-IOVA_BITS = 48
-ENTRIES = 512
 
 FAULT_REASONS = {
     0x1: "root entry not present",
@@ -176,50 +178,37 @@ class VtdFault:
         return f"{self.source} {kind} at {self.address:#x}: {self.reason_text}"
 
 
-@dataclass(eq=False)
-class VtdDomain:
-    """A second-level address space; devices attached to the same domain share its tables.
+class SecondLevelFormat:
+    """Second-level paging entries: the address with read and write bits."""
 
-    `mappings` mirrors the leaf entries written: IOVA page -> (PA page, read, write).
-    """
+    def table(self, pa: int) -> int:
+        # Non-leaf entries grant both: the leaf decides what the device may do.
+        return pa | SL_READ | SL_WRITE
+
+    def leaf(self, pa: int, read: bool, write: bool) -> int:
+        return pa | (SL_READ if read else 0) | (SL_WRITE if write else 0)
+
+
+@dataclass(eq=False)
+class VtdDomain(IoDomain):
+    """A second-level address space and its domain id."""
 
     did: int
-    root: int  # guest-physical address of the top-level table
-    tables: dict[tuple[int, int], int] = field(default_factory=dict)  # (level, index) -> PA
-    mappings: dict[int, tuple[int, bool, bool]] = field(default_factory=dict)
 
-    def translate(self, iova: int) -> int | None:
-        """Where `iova` goes per the tables written (None: not mapped)."""
-        entry = self.mappings.get(iova & ~(PAGE_SIZE - 1))
-        return None if entry is None else entry[0] | (iova & (PAGE_SIZE - 1))
+    @property
+    def root(self) -> int:
+        return self.table.root
 
 
-def _level_shift(level: int) -> int:
-    """log2 of the IOVA span of one entry in a table of `level` (1 = leaf)."""
-    return 12 + 9 * (level - 1)
+_FORMAT = SecondLevelFormat()
 
 
-def invalidation_blocks(iova: int, size: int, max_order: int) -> list[tuple[int, int]]:
-    """Split [iova, iova+size) into naturally aligned (address, log2 pages) blocks."""
-    blocks = []
-    page, pages = iova >> 12, size >> 12
-    while pages:
-        order = min(max_order, pages.bit_length() - 1)
-        if page:
-            order = min(order, (page & -page).bit_length() - 1)
-        blocks.append((page << 12, order))
-        page += 1 << order
-        pages -= 1 << order
-    return blocks
-
-
-class IntelIommu:
+class IntelIommu(PagingIommu[VtdDomain]):
     """One intel-iommu, set up in legacy mode by `setup()`; translation starts off."""
 
     def __init__(self, qtest: QtestClient, memory: PhysAllocator, base: int = VTD_BASE) -> None:
-        self.qtest = qtest
+        super().__init__(qtest, base)
         self.memory = memory
-        self.base = base
         self.caps = VtdCaps(0, 0)
         self.root_table = 0
         self._context_tables: dict[int, int] = {}  # bus -> PA
@@ -227,20 +216,7 @@ class IntelIommu:
         self.domains: dict[int, VtdDomain] = {}
 
     # ------------------------------------------------------------------------------------------
-    # Registers
-
-    async def read32(self, offset: int) -> int:
-        return await self.qtest.readl(self.base + offset)
-
-    async def read64(self, offset: int) -> int:
-        return await self.qtest.readq(self.base + offset)
-
-    async def write32(self, offset: int, value: int) -> None:
-        # QEMU asserts on the access size of 32-bit registers: never writeq them.
-        await self.qtest.writel(self.base + offset, value)
-
-    async def write64(self, offset: int, value: int) -> None:
-        await self.qtest.writeq(self.base + offset, value)
+    # Registers (QEMU asserts on the access size of 32-bit registers: never write64 them)
 
     async def _poll64(self, offset: int, bit: int, *, want_set: bool, what: str) -> int:
         # QEMU completes register commands synchronously; the loop only guards against that
@@ -287,9 +263,7 @@ class IntelIommu:
         await self._global_command(GCMD_TE, GSTS_TES, False, "translation disable")
 
     async def _zeroed_page(self) -> int:
-        page = self.memory.alloc(PAGE_SIZE)
-        await self.qtest.memset(page, PAGE_SIZE, 0)
-        return page
+        return await zeroed_page(self.qtest, self.memory)
 
     # ------------------------------------------------------------------------------------------
     # Domains and devices
@@ -301,8 +275,8 @@ class IntelIommu:
         if did in self.domains or not 0 < did < 1 << self.caps.domain_id_bits:
             raise VtdError(f"domain id {did} is taken or out of range")
         self._next_did = max(self._next_did, did + 1)
-        domain = VtdDomain(did, await self._zeroed_page())
-        domain.tables[(LEVELS, 0)] = domain.root
+        table = await IoPageTable.create(self.qtest, self.memory, _FORMAT)
+        domain = VtdDomain(table=table, did=did)
         self.domains[did] = domain
         return domain
 
@@ -344,72 +318,11 @@ class IntelIommu:
         await self.invalidate_iotlb(domain.did)
 
     # ------------------------------------------------------------------------------------------
-    # Mappings
-
-    async def map(
-        self,
-        domain: VtdDomain,
-        iova: int,
-        pa: int,
-        size: int,
-        *,
-        read: bool = True,
-        write: bool = True,
-    ) -> None:
-        """Map [iova, iova+size) to [pa, pa+size) in 4 KiB pages, then invalidate that range."""
-        self._check_range(iova, size, pa)
-        if not (read or write):
-            raise ValueError("a mapping needs read or write permission (use unmap)")
-        perms = (SL_READ if read else 0) | (SL_WRITE if write else 0)
-        await self._write_leaves(domain, iova, size, lambda off: (pa + off) | perms)
-        for off in range(0, size, PAGE_SIZE):
-            domain.mappings[iova + off] = (pa + off, read, write)
-        await self.invalidate_pages(domain.did, iova, size)
-
-    async def unmap(self, domain: VtdDomain, iova: int, size: int) -> None:
-        """Clear the leaf entries of [iova, iova+size), then invalidate that range."""
-        self._check_range(iova, size)
-        await self._write_leaves(domain, iova, size, lambda off: 0)
-        for off in range(0, size, PAGE_SIZE):
-            domain.mappings.pop(iova + off, None)
-        await self.invalidate_pages(domain.did, iova, size)
-
-    @staticmethod
-    def _check_range(iova: int, size: int, pa: int = 0) -> None:
-        if (iova | size | pa) % PAGE_SIZE or size <= 0:
-            raise ValueError(f"unaligned mapping iova={iova:#x} pa={pa:#x} size={size:#x}")
-        if iova + size > 1 << IOVA_BITS:
-            raise ValueError(f"IOVA range {iova:#x}+{size:#x} beyond {IOVA_BITS} bits")
-
-    async def _write_leaves(
-        self, domain: VtdDomain, iova: int, size: int, entry: Callable[[int], int]
-    ) -> None:
-        """Write leaf entries, one qtest write per run of entries within a leaf table."""
-        off = 0
-        while off < size:
-            addr = iova + off
-            table = await self._table(domain, 1, addr)
-            first = (addr >> 12) % ENTRIES
-            count = min(ENTRIES - first, (size - off) >> 12)
-            data = struct.pack(f"<{count}Q", *(entry(off + i * PAGE_SIZE) for i in range(count)))
-            await self.qtest.write(table + 8 * first, data)
-            off += count * PAGE_SIZE
-
-    async def _table(self, domain: VtdDomain, level: int, iova: int) -> int:
-        """The table of `level` that translates `iova`, created (zeroed, linked) if missing."""
-        key = (level, iova >> _level_shift(level + 1))
-        table = domain.tables.get(key)
-        if table is None:
-            parent = await self._table(domain, level + 1, iova)
-            table = await self._zeroed_page()
-            index = (iova >> _level_shift(level + 1)) % ENTRIES
-            # Non-leaf entries grant both: the leaf decides what the device may do.
-            await self.qtest.writeq(parent + 8 * index, table | SL_READ | SL_WRITE)
-            domain.tables[key] = table
-        return table
-
-    # ------------------------------------------------------------------------------------------
     # Invalidation
+
+    async def _invalidate(self, domain: VtdDomain, iova: int, size: int, *, changed: bool) -> None:
+        # With caching mode not-present entries may be cached too: invalidate after every map.
+        await self.invalidate_pages(domain.did, iova, size)
 
     async def invalidate_context(self, device: Bdf | None = None) -> None:
         """Context-cache invalidation: of one device (any domain), or global."""
