@@ -4,9 +4,10 @@ queues written from Python (machine/smmuv3.py).
 What is checked: DMA goes through the mappings byte-exactly; an unmapped IOVA faults, the event
 queue holds an F_TRANSLATION record naming the device and the IOVA, and nothing lands; a
 read-only mapping refuses writes with F_PERMISSION; the UNMAP notifications that TLBIs cause
-reach the device (SMMUv3 sends no MAP: the device says it is degraded); after the TLBI_NH_VA of
-a remapped IOVA the device IOTLB never serves the old translation; devices whose STEs share a
-context descriptor share its mappings.
+reach the device (SMMUv3 sends no MAP: the device says it is degraded); after a TLBI of a
+remapped IOVA (by VA, by ASID, or of everything, which arrives as one UNMAP over all 64 bits)
+the device IOTLB never serves the old translation; devices whose STEs share a context
+descriptor share its mappings.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import random
 from contextlib import AbstractAsyncContextManager
 
+import pytest
 from ncdma_iommu_checks import check_scattered_copy, check_unmapped_write_faults
 
 from dmalab.machine.ncdma_host import copy, flags
@@ -102,8 +104,9 @@ async def test_unmap_notifications_reach_the_device(qemu_argv_aarch64: list[str]
         assert counters["iommu_remaps"] == 0
 
 
+@pytest.mark.parametrize("tlbi", ["NH_VA", "NH_ASID", "NSNH_ALL"])
 async def test_remapped_iova_never_uses_a_stale_iotlb_entry(
-    qemu_argv_aarch64: list[str],
+    qemu_argv_aarch64: list[str], tlbi: str
 ) -> None:
     async with smmu_rig(qemu_argv_aarch64, ["coherent=on"]) as rig:
         dev = rig.devices[0]
@@ -131,15 +134,23 @@ async def test_remapped_iova_never_uses_a_stale_iotlb_entry(
         third = await copy_to_d(3)
         assert await rig.qtest.read(new, PAGE) == third
         await rig.reset_stats(dev)
-        await smmu_of(rig).invalidate_range(domain, d, PAGE)
+        smmu = smmu_of(rig)
+        if tlbi == "NH_VA":
+            await smmu.invalidate_range(domain, d, PAGE)
+        elif tlbi == "NH_ASID":
+            await smmu.invalidate_asid(domain)
+        else:
+            await smmu.invalidate_all()
         fourth = await copy_to_d(4)
         assert await rig.qtest.read(newer, PAGE) == fourth
         assert await rig.qtest.read(new, PAGE) == third
         assert await rig.qtest.read(old, PAGE) == first
         counters = await rig.qom(dev, "counters")
         assert counters["iommu_unmap_events"] == 1
-        # s still comes from the device IOTLB; d had to be translated again.
-        assert (counters["iotlb_hits"], counters["iotlb_misses"]) == (1, 1)
+        # By VA, s still comes from the device IOTLB and d is translated again; the ASID and
+        # whole-space TLBIs (one UNMAP over all 64 bits) drop both.
+        expected = (1, 1) if tlbi == "NH_VA" else (0, 2)
+        assert (counters["iotlb_hits"], counters["iotlb_misses"]) == expected
 
 
 async def test_read_only_mapping_refuses_writes_and_reads_fault_as_reads(
