@@ -11,15 +11,16 @@ from typing import Any
 from click.testing import CliRunner
 
 from dmalab import fuzz
+from dmalab.artifacts.qemu import QemuBuild
 from dmalab.cli import main
 
 SEED = 20240611
 CI_OPS = 100_000
 
 
-async def test_fuzz_ci_run_is_clean(qemu_argv: list[str], artifacts: Path) -> None:
+async def test_fuzz_ci_run_is_clean(qemu_build: QemuBuild, artifacts: Path) -> None:
     started = time.monotonic()
-    results = await fuzz.fuzz(qemu_argv, seed=SEED, ops=CI_OPS, artifacts_dir=artifacts)
+    results = await fuzz.fuzz(qemu_build, seed=SEED, ops=CI_OPS, artifacts_dir=artifacts)
     wall = time.monotonic() - started
     assert [r.config for r in results] == list(fuzz.CONFIGS)
     assert sum(r.ops for r in results) == CI_OPS
@@ -27,21 +28,21 @@ async def test_fuzz_ci_run_is_clean(qemu_argv: list[str], artifacts: Path) -> No
         # every class of outcome was exercised, not just the happy path
         assert r.statuses.get("OK") and r.statuses.get("BAD_OPCODE") and r.statuses.get("BAD_FLAGS")
         assert r.statuses.get("BAD_LENGTH") and r.statuses.get("BAD_ADDRESS")
-        assert r.statuses.get("IOMMU_FAULT" if "iommu" in r.config else "BUS_ERROR")
+        assert r.statuses.get("IOMMU_FAULT" if fuzz.CONFIGS[r.config].iommu else "BUS_ERROR")
         assert r.ring_errors.get("BAD_TAIL") and r.ring_errors.get("NOT_READY")
     assert wall < 100, f"the CI fuzz run took {wall:.1f} s"
 
 
-async def test_fuzz_same_seed_same_run(qemu_argv: list[str], artifacts: Path) -> None:
-    configs = [fuzz.CONFIGS["cached-iommu"], fuzz.CONFIGS["cached"]]
-    first = await fuzz.fuzz(qemu_argv, seed=7, ops=6000, configs=configs, artifacts_dir=artifacts)
-    second = await fuzz.fuzz(qemu_argv, seed=7, ops=6000, configs=configs, artifacts_dir=artifacts)
+async def test_fuzz_same_seed_same_run(qemu_build: QemuBuild, artifacts: Path) -> None:
+    configs = [fuzz.CONFIGS["cached-iommu"], fuzz.CONFIGS["cached"], fuzz.CONFIGS["cached-smmuv3"]]
+    first = await fuzz.fuzz(qemu_build, seed=7, ops=6000, configs=configs, artifacts_dir=artifacts)
+    second = await fuzz.fuzz(qemu_build, seed=7, ops=6000, configs=configs, artifacts_dir=artifacts)
     for a, b in zip(first, second, strict=True):
         assert a.digest == b.digest  # the same operation sequence
         assert a.counters == b.counters  # and the same device outcome
         assert a.statuses == b.statuses and a.ring_errors == b.ring_errors
     other = await fuzz.fuzz(
-        qemu_argv, seed=8, ops=6000, configs=configs[:1], artifacts_dir=artifacts
+        qemu_build, seed=8, ops=6000, configs=configs[:1], artifacts_dir=artifacts
     )
     assert other[0].digest != first[0].digest
 

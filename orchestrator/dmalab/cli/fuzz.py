@@ -88,7 +88,7 @@ def command(
         items = shard.take(items)
     where = f", shard {shard}: {len(items)} runs" if shard else ""
     click.echo(f"dmalab fuzz: seed {_seeds(seeds)}{where}", err=True)
-    argv = ensure_qemu().base_argv()
+    qemu = ensure_qemu()
     last = [0.0]
 
     def progress(name: str, done: int, total: int) -> None:
@@ -98,7 +98,7 @@ def command(
             click.echo(f"  {name}: {done}/{total} ops", err=True)
 
     results = asyncio.run(
-        engine.fuzz_items(argv, items, artifacts_dir=artifacts, progress=progress)
+        engine.fuzz_items(qemu, items, artifacts_dir=artifacts, progress=progress)
     )
     total_ops = sum(r.ops for r in results)
     seconds = sum(r.seconds for r in results)

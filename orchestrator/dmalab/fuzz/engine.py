@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import construct as c
 
@@ -47,6 +47,14 @@ class FuzzConfig:
     device: str
     iommu: str | None = None
     summary: str = ""
+    #: The machine: q35 (x86_64) or virt (aarch64, with iommu "smmuv3").
+    arch: str = "x86_64"
+
+
+class QemuBinaries(Protocol):
+    """What runs a configuration: the QEMU command line start of each architecture."""
+
+    def base_argv(self, arch: str = "x86_64") -> list[str]: ...
 
 
 CONFIGS: dict[str, FuzzConfig] = {
@@ -76,6 +84,20 @@ CONFIGS: dict[str, FuzzConfig] = {
             "cache-size=4096,cache-ways=2,iotlb-entries=0",
             "intel-iommu,caching-mode=on",
             "small cache, intel-iommu, no IOTLB",
+        ),
+        FuzzConfig(
+            "coherent-smmuv3",
+            "coherent=on,iotlb-entries=4",
+            "smmuv3",
+            "no cache, arm virt SMMUv3 (UNMAP notifications only), 4-entry IOTLB",
+            "aarch64",
+        ),
+        FuzzConfig(
+            "cached-smmuv3",
+            "cache-size=4096,cache-ways=2,iotlb-entries=4",
+            "smmuv3",
+            "small cache, arm virt SMMUv3, 4-entry IOTLB",
+            "aarch64",
         ),
     )
 }
@@ -386,7 +408,7 @@ def _truncate(step: Step, budget: int, entries: int) -> Step:
 
 
 async def fuzz_config(
-    qemu_argv: Sequence[str],
+    qemu: QemuBinaries,
     config: FuzzConfig,
     *,
     seed: int,
@@ -399,8 +421,9 @@ async def fuzz_config(
     started = time.monotonic()
     try:
         async with ncdma_rig(
-            qemu_argv, (config.device,), iommu=config.iommu, artifacts_dir=artifacts_dir
-        ) as rig:
+            qemu.base_argv(config.arch), (config.device,), iommu=config.iommu,
+            arch=config.arch, artifacts_dir=artifacts_dir,
+        ) as rig:  # fmt: skip
             dev = rig.devices[0]
             layout = await _layout(rig, dev)
             engine = FuzzEngine(rig, dev, layout, seed, config)
@@ -481,7 +504,7 @@ def plan(seeds: Sequence[int], ops: int, configs: Sequence[FuzzConfig]) -> list[
 
 
 async def fuzz_items(
-    qemu_argv: Sequence[str],
+    qemu: QemuBinaries,
     items: Sequence[FuzzItem],
     *,
     artifacts_dir: Path | None = None,
@@ -492,7 +515,7 @@ async def fuzz_items(
     for item in items:
         results.append(
             await fuzz_config(
-                qemu_argv,
+                qemu,
                 item.config,
                 seed=item.seed,
                 ops=item.ops,
@@ -504,7 +527,7 @@ async def fuzz_items(
 
 
 async def fuzz(
-    qemu_argv: Sequence[str],
+    qemu: QemuBinaries,
     *,
     seed: int,
     ops: int,
@@ -515,4 +538,4 @@ async def fuzz(
     """`ops` operations in total, shared evenly by `configs` (all of them by default)."""
     configs = list(configs if configs is not None else CONFIGS.values())
     items = plan([seed], ops, configs)
-    return await fuzz_items(qemu_argv, items, artifacts_dir=artifacts_dir, progress=progress)
+    return await fuzz_items(qemu, items, artifacts_dir=artifacts_dir, progress=progress)
