@@ -24,7 +24,8 @@ def fake_report(coherent: float = 6000, cache: float = 900, iotlb: float = 500) 
     device = {
         name: {s: bench.Measurement(s, 4, stat(v), {"cache_misses": 1}) for s in SIZES}
         for name, v in (("coherent", coherent), ("cache", cache), ("iommu-iotlb", iotlb),
-                        ("iommu-no-iotlb", iotlb / 2))
+                        ("iommu-no-iotlb", iotlb / 2), ("virt-cache", cache),
+                        ("smmuv3-iotlb", iotlb), ("smmuv3-no-iotlb", iotlb / 2))
     }  # fmt: skip
     return bench.build_report(
         sizes=SIZES,
@@ -72,6 +73,9 @@ def test_baselines_compare_like_for_like() -> None:
     assert bench.baseline_of(by_name["iommu-no-iotlb"], bench.CONFIGS) is by_name["cache"]
     coherent_iommu = bench.DeviceConfig("x", "x", "coherent=on", iommu=bench.IOMMU)
     assert bench.baseline_of(coherent_iommu, bench.CONFIGS) is by_name["coherent"]
+    # SMMUv3 is compared with the same device on the same (virt) machine, not with q35's
+    assert bench.baseline_of(by_name["smmuv3-iotlb"], bench.CONFIGS) is by_name["virt-cache"]
+    assert bench.baseline_of(by_name["smmuv3-no-iotlb"], bench.CONFIGS) is by_name["virt-cache"]
 
 
 def test_report_schema_and_ratios() -> None:
@@ -92,10 +96,10 @@ def test_report_schema_and_ratios() -> None:
 
 def test_targets_pass_and_fail() -> None:
     passing = fake_report(coherent=3000, cache=500, iotlb=450)
-    assert [t["pass"] for t in passing["targets"]] == [True, True, True]
+    assert [t["pass"] for t in passing["targets"]] == [True, True, True, True]
     assert passing["all_targets_pass"]
     failing = fake_report(coherent=2999, cache=499, iotlb=200)
-    assert [t["pass"] for t in failing["targets"]] == [False, False, False]
+    assert [t["pass"] for t in failing["targets"]] == [False, False, False, False]
     assert not failing["all_targets_pass"]
     assert failing["targets"][2]["value"] == pytest.approx(200 / 499, abs=1e-4)
 
@@ -118,7 +122,7 @@ def test_table() -> None:
     assert "| 16 MiB |" in table and "10000 [9000-11000]" in table
     assert "60.0%" in table  # coherent / memcpy
     assert "75.0%" in table  # iotlb / cache on
-    assert table.count("PASS") == 2 and table.count("FAIL") == 1
+    assert table.count("PASS") == 3 and table.count("FAIL") == 1  # cache on: 4% < 5% of memcpy
     assert len({len(line) for line in lines[2:6]}) == 1  # aligned columns
 
 

@@ -1,8 +1,8 @@
 """`dmalab bench device`: COPY throughput of ncdma in several configurations, against host memcpy.
 
-For each configuration a q35 machine boots under qtest with one ncdma (and intel-iommu where the
-configuration asks for it). For each size, one source and one destination buffer are allocated and,
-behind the IOMMU, mapped once, so mapping costs are never timed. A batch of K COPY descriptors of
+For each configuration a q35 (or arm virt) machine boots under qtest with one ncdma (and
+intel-iommu or SMMUv3 where the configuration asks for it). For each size, one source and one
+destination buffer are allocated and, behind the IOMMU, mapped once, so mapping costs are never timed. A batch of K COPY descriptors of
 that size (enough to move `batch_bytes`, at most what the ring holds) is written into the ring
 untimed; the clock runs from the doorbell (the `RING_TAIL` write) until `RING_HEAD` reaches the end
 of the batch. With the device cache on, the batch ends with a CLEAN of the destination: the
@@ -59,6 +59,8 @@ class DeviceConfig:
     label: str
     device: str = ""
     iommu: str | None = None
+    #: q35 (x86_64) or virt (aarch64, where the vIOMMU is "smmuv3").
+    arch: str = "x86_64"
 
     @property
     def cached(self) -> bool:
@@ -70,15 +72,20 @@ CONFIGS = (
     DeviceConfig("cache", "cache on"),
     DeviceConfig("iommu-iotlb", "intel-iommu, IOTLB on", iommu=IOMMU),
     DeviceConfig("iommu-no-iotlb", "intel-iommu, iotlb-entries=0", "iotlb-entries=0", iommu=IOMMU),
-)
+    DeviceConfig("virt-cache", "arm virt, cache on", arch="aarch64"),
+    DeviceConfig("smmuv3-iotlb", "SMMUv3, IOTLB on", iommu="smmuv3", arch="aarch64"),
+    DeviceConfig("smmuv3-no-iotlb", "SMMUv3, iotlb-entries=0", "iotlb-entries=0", iommu="smmuv3",
+                 arch="aarch64"),
+)  # fmt: skip
 
 
 def baseline_of(config: DeviceConfig, configs: Sequence[DeviceConfig]) -> DeviceConfig | None:
-    """For a configuration behind an IOMMU: the one without IOMMU and the same cache setting."""
+    """For a configuration behind an IOMMU: the one on the same machine without IOMMU and with
+    the same cache setting."""
     if config.iommu is None:
         return None
     for other in configs:
-        if other.iommu is None and other.cached == config.cached:
+        if other.iommu is None and other.cached == config.cached and other.arch == config.arch:
             return other
     return None
 
@@ -101,6 +108,8 @@ TARGETS = (
            "cache on >= 5% of host memcpy at 16 MiB"),
     Target("iommu-iotlb-vs-no-iommu", "iommu-iotlb", 16 * MiB, "baseline", 0.50,
            "intel-iommu with IOTLB >= 50% of the same device (cache on) without IOMMU at 16 MiB"),
+    Target("smmuv3-iotlb-vs-no-iommu", "smmuv3-iotlb", 16 * MiB, "baseline", 0.50,
+           "SMMUv3 with IOTLB >= 50% of the same device (cache on, virt) without IOMMU at 16 MiB"),
 )  # fmt: skip
 
 
@@ -402,6 +411,7 @@ async def measure_config(
         qemu_argv,
         (config.device,),
         iommu=config.iommu,
+        arch=config.arch,
         memory_mib=memory_mib_for(sizes),
         ring_entries=RING_ENTRIES,
     ) as rig:
@@ -444,7 +454,12 @@ async def run(
     for config in configs:
         log(f"bench device: {config.label}")
         device[config.name] = await measure_config(
-            qemu.base_argv(), config, sizes, repeats=repeats, batch_bytes=batch_bytes, log=log
+            qemu.base_argv(config.arch),
+            config,
+            sizes,
+            repeats=repeats,
+            batch_bytes=batch_bytes,
+            log=log,
         )
     log("bench device: host memcpy again")
     measure_memcpy(after_reps)
