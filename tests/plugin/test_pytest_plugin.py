@@ -106,6 +106,35 @@ def test_plugin_serial(pytester: pytest.Pytester, env: Path, tmp_path: Path) -> 
     assert list(env.iterdir()) == []  # no run directory, socket or temp dir left
 
 
+ARM64_TESTS = """
+import pytest
+
+@pytest.mark.dmalab(topology="arm64-smmuv3")
+def test_dirty(dmalab_machine):
+    vm = dmalab_machine.vm
+    assert vm.topology.arch == "aarch64" and vm.accel == "tcg"
+    assert dmalab_machine.run(vm.agent.buf_create("NCDMA", 4096)).id == 1
+
+@pytest.mark.dmalab(topology="arm64-smmuv3")
+def test_clean(dmalab_machine):
+    vm = dmalab_machine.vm
+    # restored to just after boot: the buffer of the test before is gone
+    assert dmalab_machine.run(vm.agent.buf_create("NCDMA", 4096)).id == 1
+    hello = dmalab_machine.run(vm.agent.hello())
+    assert hello.devices == 3 and hello.kernel_release.endswith("-arm64")
+"""
+
+
+def test_plugin_on_arm64(pytester: pytest.Pytester, env: Path, images: object) -> None:
+    images("aarch64")  # type: ignore[operator]  # built before pytester moves HOME
+    pytester.makepyfile(test_arm64=ARM64_TESTS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "test_arm64.py", "--dmalab-accel", "auto", timeout=600
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    assert list(env.iterdir()) == []
+
+
 def test_plugin_xdist(pytester: pytest.Pytester, env: Path, tmp_path: Path) -> None:
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-n", "2", "--dist", "each", "--dmalab-accel", "tcg",
