@@ -1,13 +1,14 @@
 """`dmalab bench device`: COPY throughput of ncdma in several configurations, against host memcpy.
 
 For each configuration a q35 (or arm virt) machine boots under qtest with one ncdma (and
-intel-iommu or SMMUv3 where the configuration asks for it). For each size, one source and one destination
-buffer are allocated and, behind the IOMMU, mapped once, so mapping costs are never timed. A batch
-of K COPY descriptors of that size (enough to move `batch_bytes`, at most what the ring holds) is
-written into the ring untimed; the clock runs from the doorbell (the `RING_TAIL` write) until
-`RING_HEAD` reaches the end of the batch. With the device cache on, the batch ends with a CLEAN of
-the destination: the write-back that makes the data visible to the CPU is part of the work. Every
-repetition starts with a cold device cache (an untimed CLEAN_INVALIDATE of the whole cache).
+intel-iommu or SMMUv3 where the configuration asks for it). For each size, one source and one
+destination buffer are allocated and, behind the IOMMU, mapped once, so mapping costs are never
+timed. A batch of K COPY descriptors of that size (enough to move `batch_bytes`, at most what the
+ring holds) is written into the ring untimed; the clock runs from the doorbell (the `RING_TAIL`
+write) until `RING_HEAD` reaches the end of the batch. With the device cache on, the batch ends
+with a CLEAN of the destination: the write-back that makes the data visible to the CPU is part of
+the work. Every repetition starts with a cold device cache (an untimed CLEAN_INVALIDATE of the
+whole cache).
 
 Throughput is bytes copied / elapsed time; each figure is the median of `repeats` batches. Host
 memcpy of the same sizes is measured in the same run (half before, half after the device) and
