@@ -65,8 +65,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     ):
         out = tmp_path_factory.mktemp(name)
         proc = dmalab_run(*args, results=out)
-        print(f"\n{name}: " + next(x for x in proc.stdout.splitlines() if " results in " in x))
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        print(f"\n{name}: " + next(x for x in proc.stdout.splitlines() if " results in " in x))
         docs[name] = json.loads((out / "results.json").read_text())
     return docs
 
