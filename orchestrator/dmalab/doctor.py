@@ -48,11 +48,10 @@ def _packages() -> Finding:
 
 
 def _cache() -> Finding:
-    root = cache_root()
-    if not os.access(root, os.W_OK):
-        return Finding(
-            "cache", False, f"{root} is not writable", "set DMALAB_CACHE to a writable directory"
-        )
+    try:
+        root = cache_root()
+    except DmalabError as exc:
+        return Finding("cache", False, str(exc), "set DMALAB_CACHE to a writable directory")
     free = shutil.disk_usage(root).free
     ok = free >= MIN_FREE_BYTES
     return Finding(
@@ -81,9 +80,11 @@ def _qemu() -> Finding:
 
 
 def _image() -> Finding:
-    manifests = sorted(
-        (cache_root() / "image" / "builds").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime
-    )
+    try:
+        builds = cache_root() / "image" / "builds"
+    except DmalabError as exc:
+        return Finding("guest image", False, str(exc), "set DMALAB_CACHE to a writable directory")
+    manifests = sorted(builds.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
     if not manifests:
         return Finding("guest image", False, "no guest image built", "dmalab build image")
     data = json.loads(manifests[-1].read_text())

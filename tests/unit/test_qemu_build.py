@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -20,7 +22,7 @@ from dmalab.artifacts.cache import tree_hash
 from dmalab.artifacts.progress import Progress
 from dmalab.cli import _Group, main
 from dmalab.cli import build as build_cli
-from dmalab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, BadInput, EnvironmentProblem
+from dmalab.errors import EXIT_ENVIRONMENT, EnvironmentProblem
 
 SHOWSRC = """\
 Package: qemu
@@ -262,10 +264,18 @@ def test_missing_packages_without_root_name_the_install_command(
     )
 
 
-def test_dmalab_qemu_uses_the_users_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = tmp_path / "qemu-system-x86_64"
-    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 10.1.50'\n")
+def fake_qemu(where: Path, *, device: bool = True) -> Path:
+    """A script that answers `--version` and `-device help` as a QEMU (with ncdma or without)."""
+    fake = where / "qemu-system-x86_64"
+    devices = 'name "ncdma", bus PCI' if device else 'name "edu", bus PCI'
+    answer = f"*'-device help'*) echo '{devices}';; *) echo 'QEMU emulator version 10.1.50';;"
+    fake.write_text(f'#!/bin/sh\ncase "$*" in {answer} esac\n')
     fake.chmod(0o755)
+    return fake
+
+
+def test_dmalab_qemu_uses_the_users_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_qemu(tmp_path)
     monkeypatch.setenv("DMALAB_QEMU", str(fake))
     build = qemu.ensure_qemu()
     assert build.binary == fake
@@ -273,11 +283,25 @@ def test_dmalab_qemu_uses_the_users_binary(tmp_path: Path, monkeypatch: pytest.M
     assert build.manifest["qemu_version"] == "QEMU emulator version 10.1.50"
 
 
-def test_dmalab_qemu_that_is_not_executable_is_bad_input(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda d: d / "nothing", "no such file"),
+        (lambda d: d, "is a directory"),
+        (lambda d: Path("/bin/true"), "not a QEMU (`--version` printed 'true"),
+        (lambda d: fake_qemu(d).parent / "qemu-system-x86_64", None),
+        (lambda d: fake_qemu(d, device=False), "has no ncdma device"),
+    ],
+)
+def test_dmalab_qemu_that_is_no_qemu_with_ncdma_is_an_environment_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Any, problem: str | None
 ) -> None:
-    monkeypatch.setenv("DMALAB_QEMU", str(tmp_path / "nothing"))
-    with pytest.raises(BadInput, match="DMALAB_QEMU="):
+    binary = make(tmp_path)
+    monkeypatch.setenv("DMALAB_QEMU", str(binary))
+    if problem is None:  # the control: a QEMU with the device is taken
+        assert qemu.ensure_qemu().binary == binary
+        return
+    with pytest.raises(EnvironmentProblem, match=f"^DMALAB_QEMU={binary}: .*{re.escape(problem)}"):
         qemu.ensure_qemu()
 
 
@@ -352,15 +376,13 @@ def test_cli_errors_are_one_line_with_their_exit_code(
 ) -> None:
     monkeypatch.setenv("DMALAB_QEMU", str(tmp_path / "missing"))
     result = CliRunner().invoke(main, ["build", "qemu"])
-    assert result.exit_code == EXIT_BAD_INPUT
+    assert result.exit_code == EXIT_ENVIRONMENT
     assert result.stderr.startswith("dmalab: error: DMALAB_QEMU=")
     assert result.stderr.count("\n") == 1
 
 
 def test_build_qemu_prints_the_binary_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = tmp_path / "qemu-system-x86_64"
-    fake.write_text("#!/bin/sh\necho QEMU\n")
-    fake.chmod(0o755)
+    fake = fake_qemu(tmp_path)
     monkeypatch.setenv("DMALAB_QEMU", str(fake))
     result = CliRunner().invoke(main, ["build", "qemu"])
     assert result.exit_code == 0, result.output

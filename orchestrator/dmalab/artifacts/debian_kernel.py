@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dmalab.artifacts.apt import AptRepo, binary_repo
+from dmalab.artifacts.cache import write_atomic
 from dmalab.errors import EnvironmentProblem
 
 SUITES = ("bookworm", "bookworm-backports", "bookworm-security")
@@ -134,8 +135,8 @@ def resolve(apt: AptRepo, cache: Path, on_query: Callable[[], None] = lambda: No
             packages["busybox"] = by_name[BUSYBOX]
             resolution = Resolution(abi, packages)
             cache.mkdir(parents=True, exist_ok=True)
-            memo.write_text(
-                json.dumps({"fingerprint": fingerprint, "resolution": resolution.to_json()})
+            write_atomic(
+                memo, json.dumps({"fingerprint": fingerprint, "resolution": resolution.to_json()})
             )
             return resolution
     raise EnvironmentProblem(
@@ -206,5 +207,5 @@ def prepare_headers(root: Path, release: str) -> Path:
     # Rewrite on every call: the cache may have moved since the last one.
     fixed = re.sub(r"^include \S*?/usr/src/", f"include {root}/usr/src/", text, flags=re.M)
     if fixed != text:
-        makefile.write_text(fixed)
+        write_atomic(makefile, fixed)
     return headers

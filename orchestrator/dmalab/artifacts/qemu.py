@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.artifacts import apt
-from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash
+from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash, write_atomic
 from dmalab.artifacts.progress import Progress
-from dmalab.errors import BadInput, EnvironmentProblem
+from dmalab.errors import EnvironmentProblem
 
 DEBIAN_SUITE = "trixie"
 SOURCE_PACKAGE = "qemu"
@@ -48,6 +48,8 @@ VERSION_PREFIX = "1:10.0."
 #: Debian patches without which configure fails (missing edk2 blobs, missing pycotap).
 REQUIRED_DEBIAN_PATCHES = ("disable-pycotap.patch", "skip-unpack-edk2-blobs.patch")
 TARGET = "qemu-system-x86_64"
+#: The device a QEMU must have to be of use (qemu-devices/ncdma.h, TYPE_NCDMA).
+DEVICE = "ncdma"
 
 #: QEMU's configure options. Part of the source key: changing them gives a fresh tree and build.
 CONFIGURE_OPTIONS: tuple[str, ...] = (
@@ -270,16 +272,7 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Write JSON atomically: readers see the old file or the whole new one, never a part."""
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def ninja_progress(line: str) -> tuple[int, int] | None:
@@ -380,9 +373,7 @@ def _resolve_version(root: Path, progress: Progress) -> str:
     repo.update()
     version = select_version(repo.run("apt-cache", "showsrc", SOURCE_PACKAGE))
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".debian-version.{os.getpid()}"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, root / "debian-version")
+    write_atomic(root / "debian-version", version + "\n")
     progress.note(f"qemu: using Debian source {SOURCE_PACKAGE} {version}")
     return version
 
@@ -404,22 +395,46 @@ def _published(bin_dir: Path) -> QemuBuild | None:
 
 def _user_qemu(value: str) -> QemuBuild:
     binary = Path(value).expanduser()
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        raise BadInput(f"DMALAB_QEMU={value} is not an executable file")
-    try:
-        out = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BadInput(f"DMALAB_QEMU={value} does not run: {exc}") from exc
+    where = f"DMALAB_QEMU={value}"
+    if binary.is_dir():
+        raise EnvironmentProblem(f"{where}: is a directory, not a qemu-system-x86_64")
+    if not binary.is_file():
+        raise EnvironmentProblem(f"{where}: no such file")
+    if not os.access(binary, os.X_OK):
+        raise EnvironmentProblem(f"{where}: not executable")
+    version = _qemu_says(binary, where, "--version")
+    if not version.startswith("QEMU emulator version"):
+        said = f"printed {version!r}" if version else "printed nothing"
+        raise EnvironmentProblem(f"{where}: not a QEMU (`--version` {said})")
+    devices = _qemu_says(binary, where, "-machine", "none", "-device", "help", lines=0)
+    if not re.search(rf'^name "{DEVICE}"', devices, re.M):
+        raise EnvironmentProblem(
+            f"{where}: {version} has no {DEVICE} device (build it with qemu-devices/: "
+            "docs/building.md)"
+        )
     firmware = [d for d in FIRMWARE_DIRS if d.is_dir()]
     manifest = {
         "source": "DMALAB_QEMU",
         "binary": str(binary),
-        "qemu_version": (out.splitlines() or [""])[0],
+        "qemu_version": version,
         "firmware_dirs": [str(d) for d in firmware],
     }
     return QemuBuild(binary.resolve(), firmware, manifest)
+
+
+def _qemu_says(binary: Path, where: str, *args: str, lines: int = 1) -> str:
+    """What `binary args` prints on stdout (its first `lines` lines; 0: all of it)."""
+    try:
+        out = subprocess.run(
+            [str(binary), *args], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except subprocess.CalledProcessError as exc:
+        raise EnvironmentProblem(
+            f"{where}: `{' '.join(args)}` exited with status {exc.returncode}"
+        ) from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EnvironmentProblem(f"{where}: does not run: {exc}") from None
+    return "\n".join(out.splitlines()[:lines] if lines else out.splitlines()).strip()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -684,7 +699,7 @@ class _Builder:
         except BaseException:
             shutil.rmtree(lay.build, ignore_errors=True)
             raise
-        stamp.write_text(wanted)
+        write_atomic(stamp, wanted)
 
     def _compile(self) -> None:
         lay = self.layout

@@ -13,14 +13,13 @@ import click
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ensure_qemu
 from dmalab.bench import device as device_bench
-from dmalab.bench import image as image_bench
-from dmalab.bench import machine as machine_bench
 from dmalab.bench import parse_size
-from dmalab.bench import suite as suite_bench
+from dmalab.cli import Group
+from dmalab.cli.params import ACCEL, OUTPUT_FILE
 from dmalab.errors import BadInput, CheckFailed
 
 
-@click.group("bench", short_help="Measure throughput (ncdma against host memcpy).")
+@click.group("bench", cls=Group, short_help="Measure throughput (ncdma against host memcpy).")
 def command() -> None:
     """Throughput benchmarks. Figures are medians of repeated runs and every ratio compares
     figures measured in the same run."""
@@ -52,14 +51,17 @@ def _sizes(values: tuple[str, ...]) -> list[int]:
                 sizes.append(parse_size(part))
             except ValueError as exc:
                 raise BadInput(f"--size: {exc}") from None
-    return sizes
+    try:
+        return device_bench.check_sizes(sizes) if sizes else []
+    except BadInput as exc:
+        raise BadInput(f"--size: {exc}") from None
 
 
 @command.command("device", short_help="COPY throughput of ncdma in four configurations.")
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     help="Also write the full results (machine, QEMU, medians, ratios, targets) here.",
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
@@ -92,11 +94,12 @@ def device(json_path: Path | None, check: bool, repeats: int, sizes: tuple[str, 
     A table goes to stdout, progress to stderr. The exit code is 0 whatever the targets say,
     unless --check is given.
     """
+    chosen = _sizes(sizes) or device_bench.SIZES  # a bad size fails before QEMU is looked for
     progress = Progress()
     qemu = ensure_qemu(progress)
     report = device_bench.run_sync(
         qemu,
-        sizes=_sizes(sizes) or device_bench.SIZES,
+        sizes=chosen,
         repeats=repeats,
         batch_bytes=batch_mib << 20,
         log=progress.note,
@@ -109,7 +112,7 @@ def device(json_path: Path | None, check: bool, repeats: int, sizes: tuple[str, 
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     help="Also write the full results (machine, QEMU, medians, targets) here.",
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
@@ -126,6 +129,7 @@ def machine(json_path: Path | None, check: bool, repeats: int) -> None:
     snapshot restore until the agent answers, and a cold boot.
     """
     from dmalab.artifacts.image import ensure_image
+    from dmalab.bench import machine as machine_bench  # slow to import: only when used
 
     progress = Progress()
     qemu = ensure_qemu(progress)
@@ -144,13 +148,15 @@ def machine(json_path: Path | None, check: bool, repeats: int) -> None:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     help="Also write the full results (machine, kernel, times, targets) here.",
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
 def image(json_path: Path | None, check: bool) -> None:
     """Build the guest image in a private empty cache (downloads included, as on a new machine),
     then again with everything cached. Your own cache is not touched."""
+    from dmalab.bench import image as image_bench
+
     progress = Progress()
     report = image_bench.run(log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]]))
     _finish("image", report, image_bench.render_table(report), json_path, check, progress)
@@ -160,17 +166,18 @@ def image(json_path: Path | None, check: bool) -> None:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     help="Also write the full results (machine, both runs, speed-up, targets) here.",
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
-@click.option("--accel", default=None, help="Override the topologies' accelerator (tcg, kvm).")
+@click.option("--accel", type=ACCEL, help="Override the topologies' accelerator.")
 def suite(json_path: Path | None, check: bool, accel: str | None) -> None:
     """Run `dmalab run` (the whole built-in suite on the shipped topologies) with -j 1, then
     with -j 2, and report each one's wall time against the 60 s target, the speed-up, and
     whether both wrote the same results.
     """
     from dmalab.artifacts.image import ensure_image
+    from dmalab.bench import suite as suite_bench
 
     progress = Progress()
     ensure_qemu(progress)

@@ -9,6 +9,7 @@ import click
 
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ensure_qemu
+from dmalab.cli.params import INPUT_DIR, INPUT_FILE
 from dmalab.errors import EnvironmentProblem
 
 _IMAGE_MODULE = "dmalab.artifacts.image"
@@ -35,13 +36,13 @@ def _build_image(kernel: Path | None, modules: Path | None) -> Path:
 )
 @click.option(
     "--kernel",
-    type=click.Path(path_type=Path),
+    type=INPUT_FILE,
     help="Build the image around your own kernel (a bzImage or vmlinux with CONFIG_PVH=y) "
     "instead of Debian's.",
 )
 @click.option(
     "--modules",
-    type=click.Path(path_type=Path),
+    type=INPUT_DIR,
     help="Your kernel's lib/modules/<release> tree (its build/ gives the headers for ncdma.ko).",
 )
 def command(what: str, refresh: bool, kernel: Path | None, modules: Path | None) -> None:

@@ -13,6 +13,7 @@ import click
 
 from dmalab import fuzz as engine
 from dmalab.artifacts.qemu import ensure_qemu
+from dmalab.cli.params import OUTPUT_DIR
 
 _HELP = (
     """Drive an ncdma device under the qtest accelerator with a seeded, reproducible stream of
@@ -57,7 +58,7 @@ operation index in the message); QEMU's run directory is kept (moved under --art
 )
 @click.option(
     "--artifacts",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OUTPUT_DIR,
     default=None,
     help="Where QEMU's run directory goes when a run fails (default: left in place).",
 )

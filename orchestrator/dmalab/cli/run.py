@@ -11,6 +11,7 @@ import click
 from dmalab.artifacts.image import ensure_image
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ensure_qemu
+from dmalab.cli.params import ACCEL, INPUT_FILE, OUTPUT_DIR
 from dmalab.errors import BadInput, CheckFailed
 
 #: Failing results named in the final error line; the rest are counted.
@@ -42,7 +43,7 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     help="Only these scenarios, by seed number or name (repeatable).",
 )  # fmt: skip
 @click.option(
-    "--scenario-file", "files", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+    "--scenario-file", "files", multiple=True, type=INPUT_FILE, metavar="PATH",
     help="Run this scenario file (TOML, docs/scenario-files.md; repeatable). Without -s only "
     "the files run; with -s, the scenarios -s names too.",
 )  # fmt: skip
@@ -65,10 +66,10 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     help="Only these matrix policies (repeatable; implies --matrix).",
 )  # fmt: skip
 @click.option(
-    "--results", type=click.Path(file_okay=False, path_type=Path),
+    "--results", type=OUTPUT_DIR,
     help="Write results.json, junit.xml and report.html into this directory.",
 )  # fmt: skip
-@click.option("--accel", default=None, help="Override the topology's accelerator (tcg, kvm, auto).")
+@click.option("--accel", type=ACCEL, help="Override the topology's accelerator.")
 @click.option("--demo", is_flag=True, help="Run the ncdma device demonstration instead (no guest).")
 def command(
     topologies: tuple[str, ...],

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from dmalab.cli.params import ACCEL
 from dmalab.errors import CheckFailed
 from dmalab.machine import attach, launch
 from dmalab.machine.topology import load_topology
@@ -147,7 +148,7 @@ async def _serve(vm: Vm, stop: asyncio.Event, as_json: bool) -> None:
 @click.argument("topology")
 @click.option(
     "--accel",
-    type=click.Choice(["auto", "tcg", "kvm"]),
+    type=ACCEL,
     help="Override the topology's accelerator.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
