@@ -407,7 +407,7 @@ def test_interrupt_exits_130_with_one_line() -> None:
 
     result = CliRunner().invoke(group, ["slow"])
     assert result.exit_code == 130
-    assert result.stderr == "dmalab: interrupted\n"
+    assert result.stderr == "dmalab: interrupted by SIGINT\n"
 
 
 def test_version_and_help() -> None:

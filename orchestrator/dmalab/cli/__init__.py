@@ -2,8 +2,9 @@
 
 Every error is one line on stderr, `dmalab: error: ...`, with the exit code README's table gives:
 errors dmalab knows about (`DmalabError`) carry their own (errors.py), click's usage errors exit
-2, an operating-system error (a full disk, a directory that cannot be written) exits 3. Ctrl-C
-exits 130. No tracebacks for any of them.
+2, an operating-system error (a full disk, a directory that cannot be written) exits 3. Ctrl-C,
+SIGTERM and SIGHUP stop a command the same way (cli/signals.py) and exit 128 + the signal number.
+No tracebacks for any of them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
+from dmalab.cli import signals
 from dmalab.errors import EXIT_ENVIRONMENT, DmalabError
 
 
@@ -83,8 +85,8 @@ class Group(click.Group):
             click.echo(error_line(f"{where}{exc.strerror or exc}"), err=True)
             ctx.exit(EXIT_ENVIRONMENT)
         except KeyboardInterrupt:
-            click.echo("dmalab: interrupted", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+            click.echo(f"dmalab: interrupted by {signals.received_name()}", err=True)
+            ctx.exit(signals.exit_code())
 
     def main(  # type: ignore[override]
         self,
@@ -96,12 +98,13 @@ class Group(click.Group):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, False, **extra)
-        except click.ClickException as exc:
-            _exit(error_line(usage_message(exc)), exc.exit_code)
-        except click.Abort:
-            _exit("dmalab: interrupted", EXIT_INTERRUPTED)
+        with signals.stop_like_ctrl_c():
+            try:
+                code = super().main(args, prog_name, complete_var, False, **extra)
+            except click.ClickException as exc:
+                _exit(error_line(usage_message(exc)), exc.exit_code)
+            except click.Abort:
+                _exit(f"dmalab: interrupted by {signals.received_name()}", signals.exit_code())
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -110,7 +113,6 @@ def _exit(line: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-EXIT_INTERRUPTED = 130
 _PARSING = "dmalab.parsing"
 #: The name tests and older callers know.
 _Group = Group
@@ -123,7 +125,8 @@ def main() -> None:
     buffer sharing correct.
 
     Builds go to ~/.cache/dmalab (or $DMALAB_CACHE). Exit codes: 0 ok, 1 a check failed,
-    2 bad input, 3 environment or build problem, 130 interrupted.
+    2 bad input, 3 environment or build problem, 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM), 129 hung up (SIGHUP).
     """
 
 

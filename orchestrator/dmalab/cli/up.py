@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import click
 
+from dmalab.cli import signals
 from dmalab.cli.params import ACCEL
 from dmalab.errors import CheckFailed
 from dmalab.machine import attach, launch
@@ -87,20 +86,6 @@ async def until_stopped(vm: Vm, stop: asyncio.Event) -> str:
     return next(waits[t] for t in done)
 
 
-@contextlib.contextmanager
-def signals_set(event: asyncio.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `event` instead of interrupting (also while shutting down, so a
-    second Ctrl-C cannot leave QEMU behind)."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, event.set)
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
 async def run(topology: str, accel: str | None, as_json: bool) -> None:
     topo = load_topology(topology)
     vm = await launch.prepare(
@@ -109,15 +94,10 @@ async def run(topology: str, accel: str | None, as_json: bool) -> None:
     progress(
         f"booting {topo.name} ({topo.iommu_kind}, {len(topo.devices)} ncdma, accel {vm.accel})"
     )
-    try:
-        await vm.__aenter__()
-    except asyncio.CancelledError:
-        # Ctrl-C during the boot: the user stopped it, there is nothing to keep.
-        if vm.process is not None and vm.process.run_dir is not None:
-            shutil.rmtree(vm.process.run_dir, ignore_errors=True)
-        raise
+    await vm.__aenter__()  # interrupted, it removes its run directory itself
     stop = asyncio.Event()
-    with signals_set(stop):
+    # Once up, a stop signal is the normal way to end: shut down and exit 0.
+    with signals.handled_by_loop(stop.set, (signal.SIGINT, *signals.STOP_SIGNALS)):
         await _serve(vm, stop, as_json)
     progress("stopped; nothing left behind")
 
@@ -157,7 +137,8 @@ def command(topology: str, accel: str | None, as_json: bool) -> None:
 
     Prints where to reach it: the run directory, a QMP socket for qmp-shell or socat, the console
     log, `dmalab shell --attach RUN_DIR` for the console and `--agent` for agent ops, and each
-    device's QOM path with a counters summary. Ctrl-C shuts it down and removes everything (exit
-    0; 130 if pressed during the boot). A guest failure exits 1 and keeps the run directory.
+    device's QOM path with a counters summary. Ctrl-C (or SIGTERM, SIGHUP) shuts it down and
+    removes everything (exit 0; during the boot it exits 130, 143 or 129). A guest failure exits
+    1 and keeps the run directory.
     """
     asyncio.run(run(topology, accel, as_json))
