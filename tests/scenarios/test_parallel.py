@@ -58,8 +58,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     ):
         out = tmp_path_factory.mktemp(name)
         proc = dmalab_run(*args, results=out)
-        print(f"\n{name}: " + next(x for x in proc.stdout.splitlines() if " results in " in x))
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        print(f"\n{name}: " + next(x for x in proc.stdout.splitlines() if " results in " in x))
         docs[name] = json.loads((out / "results.json").read_text())
     return docs
 
@@ -112,6 +112,7 @@ class FakeMachine:
         self.fail_after = fail_after
         self.ran = 0
         self.boot_seconds = self.save_seconds = 0.01
+        self.vm = SimpleNamespace(accel="tcg")
 
     async def run_one(self, sc: Scenario, v: Variant, **kw: Any) -> Result:
         if self.fail_after is not None and self.ran >= self.fail_after:
@@ -145,6 +146,8 @@ def fake_suite(
 
     monkeypatch.setattr(runner, "machine", machine)
     monkeypatch.setattr(runner, "load_topology", lambda t: SimpleNamespace(name=t))
+    monkeypatch.setattr(runner, "artifacts_for", lambda loaded: (None, dict.fromkeys(loaded)))
+    monkeypatch.setattr(runner, "provenance", lambda *args: {})
     return log
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.artifacts.image import ensure_image
-from dmalab.bench.device import machine_info
+from dmalab.provenance import machine_info
 
 SCHEMA = "dmalab.bench.image/1"
 TARGETS = {"cold_s": 60.0, "warm_s": 2.0}

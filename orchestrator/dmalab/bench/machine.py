@@ -23,11 +23,11 @@ from typing import Any
 
 from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
-from dmalab.bench.device import machine_info, qemu_info
 from dmalab.machine.compare import compare
 from dmalab.machine.guestmem import MiB, PmemsaveMemory
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.vm import Vm, q35_argv
+from dmalab.provenance import machine_info, qemu_info
 
 SCHEMA = "dmalab.bench.machine/1"
 RAM_MIB = 512

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmalab.bench.device import machine_info
+from dmalab.provenance import machine_info
 
 SCHEMA = "dmalab.bench.suite/1"
 JOBS = (1, 2)

@@ -108,7 +108,8 @@ def command(
     chosen = (list(dict.fromkeys(policies)) or list(POLICIES)) if matrix else None
     scenarios = _scenarios(only, files)
     topos = list(dict.fromkeys(topologies)) or list(MATRIX_TOPOLOGIES if matrix else SHIPPED)
-    coherent = {t: all_coherent(load_topology(t)) for t in topos}  # bad files fail here
+    # Results name topologies by name (bad files fail here, before anything is built).
+    coherent = {(t := load_topology(given)).name: all_coherent(t) for given in topos}
 
     progress = Progress()
     ensure_qemu(progress)

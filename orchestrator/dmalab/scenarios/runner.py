@@ -1,7 +1,9 @@
 """Run scenarios: boot each topology, save a snapshot, restore it before every variant.
 
 `run_suite(topologies, scenarios)` returns a `SuiteRun`: a `Result` per (topology, policy,
-scenario, variant) in that canonical order, the run's `meta` and its wall times. Each machine is
+scenario, variant) in that canonical order, the run's `meta` (what it ran and what produced it:
+QEMU build, guest image, accelerator, host, dmalab commit) and its wall times. Results name a
+topology by its `name`; `meta` maps each name to the file it came from. Each machine is
 booted with `launch.boot`, the guest's `/dev/ncdmaN` are matched to the topology's device ids by
 PCI address, devices that share an IOMMU group are noted (seed 004), and the state right after
 boot is saved; every variant starts from it, so results depend neither on the order nor on which
@@ -23,11 +25,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dmalab.errors import CheckFailed
+from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
+from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.devices import _walk_pci
-from dmalab.machine.launch import boot
+from dmalab.machine.launch import boot, topology_image
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.topology import Topology, load_topology
+from dmalab.provenance import dmalab_commit, image_info, machine_info, qemu_info
 from dmalab.scenarios.api import (
     DEFAULT_SEED,
     POLICIES,
@@ -129,11 +133,12 @@ class Machine:
 
     def __init__(self, vm: Any, topology: str) -> None:
         self.vm = vm
-        self.topology = topology
+        topo = getattr(vm, "topology", None)
+        # Results name the topology, never the file it came from (that goes to `meta`).
+        self.topology = topo.name if isinstance(topo, Topology) else topology
         self.snaps = Snapshots(vm)
         self.devices: dict[str, int] = {}
         self.shared: tuple[str, str] | None = None
-        topo = getattr(vm, "topology", None)
         self.coherent = isinstance(topo, Topology) and all_coherent(topo)
         self.boot_seconds = 0.0
         self.save_seconds = 0.0
@@ -188,12 +193,17 @@ async def machine(
     artifacts_dir: Path | None = None,
     loaded: Topology | None = None,
     name: str | None = None,
+    **boot_options: Any,
 ) -> AsyncIterator[Machine]:
     """Boot `topology` (a shipped name or a file; `loaded` if already read) and yield it with
-    its snapshot saved; the machine is shut down on the way out, whatever happened."""
+    its snapshot saved; the machine is shut down on the way out, whatever happened.
+    `boot_options` go to `launch.boot` (qemu, image)."""
     t0 = time.perf_counter()
-    options = {"name": name} if name else {}
-    async with boot(loaded or topology, accel=accel, artifacts_dir=artifacts_dir, **options) as vm:
+    if name:
+        boot_options["name"] = name
+    async with boot(
+        loaded or topology, accel=accel, artifacts_dir=artifacts_dir, **boot_options
+    ) as vm:
         m = Machine(vm, topology)
         m.boot_seconds = time.perf_counter() - t0
         await m.prepare()
@@ -278,6 +288,8 @@ async def run_suite(
         if p not in POLICIES:
             raise ValueError(f"unknown policy {p!r}")
     loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
+    _names_unique(loaded)
+    qemu, images = artifacts_for(loaded)
     items = plan(topologies, scenarios, pols)
     queues = {t: collections.deque(i for i in items if i.topology == t) for t in topologies}
     running = dict.fromkeys(topologies, 0)
@@ -301,14 +313,15 @@ async def run_suite(
             booted[topo] += 1
             running[topo] += 1
             number = booted[topo]
-            entry: dict[str, Any] = {"topology": topo, "vm": number}
+            entry: dict[str, Any] = {"topology": loaded[topo].name, "vm": number}
             machines.append(entry)
             t0 = time.perf_counter()
             try:
                 async with machine(
                     topo, accel=accel, artifacts_dir=artifacts_dir, loaded=loaded[topo],
-                    name=f"{loaded[topo].name}-{number}",
+                    name=f"{loaded[topo].name}-{number}", qemu=qemu, image=images[topo],
                 ) as m:  # fmt: skip
+                    entry["accel"] = m.vm.accel
                     entry["boot_seconds"] = round(m.boot_seconds, 3)
                     entry["snapshot_seconds"] = round(m.save_seconds, 3)
                     entry["variants"] = 0
@@ -335,14 +348,55 @@ async def run_suite(
         raise _first(eg) from None
     meta = {
         "seed": seed,
-        "topologies": list(topologies),
+        "topologies": [loaded[t].name for t in topologies],
         "scenarios": [sc.name for sc in scenarios],
         "policies": pols,
         "matrix": matrix,
         "dmalab": dmalab_version(),
+        **provenance(loaded, qemu, images, machines),
     }
     timing = {"wall_seconds": round(time.perf_counter() - start, 3), "machines": machines}
     return SuiteRun([results[i.index] for i in items], meta, timing)
+
+
+def _names_unique(loaded: dict[str, Topology]) -> None:
+    """Results are keyed by topology name: two files with one name cannot run together."""
+    seen: dict[str, str] = {}
+    for given, topo in loaded.items():
+        if topo.name in seen:
+            raise BadInput(
+                f"topologies {seen[topo.name]} and {given} are both named {topo.name!r} "
+                "(results are keyed by name)"
+            )
+        seen[topo.name] = given
+
+
+def artifacts_for(loaded: dict[str, Topology]) -> tuple[QemuBuild, dict[str, Any]]:
+    """The QEMU and each topology's guest image, found once for all the run's machines."""
+    return ensure_qemu(), {t: topology_image(topo) for t, topo in loaded.items()}
+
+
+def provenance(
+    loaded: dict[str, Topology],
+    qemu: QemuBuild,
+    images: dict[str, Any],
+    machines: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    """What produced the run: where each topology came from, the accelerator its machines
+    actually ran under, the guest image it booted, the QEMU build, the host, the commit."""
+    accel: dict[str, list[str]] = {}
+    for m in machines:
+        if "accel" in m:
+            accel.setdefault(m["topology"], []).append(m["accel"])
+    info = qemu_info(qemu)
+    return {
+        "topology_files": {t.name: str(t.path) for t in loaded.values()},
+        "accel": {name: "/".join(sorted(set(used))) for name, used in accel.items()},
+        "guest": {loaded[t].name: image_info(image) for t, image in images.items()},
+        "qemu": {k: info[k] for k in ("version", "build_key", "binary")},
+        "host": machine_info(),
+        "dmalab_commit": dmalab_commit(),
+    }
 
 
 def _first(eg: BaseExceptionGroup) -> BaseException:
