@@ -2,19 +2,21 @@
 announces on stderr (`stop_at: STAGE`), so that a test signals it exactly there.
 
 Stages: `boot` (QEMU runs, the guest is booting), `scenario` (inside the second variant, after
-its start), `report` (about to write results.json). Nothing of dmalab changes but the pause.
+its start), `report` (results.json is written to its temporary name, not yet renamed into
+place). Nothing of dmalab changes but the pause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from dmalab.cli import main
 from dmalab.machine.vm import Vm
-from dmalab.scenarios import report
 from dmalab.scenarios.api import Run
 
 ANNOUNCE = "stop_at: "
@@ -46,13 +48,16 @@ def install(stage: str) -> None:
 
         Run.start = second_start  # type: ignore[method-assign]
     elif stage == "report":
+        replace = os.replace
 
-        def write_doc(*_args: Any) -> None:
-            announce(stage)
-            while True:
-                signal.pause()
+        def replace_pausing(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            if Path(dst).name == "results.json":
+                announce(stage)
+                while True:
+                    signal.pause()
+            replace(src, dst, *args, **kwargs)
 
-        report.write_doc = write_doc
+        os.replace = replace_pausing
     else:
         raise SystemExit(f"unknown stage {stage!r}")
 
