@@ -20,6 +20,7 @@ import pytest
 
 from dmalab.artifacts.image import ImageBuild, ensure_image
 from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
+from dmalab.machine.process import OWNER_FILE
 from procs import qemu_pids
 
 
@@ -87,7 +88,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     problems = [f"QEMU pid {pid} still running" for pid in sorted(survivors)]
-    problems += [f"left behind: {path}" for path in leaked]
+    for path in leaked:
+        kept = path.parent.name == "run" and not (path / OWNER_FILE).exists()
+        problems.append(f"left behind: {path}" + (" (kept: a run failed)" if kept else ""))
     for line in ["the test session did not clean up after itself:", *problems]:
         if reporter is not None:
             reporter.write_line(line, red=True)

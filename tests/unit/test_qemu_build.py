@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from dmalab.artifacts import apt, qemu
 from dmalab.artifacts.cache import tree_hash
 from dmalab.artifacts.progress import Progress
-from dmalab.cli import _Group, main
+from dmalab.cli import Group, main
 from dmalab.cli import build as build_cli
 from dmalab.errors import EXIT_ENVIRONMENT, EnvironmentProblem
 
@@ -397,7 +397,7 @@ def test_build_image_without_an_image_builder(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_interrupt_exits_130_with_one_line() -> None:
-    @click.group(cls=_Group)
+    @click.group(cls=Group)
     def group() -> None:
         pass
 

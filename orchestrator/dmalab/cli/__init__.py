@@ -114,8 +114,6 @@ def _exit(line: str, code: int) -> NoReturn:
 
 
 _PARSING = "dmalab.parsing"
-#: The name tests and older callers know.
-_Group = Group
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
