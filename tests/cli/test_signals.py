@@ -1,9 +1,11 @@
 """Stopping dmalab by signal, as a nightly job's timeout or a closed terminal does.
 
 SIGINT and SIGTERM at the boot, inside a scenario and while results.json is written: the exit
-code is 128 + the signal, one line says so, no QEMU is left and no run directory either. SIGKILL
-in the middle of a run: its QEMU dies with it, and the next run removes the run directory the
-kill left. Each stage is reached exactly (tests/cli/stop_at.py pauses dmalab there).
+code is 128 + the signal, one line says so, no QEMU is left and no run directory either. The
+same for `up` and `shell` during the boot (SIGTERM, SIGHUP), `bench device` and `fuzz` while
+they measure (`fuzz --artifacts` keeps its run directory there and says so). SIGKILL in the
+middle of a run: its QEMU dies with it, and the next run removes the run directory the kill
+left. Each boot and run stage is reached exactly (tests/cli/stop_at.py pauses dmalab there).
 """
 
 from __future__ import annotations
@@ -87,13 +89,33 @@ def test_signal_stops_a_run_cleanly(
     assert list(results.iterdir()) == []  # results.json is whole or absent: here absent
 
 
-def test_sighup_stops_up_during_the_boot(run_base: Path, qemu_build: object, guest_image: object):
-    proc = start(run_base, "boot", "up", "default", "--accel", "tcg")
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [("up", signal.SIGHUP), ("up", signal.SIGTERM), ("shell", signal.SIGTERM),
+     ("shell", signal.SIGHUP)],
+)  # fmt: skip
+def test_up_and_shell_stop_during_the_boot(
+    command: str, sig: signal.Signals, run_base: Path, qemu_build: object, guest_image: object
+) -> None:
+    proc = start(run_base, "boot", command, "default", "--accel", "tcg")
     before = wait_for_line(proc, ANNOUNCE + "boot")
-    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(sig)
     err = finish(proc, before)
-    assert proc.returncode == 128 + signal.SIGHUP, err
-    assert err.splitlines()[-1] == "dmalab: interrupted by SIGHUP"
+    assert proc.returncode == 128 + sig, err
+    assert err.splitlines()[-1] == f"dmalab: interrupted by {sig.name}"
+    assert qemu_pids() == set()
+    assert list(run_base.iterdir()) == []
+
+
+def test_sigterm_stops_bench_device_mid_measurement(run_base: Path, qemu_build: object) -> None:
+    proc = start(run_base, None, "bench", "device", "--size", "4K,16M", "--batch-mib", "64",
+                 "--repeats", "30")  # fmt: skip
+    before = wait_for_line(proc, ", 4 KiB: ")  # the first configuration measures 16 MiB now
+    assert qemu_pids()
+    proc.send_signal(signal.SIGTERM)
+    err = finish(proc, before)
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == "dmalab: interrupted by SIGTERM"
     assert qemu_pids() == set()
     assert list(run_base.iterdir()) == []
 
