@@ -85,7 +85,7 @@ class Group(click.Group):
             click.echo(error_line(f"{where}{exc.strerror or exc}"), err=True)
             ctx.exit(EXIT_ENVIRONMENT)
         except KeyboardInterrupt:
-            click.echo(f"dmalab: interrupted by {signals.received_name()}", err=True)
+            click.echo(signals.interrupted_line(), err=True)
             ctx.exit(signals.exit_code())
 
     def main(  # type: ignore[override]
@@ -104,7 +104,7 @@ class Group(click.Group):
             except click.ClickException as exc:
                 _exit(error_line(usage_message(exc)), exc.exit_code)
             except click.Abort:
-                _exit(f"dmalab: interrupted by {signals.received_name()}", signals.exit_code())
+                _exit(signals.interrupted_line(), signals.exit_code())
         sys.exit(code if isinstance(code, int) else 0)
 
 

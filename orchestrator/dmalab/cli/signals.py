@@ -35,8 +35,9 @@ def received() -> signal.Signals:
     return _received[0] if _received else signal.SIGINT
 
 
-def received_name() -> str:
-    return received().name
+def interrupted_line() -> str:
+    """What dmalab says when a signal stopped it: `dmalab: interrupted by SIGTERM`."""
+    return f"dmalab: interrupted by {received().name}"
 
 
 def exit_code() -> int:
