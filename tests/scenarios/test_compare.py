@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,16 @@ def test_observed_cells_are_not_failures(doc: dict[str, Any]) -> None:
     assert compare(old, new).regressions == [
         "000-arnd-table/default/table [policy exclusive]: clean (observed) -> FAIL"
     ]
+
+
+def test_report_that_cannot_be_written_is_one_line_and_exit_2(
+    doc: dict[str, Any], tmp_path: Path
+) -> None:
+    where = write(tmp_path / "full", doc)
+    (where / f".report.html.{os.getpid()}.tmp").symlink_to("/dev/full")  # refuses: ENOSPC
+    result = run(where)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"dmalab: error: {where / 'report.html'}: cannot write: No space left on device\n"
+    )
+    assert sorted(p.name for p in where.iterdir()) == ["results.json"]

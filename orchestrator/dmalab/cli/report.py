@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dmalab.errors import BadInput
+from dmalab.errors import BadInput, EnvironmentProblem
 
 
 @click.command("report", short_help="Render report.html from results.json, or compare two runs.")
@@ -60,6 +60,6 @@ def command(
     out = file.parent / "report.html"
     try:
         write_html(doc, out)
-    except OSError as exc:
-        raise BadInput(f"{out}: cannot write: {exc.strerror or exc}") from exc
+    except EnvironmentProblem as exc:  # the directory the user named cannot take the report
+        raise BadInput(str(exc)) from exc
     click.echo(out)
