@@ -1,10 +1,20 @@
-"""Fixtures shared by all tests. Slow artifacts are session-scoped and come from the cache."""
+"""Fixtures shared by all tests. Slow artifacts are session-scoped and come from the cache.
+
+The session also checks that it leaves nothing behind: it becomes the subreaper of everything it
+starts (so a QEMU whose dmalab was killed stays its descendant, however deep), gives its
+processes a private $XDG_RUNTIME_DIR (run directories) and $TMPDIR, and at its end fails if a
+QEMU it started still runs or a dmalab run or temporary directory was left in either. Other test
+sessions on the same machine are neither seen nor touched.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +23,8 @@ import pytest
 
 from dmalab.artifacts.image import ImageBuild, ensure_image
 from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
+from dmalab.machine.process import OWNER_FILE
+from procs import qemu_pids
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +102,51 @@ def own_kernel(guest_image: ImageBuild) -> list[str]:
             staging.rename(tree)
         shutil.rmtree(staging, ignore_errors=True)
     return ["--kernel", str(bzimage), "--modules", str(tree)]
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PRIVATE = pytest.StashKey[Path]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    root = Path(tempfile.mkdtemp(prefix="dmalab-test-session-"))
+    for name, variable in (("run", "XDG_RUNTIME_DIR"), ("tmp", "TMPDIR")):
+        (root / name).mkdir(mode=0o700)
+        os.environ[variable] = str(root / name)
+    session.config.stash[_PRIVATE] = root
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    root = session.config.stash.get(_PRIVATE, None)
+    if root is None:
+        return
+    _reap_orphans()
+    survivors = qemu_pids()
+    for pid in survivors:  # fail, but do not let them outlive the session either
+        os.kill(pid, signal.SIGKILL)
+    _reap_orphans()
+    leaked = [*(root / "run").iterdir(), *(root / "tmp").glob("dmalab-*")]
+    if not survivors and not leaked:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    problems = [f"QEMU pid {pid} still running" for pid in sorted(survivors)]
+    for path in leaked:
+        kept = path.parent.name == "run" and not (path / OWNER_FILE).exists()
+        problems.append(f"left behind: {path}" + (" (kept: a run failed)" if kept else ""))
+    for line in ["the test session did not clean up after itself:", *problems]:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+
+
+def _reap_orphans() -> None:
+    """Collect the exit status of orphans reparented to this process (their zombies)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

@@ -54,11 +54,10 @@ def _packages() -> Finding:
 
 
 def _cache() -> Finding:
-    root = cache_root()
-    if not os.access(root, os.W_OK):
-        return Finding(
-            "cache", False, f"{root} is not writable", "set DMALAB_CACHE to a writable directory"
-        )
+    try:
+        root = cache_root()
+    except DmalabError as exc:
+        return Finding("cache", False, str(exc), "set DMALAB_CACHE to a writable directory")
     free = shutil.disk_usage(root).free
     ok = free >= MIN_FREE_BYTES
     return Finding(
@@ -90,10 +89,13 @@ def _qemu() -> Finding:
 def _image() -> Finding:
     found = []
     for arch, folder in (("x86_64", "image"), ("aarch64", "image-aarch64")):
-        manifests = sorted(
-            (cache_root() / folder / "builds").glob("*/manifest.json"),
-            key=lambda p: p.stat().st_mtime,
-        )
+        try:
+            builds = cache_root() / folder / "builds"
+        except DmalabError as exc:
+            return Finding(
+                "guest image", False, str(exc), "set DMALAB_CACHE to a writable directory"
+            )
+        manifests = sorted(builds.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
         if not manifests:
             return Finding(
                 "guest image",

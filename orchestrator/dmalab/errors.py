@@ -5,7 +5,7 @@ The CLI turns each into one line and an exit code.
 
 from __future__ import annotations
 
-#: Documented exit codes (docs/cli.md).
+#: Documented exit codes (README, "Exit codes"); a signal adds 128 + its number (cli/signals.py).
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,36 @@ def test_compare_command_exit_codes(doc: dict[str, Any], tmp_path: Path) -> None
     assert json.loads(result.stdout)["regressed"] is True
 
 
+def with_qemu(doc: dict[str, Any], key: str | None) -> dict[str, Any]:
+    out = edited(doc)
+    if key is not None:
+        out["meta"] = {"qemu": {"version": "QEMU emulator version 10.0.6", "build_key": key}}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("old_key", "new_key", "refused"),
+    [("a-1", "b-2", True), ("a-1", "a-1", False), (None, "b-2", False), ("a-1", None, False)],
+)
+def test_compare_refuses_runs_of_different_qemu_builds_unless_told(
+    doc: dict[str, Any], tmp_path: Path, old_key: str | None, new_key: str | None, refused: bool
+) -> None:
+    old = write(tmp_path / "old", with_qemu(doc, old_key))
+    new = write(tmp_path / "new", with_qemu(doc, new_key))
+    result = run("--compare", old, new)
+    if refused:
+        assert result.exit_code == 2
+        assert result.stderr == (
+            f"dmalab: error: {old / 'results.json'} ran on QEMU build a-1, "
+            f"{new / 'results.json'} on b-2: pass --any-qemu to compare runs of different "
+            "QEMU builds\n"
+        )
+    else:  # the same build, or a file that does not say (older dmalab): compared
+        assert result.exit_code == 0, result.output
+    told = run("--compare", old, new, "--any-qemu")
+    assert told.exit_code == 0 and "verdict: no regression" in told.output
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -271,3 +302,16 @@ def test_observed_cells_are_not_failures(doc: dict[str, Any]) -> None:
     assert compare(old, new).regressions == [
         "000-arnd-table/default/table [policy exclusive]: clean (observed) -> FAIL"
     ]
+
+
+def test_report_that_cannot_be_written_is_one_line_and_exit_2(
+    doc: dict[str, Any], tmp_path: Path
+) -> None:
+    where = write(tmp_path / "full", doc)
+    (where / f".report.html.{os.getpid()}.tmp").symlink_to("/dev/full")  # refuses: ENOSPC
+    result = run(where)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"dmalab: error: {where / 'report.html'}: cannot write: No space left on device\n"
+    )
+    assert sorted(p.name for p in where.iterdir()) == ["results.json"]

@@ -134,6 +134,7 @@ class FakeMachine:
         self.fail_after = fail_after
         self.ran = 0
         self.boot_seconds = self.save_seconds = 0.01
+        self.vm = SimpleNamespace(accel="tcg")
 
     async def run_one(self, sc: Scenario, v: Variant, **kw: Any) -> Result:
         if self.fail_after is not None and self.ran >= self.fail_after:
@@ -167,6 +168,8 @@ def fake_suite(
 
     monkeypatch.setattr(runner, "machine", machine)
     monkeypatch.setattr(runner, "load_topology", lambda t: SimpleNamespace(name=t))
+    monkeypatch.setattr(runner, "artifacts_for", lambda loaded: (None, dict.fromkeys(loaded)))
+    monkeypatch.setattr(runner, "provenance", lambda *args: {})
     return log
 
 

@@ -11,6 +11,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from dmalab.machine.topology import topology_path
 from dmalab.scenarios.suite import SUITE
 
 
@@ -40,14 +41,21 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
             assert r["outcome"] == ("pass" if r["expectation"] == "pass" else "detected"), r
             assert set(r["expected_steps"]) <= set(r["detected_steps"])
             assert "restore_seconds" in r["timing"] and r["timing"]["vm"] == 1
-    assert doc["meta"] == {
+    meta = doc["meta"]
+    assert {k: meta[k] for k in ("seed", "topologies", "scenarios", "policies", "matrix")} == {
         "seed": 1,
         "topologies": topologies,
         "scenarios": [s.name for s in SUITE],
         "policies": ["base"],
         "matrix": False,
-        "dmalab": doc["meta"]["dmalab"],
     }
+    assert meta["dmalab"] and meta["dmalab_commit"] != "unknown"
+    assert meta["topology_files"] == {t: str(topology_path(t)) for t in ("default", "virtio-iommu")}
+    assert meta["accel"] == {"default": "tcg", "virtio-iommu": "tcg"}
+    assert meta["qemu"]["version"].startswith("QEMU emulator version 10.0")
+    assert meta["qemu"]["build_key"] and meta["host"]["hostname"]
+    for guest in meta["guest"].values():
+        assert guest["kernel_release"] and guest["image_key"]
     machines = doc["timing"]["machines"]
     assert sorted(m["topology"] for m in machines) == sorted(topologies)
     assert all(m["boot_seconds"] > 0 and m["variants"] == variants for m in machines)
@@ -75,3 +83,25 @@ def test_dmalab_run_on_your_own_kernel(own_kernel: list[str], tmp_path: Path) ->
     assert doc["meta"]["kernel"]["release"] == Path(own_kernel[3]).name
     assert [r["outcome"] for r in doc["results"]] == ["pass", "detected"]
     assert "verdict: PASS" in proc.stderr and " results in " in proc.stderr
+
+
+def test_a_topology_file_is_named_by_its_name(tmp_path: Path) -> None:
+    """Given as a path, a topology is still `default` in results, junit.xml and the report;
+    the path is in meta."""
+    copy = tmp_path / "files" / "lab-7.toml"
+    copy.parent.mkdir()
+    copy.write_text(topology_path("default").read_text())
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmalab", "run", "--accel", "tcg", "-t", str(copy), "-s", "002",
+         "--results", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert {r["topology"] for r in doc["results"]} == {"default"}
+    assert doc["meta"]["topologies"] == ["default"]
+    assert doc["meta"]["topology_files"] == {"default": str(copy)}
+    classnames = {c.get("classname") for c in ET.parse(out / "junit.xml").iter("testcase")}
+    assert classnames == {"default.002-revoke"}
+    assert str(copy.parent) not in (out / "junit.xml").read_text()

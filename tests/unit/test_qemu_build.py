@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -18,8 +20,8 @@ from click.testing import CliRunner
 from dmalab.artifacts import apt, qemu
 from dmalab.artifacts.cache import tree_hash
 from dmalab.artifacts.progress import Progress
-from dmalab.cli import _Group, main
-from dmalab.errors import EXIT_BAD_INPUT, BadInput, EnvironmentProblem
+from dmalab.cli import Group, main
+from dmalab.errors import EXIT_ENVIRONMENT, EnvironmentProblem
 
 SHOWSRC = """\
 Package: qemu
@@ -275,10 +277,21 @@ def test_missing_packages_without_root_name_the_install_command(
     )
 
 
-def test_dmalab_qemu_uses_the_users_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = tmp_path / "qemu-system-x86_64"
-    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 10.1.50'\n")
+def fake_qemu(
+    where: Path, *, device: bool = True, name: str = "qemu-system-x86_64", version: str = ""
+) -> Path:
+    """A script that answers `--version` and `-device help` as a QEMU (with ncdma or without)."""
+    fake = where / name
+    devices = 'name "ncdma", bus PCI' if device else 'name "edu", bus PCI'
+    says = f"QEMU emulator version 10.1.50{version}"
+    answer = f"*'-device help'*) echo '{devices}';; *) echo '{says}';;"
+    fake.write_text(f'#!/bin/sh\ncase "$*" in {answer} esac\n')
     fake.chmod(0o755)
+    return fake
+
+
+def test_dmalab_qemu_uses_the_users_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_qemu(tmp_path)
     monkeypatch.setenv("DMALAB_QEMU", str(fake))
     monkeypatch.delenv("DMALAB_QEMU_AARCH64", raising=False)
     build = qemu.ensure_qemu()
@@ -296,23 +309,35 @@ def test_dmalab_qemu_aarch64_uses_the_users_binary(
 ) -> None:
     fakes = {}
     for arch, var in qemu.USER_QEMU_VARS.items():
-        fakes[arch] = tmp_path / qemu.TARGETS[arch]
-        fakes[arch].write_text(f"#!/bin/sh\necho 'QEMU emulator version 10.1.50 {arch}'\n")
-        fakes[arch].chmod(0o755)
+        fakes[arch] = fake_qemu(tmp_path, name=qemu.TARGETS[arch], version=f" {arch}")
         monkeypatch.setenv(var, str(fakes[arch]))
     build = qemu.ensure_qemu()
     assert build.binaries == fakes
     assert build.manifest["qemu_versions"]["aarch64"].endswith("aarch64")
     monkeypatch.setenv("DMALAB_QEMU_AARCH64", str(tmp_path))
-    with pytest.raises(BadInput, match=f"DMALAB_QEMU_AARCH64={tmp_path} is not an executable"):
+    with pytest.raises(EnvironmentProblem, match=f"DMALAB_QEMU_AARCH64={tmp_path}: is a directory"):
         qemu.ensure_qemu()
 
 
-def test_dmalab_qemu_that_is_not_executable_is_bad_input(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda d: d / "nothing", "no such file"),
+        (lambda d: d, "is a directory"),
+        (lambda d: Path("/bin/true"), "not a QEMU (`--version` printed 'true"),
+        (lambda d: fake_qemu(d).parent / "qemu-system-x86_64", None),
+        (lambda d: fake_qemu(d, device=False), "has no ncdma device"),
+    ],
+)
+def test_dmalab_qemu_that_is_no_qemu_with_ncdma_is_an_environment_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Any, problem: str | None
 ) -> None:
-    monkeypatch.setenv("DMALAB_QEMU", str(tmp_path / "nothing"))
-    with pytest.raises(BadInput, match="DMALAB_QEMU="):
+    binary = make(tmp_path)
+    monkeypatch.setenv("DMALAB_QEMU", str(binary))
+    if problem is None:  # the control: a QEMU with the device is taken
+        assert qemu.ensure_qemu().binary == binary
+        return
+    with pytest.raises(EnvironmentProblem, match=f"^DMALAB_QEMU={binary}: .*{re.escape(problem)}"):
         qemu.ensure_qemu()
 
 
@@ -387,15 +412,13 @@ def test_cli_errors_are_one_line_with_their_exit_code(
 ) -> None:
     monkeypatch.setenv("DMALAB_QEMU", str(tmp_path / "missing"))
     result = CliRunner().invoke(main, ["build", "qemu"])
-    assert result.exit_code == EXIT_BAD_INPUT
+    assert result.exit_code == EXIT_ENVIRONMENT
     assert result.stderr.startswith("dmalab: error: DMALAB_QEMU=")
     assert result.stderr.count("\n") == 1
 
 
 def test_build_qemu_prints_the_binary_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = tmp_path / "qemu-system-x86_64"
-    fake.write_text("#!/bin/sh\necho QEMU\n")
-    fake.chmod(0o755)
+    fake = fake_qemu(tmp_path)
     monkeypatch.setenv("DMALAB_QEMU", str(fake))
     result = CliRunner().invoke(main, ["build", "qemu"])
     assert result.exit_code == 0, result.output
@@ -403,7 +426,7 @@ def test_build_qemu_prints_the_binary_last(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_interrupt_exits_130_with_one_line() -> None:
-    @click.group(cls=_Group)
+    @click.group(cls=Group)
     def group() -> None:
         pass
 
@@ -413,7 +436,7 @@ def test_interrupt_exits_130_with_one_line() -> None:
 
     result = CliRunner().invoke(group, ["slow"])
     assert result.exit_code == 130
-    assert result.stderr == "dmalab: interrupted\n"
+    assert result.stderr == "dmalab: interrupted by SIGINT\n"
 
 
 def test_version_and_help() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from debian.deb822 import Deb822
 
-from dmalab.artifacts.cache import cache_root, locked
+from dmalab.artifacts.cache import cache_root, locked, write_atomic
 from dmalab.errors import EnvironmentProblem
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -118,7 +118,7 @@ class AptRepo:
             if fresh:
                 return
             had_index = listfile.exists() and listfile.read_text() == sources
-            listfile.write_text(sources)
+            write_atomic(listfile, sources)
             try:
                 # Without --error-on=any a failed fetch is only a warning and exit status 0.
                 self.run("apt-get", "update", "--error-on=any")

@@ -9,9 +9,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from dmalab.errors import EnvironmentProblem
+
 
 def cache_root() -> Path:
-    """`$DMALAB_CACHE`, else `$XDG_CACHE_HOME/dmalab`, else `~/.cache/dmalab`."""
+    """`$DMALAB_CACHE`, else `$XDG_CACHE_HOME/dmalab`, else `~/.cache/dmalab`, created if
+    needed; EnvironmentProblem naming the variable (or the default path) when it is not a
+    writable directory."""
     root = os.environ.get("DMALAB_CACHE")
     if root:
         path = Path(root)
@@ -20,8 +24,32 @@ def cache_root() -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME", "")
         base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
         path = base / "dmalab"
-    path.mkdir(parents=True, exist_ok=True)
+    what = f"DMALAB_CACHE={root}" if root else str(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise EnvironmentProblem(f"{what}: not a directory (set DMALAB_CACHE to one)") from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"{what}: cannot create it: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise EnvironmentProblem(f"{what}: not writable (set DMALAB_CACHE to a directory you own)")
     return path
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file so that readers see the old content or the whole new one, never a part,
+    even when the writer is killed or the disk fills up half way."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk, most likely: say which file could not be written
+        raise EnvironmentProblem(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def repo_root() -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 from debian.deb822 import Deb822
 
 from dmalab.artifacts.apt import AptRepo, binary_repo
+from dmalab.artifacts.cache import write_atomic
 from dmalab.errors import EnvironmentProblem
 
 SUITES = ("bookworm", "bookworm-backports", "bookworm-security")
@@ -158,8 +159,8 @@ def resolve(arch: str, cache: Path, on_query: Callable[[], None] = lambda: None)
             packages["busybox"] = found[guest.name][BUSYBOX]
             resolution = Resolution(abi, packages, flavour)
             cache.mkdir(parents=True, exist_ok=True)
-            memo.write_text(
-                json.dumps({"fingerprint": fingerprint, "resolution": resolution.to_json()})
+            write_atomic(
+                memo, json.dumps({"fingerprint": fingerprint, "resolution": resolution.to_json()})
             )
             return resolution
     raise EnvironmentProblem(
@@ -238,5 +239,5 @@ def prepare_headers(root: Path, release: str) -> Path:
     # Rewrite on every call: the cache may have moved since the last one.
     fixed = re.sub(r"^include \S*?/usr/src/", f"include {root}/usr/src/", text, flags=re.M)
     if fixed != text:
-        makefile.write_text(fixed)
+        write_atomic(makefile, fixed)
     return headers

@@ -40,7 +40,7 @@ from debian.deb822 import Deb822
 from debian.debian_support import version_compare
 
 from dmalab.artifacts import apt
-from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash
+from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash, write_atomic
 from dmalab.artifacts.host_packages import install_packages, missing_packages
 from dmalab.artifacts.progress import Progress
 from dmalab.errors import BadInput, EnvironmentProblem
@@ -56,6 +56,8 @@ TARGETS: dict[str, str] = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-syst
 ARCHES = tuple(TARGETS)
 #: A user's own QEMU for each architecture (then nothing is built).
 USER_QEMU_VARS: dict[str, str] = {"x86_64": "DMALAB_QEMU", "aarch64": "DMALAB_QEMU_AARCH64"}
+#: The device a QEMU must have to be of use (qemu-devices/ncdma.h, TYPE_NCDMA).
+DEVICE = "ncdma"
 
 #: QEMU's configure options. Part of the source key: changing them gives a fresh tree and build.
 CONFIGURE_OPTIONS: tuple[str, ...] = (
@@ -261,16 +263,7 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Write JSON atomically: readers see the old file or the whole new one, never a part."""
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def ninja_progress(line: str) -> tuple[int, int] | None:
@@ -371,9 +364,7 @@ def _resolve_version(root: Path, progress: Progress) -> str:
     repo.update()
     version = select_version(repo.run("apt-cache", "showsrc", SOURCE_PACKAGE))
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".debian-version.{os.getpid()}"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, root / "debian-version")
+    write_atomic(root / "debian-version", version + "\n")
     progress.note(f"qemu: using Debian source {SOURCE_PACKAGE} {version}")
     return version
 
@@ -403,7 +394,7 @@ def _user_qemus() -> QemuBuild | None:
         return None
     binaries, versions = {}, {}
     for arch, value in chosen.items():
-        binaries[arch], versions[arch] = _user_qemu(USER_QEMU_VARS[arch], value)
+        binaries[arch], versions[arch] = _user_qemu(arch, value)
     firmware = [d for d in FIRMWARE_DIRS if d.is_dir()]
     manifest = {
         "source": "DMALAB_QEMU",
@@ -415,18 +406,43 @@ def _user_qemus() -> QemuBuild | None:
     return QemuBuild(binaries, firmware, manifest)
 
 
-def _user_qemu(var: str, value: str) -> tuple[Path, str]:
-    """(resolved binary, first line of --version) of the QEMU that `var`=`value` names."""
+def _user_qemu(arch: str, value: str) -> tuple[Path, str]:
+    """(resolved binary, first line of --version) of the QEMU for `arch` that its variable
+    (USER_QEMU_VARS) names as `value`, checked: executable, a QEMU, with ncdma."""
     binary = Path(value).expanduser()
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        raise BadInput(f"{var}={value} is not an executable file")
+    where = f"{USER_QEMU_VARS[arch]}={value}"
+    if binary.is_dir():
+        raise EnvironmentProblem(f"{where}: is a directory, not a {TARGETS[arch]}")
+    if not binary.is_file():
+        raise EnvironmentProblem(f"{where}: no such file")
+    if not os.access(binary, os.X_OK):
+        raise EnvironmentProblem(f"{where}: not executable")
+    version = _qemu_says(binary, where, "--version")
+    if not version.startswith("QEMU emulator version"):
+        said = f"printed {version!r}" if version else "printed nothing"
+        raise EnvironmentProblem(f"{where}: not a QEMU (`--version` {said})")
+    devices = _qemu_says(binary, where, "-machine", "none", "-device", "help", lines=0)
+    if not re.search(rf'^name "{DEVICE}"', devices, re.M):
+        raise EnvironmentProblem(
+            f"{where}: {version} has no {DEVICE} device (build it with qemu-devices/: "
+            "docs/building.md)"
+        )
+    return binary.resolve(), version
+
+
+def _qemu_says(binary: Path, where: str, *args: str, lines: int = 1) -> str:
+    """What `binary args` prints on stdout (its first `lines` lines; 0: all of it)."""
     try:
         out = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True
+            [str(binary), *args], capture_output=True, text=True, timeout=30, check=True
         ).stdout
+    except subprocess.CalledProcessError as exc:
+        raise EnvironmentProblem(
+            f"{where}: `{' '.join(args)}` exited with status {exc.returncode}"
+        ) from None
     except (OSError, subprocess.SubprocessError) as exc:
-        raise BadInput(f"{var}={value} does not run: {exc}") from exc
-    return binary.resolve(), (out.splitlines() or [""])[0]
+        raise EnvironmentProblem(f"{where}: does not run: {exc}") from None
+    return "\n".join(out.splitlines()[:lines] if lines else out.splitlines()).strip()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,7 +675,7 @@ class _Builder:
         except BaseException:
             shutil.rmtree(lay.build, ignore_errors=True)
             raise
-        stamp.write_text(wanted)
+        write_atomic(stamp, wanted)
 
     def _compile(self) -> None:
         lay = self.layout

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +30,7 @@ from dmalab.bench import memcpy as host_memcpy
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.ncdma_host import NcdmaHost, copy, fill, fill_bytes, maint
 from dmalab.machine.ncdma_rig import NcdmaRig, ncdma_rig
+from dmalab.provenance import machine_info, qemu_info
 
 SCHEMA = "dmalab.bench.device/1"
 SIZES = (4 * KiB, 64 * KiB, 1 * MiB, 16 * MiB)
@@ -307,34 +305,6 @@ def memory_mib_for(sizes: Sequence[int], ring_entries: int = RING_ENTRIES) -> in
     """Guest RAM for a source and a destination of every size, the ring and page tables."""
     need = 2 * sum(sizes) + ring_entries * 64 + 64 * MiB  # +64: low memory, tables, slack
     return max(MIN_MEMORY_MIB, -(-need // MiB))
-
-
-def machine_info() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for text in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115
-            if text.startswith("model name"):
-                model = text.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def qemu_info(qemu: QemuBuild) -> dict[str, Any]:
-    try:
-        version = subprocess.run(
-            [str(qemu.binary), "--version"], capture_output=True, text=True, timeout=30
-        ).stdout.splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        version = None
-    return {"binary": str(qemu.binary), "version": version, "manifest": qemu.manifest}
 
 
 async def _run_batch(host: NcdmaHost, count: int, timeout: float) -> float:

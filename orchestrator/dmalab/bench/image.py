@@ -20,7 +20,7 @@ from typing import Any
 
 from dmalab.artifacts.image import ensure_image
 from dmalab.bench import envelope, target_lines
-from dmalab.bench.device import machine_info
+from dmalab.provenance import machine_info
 
 SCHEMA = "dmalab.bench.image/2"
 ARCHES = ("x86_64", "aarch64")

@@ -27,13 +27,13 @@ from typing import Any
 from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
 from dmalab.bench import target_lines
-from dmalab.bench.device import machine_info, qemu_info
 from dmalab.machine.compare_bytes import compare
 from dmalab.machine.guestmem import MiB, PmemsaveMemory
 from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.topology import minimal_topology
 from dmalab.machine.vm import Vm
+from dmalab.provenance import machine_info, qemu_info
 
 SCHEMA = "dmalab.bench.machine/1"
 RAM_MIB = 512

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.bench import target_lines
-from dmalab.bench.device import machine_info
+from dmalab.provenance import machine_info
 from dmalab.scenarios.results import comparable
 
 SCHEMA = "dmalab.bench.suite/1"
@@ -39,12 +39,23 @@ def _one(jobs: int, accel: str | None, out: Path, log: Callable[[str], None]) ->
     argv += ["--accel", accel] if accel else []
     log(f"bench suite: dmalab run -j {jobs}")
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-        code: int | None = proc.returncode
-        tail = (proc.stderr.strip().splitlines() or [""])[-1]
-    except subprocess.TimeoutExpired:
-        code, tail = None, f"stopped after {RUN_TIMEOUT_S:g} s"
+    # Its own process group: a Ctrl-C at the terminal reaches it only as the one SIGTERM sent
+    # here (a second signal would cut its clean-up short), and it stops as it does on Ctrl-C.
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0
+    ) as proc:
+        try:
+            _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+            code: int | None = proc.returncode
+            tail = (err.strip().splitlines() or [""])[-1]
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.communicate()
+            code, tail = None, f"stopped after {RUN_TIMEOUT_S:g} s"
+        except BaseException:
+            proc.terminate()
+            proc.communicate()
+            raise
     wall = time.perf_counter() - start
     file = out / "results.json"
     doc = json.loads(file.read_text()) if code is not None and file.is_file() else {}

@@ -13,16 +13,16 @@ import click
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ensure_qemu
 from dmalab.bench import device as device_bench
-from dmalab.bench import image as image_bench
-from dmalab.bench import machine as machine_bench
 from dmalab.bench import parse_size
 from dmalab.bench import qemu as qemu_bench
 from dmalab.bench import suite as suite_bench
+from dmalab.cli import Group
 from dmalab.cli.options import emit, emit_json, output_options
+from dmalab.cli.params import ACCEL
 from dmalab.errors import BadInput, CheckFailed
 
 
-@click.group("bench", short_help="Measure throughput (ncdma against host memcpy).")
+@click.group("bench", cls=Group, short_help="Measure throughput (ncdma against host memcpy).")
 def command() -> None:
     """Throughput benchmarks. Figures are medians of repeated runs and every ratio compares
     figures measured in the same run."""
@@ -49,7 +49,10 @@ def _sizes(values: tuple[str, ...]) -> list[int]:
                 sizes.append(parse_size(part))
             except ValueError as exc:
                 raise BadInput(f"--size: {exc}") from None
-    return sizes
+    try:
+        return device_bench.check_sizes(sizes) if sizes else []
+    except BadInput as exc:
+        raise BadInput(f"--size: {exc}") from None
 
 
 @command.command("device", short_help="COPY throughput of ncdma in four configurations.")
@@ -86,11 +89,12 @@ def device(as_json: bool, output: Path | None, check: bool, repeats: int, sizes:
     A table goes to stdout, progress to stderr. The exit code is 0 whatever the targets say,
     unless --check is given.
     """
+    chosen = _sizes(sizes) or device_bench.SIZES  # a bad size fails before QEMU is looked for
     progress = Progress()
     qemu = ensure_qemu(progress)
     report = device_bench.run_sync(
         qemu,
-        sizes=_sizes(sizes) or device_bench.SIZES,
+        sizes=chosen,
         repeats=repeats,
         batch_bytes=batch_mib << 20,
         log=progress.note,
@@ -118,6 +122,7 @@ def machine(as_json: bool, output: Path | None, check: bool, repeats: int) -> No
     snapshot restore on the arm64 virt + SMMUv3 + ncdma guest, in the same run.
     """
     from dmalab.artifacts.image import ensure_image
+    from dmalab.bench import machine as machine_bench  # slow to import: only when used
 
     progress = Progress()
     qemu = ensure_qemu(progress)
@@ -141,6 +146,8 @@ def machine(as_json: bool, output: Path | None, check: bool, repeats: int) -> No
 def image(as_json: bool, output: Path | None, check: bool) -> None:
     """Build each architecture's guest image in a private empty cache (downloads included, as
     on a new machine), then again with everything cached. Your own cache is not touched."""
+    from dmalab.bench import image as image_bench
+
     progress = Progress()
     report = image_bench.run(log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]]))
     _finish(report, image_bench.render_table(report), as_json, output, check)
@@ -165,7 +172,7 @@ def qemu(as_json: bool, output: Path | None, check: bool) -> None:
     "Print the full results (machine, both runs, speed-up, targets) as JSON instead of the table."
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
-@click.option("--accel", default=None, help="Override the topologies' accelerator (tcg, kvm).")
+@click.option("--accel", type=ACCEL, help="Override the topologies' accelerator.")
 def suite(as_json: bool, output: Path | None, check: bool, accel: str | None) -> None:
     """Run `dmalab run` (the whole built-in suite on the shipped topologies) with -j 1, then
     with -j 2, and report each one's wall time against the 60 s target, the speed-up, and

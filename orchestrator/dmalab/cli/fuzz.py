@@ -12,6 +12,7 @@ import click
 from dmalab import fuzz as engine
 from dmalab.artifacts.qemu import ensure_qemu
 from dmalab.cli.options import emit, emit_json, output_options, shard_option
+from dmalab.cli.params import OUTPUT_DIR
 from dmalab.errors import BadInput
 from dmalab.selection import Shard
 
@@ -60,7 +61,7 @@ kept (moved under --artifacts).
 )
 @click.option(
     "--artifacts",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OUTPUT_DIR,
     default=None,
     help="Where QEMU's run directory goes when a run fails (default: left in place).",
 )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from dmalab.cli.params import INPUT_DIR, INPUT_FILE, OUTPUT_FILE
 from dmalab.errors import BadInput
 from dmalab.selection import Shard
 
@@ -30,7 +31,7 @@ def output_options(json_help: str) -> Callable[[F], F]:
 
     def decorate(f: F) -> F:
         f = click.option(
-            "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+            "--output", type=OUTPUT_FILE, metavar="FILE",
             help="Write the result (the JSON with --json) to FILE instead of stdout.",
         )(f)  # fmt: skip
         return click.option("--json", "as_json", is_flag=True, help=json_help)(f)
@@ -56,12 +57,12 @@ def emit_json(data: Any, output: Path | None) -> None:
 def kernel_options(f: F) -> F:
     """`--kernel` and `--modules`, as `kernel` and `modules`."""
     f = click.option(
-        "--modules", type=click.Path(path_type=Path), metavar="DIR",
+        "--modules", type=INPUT_DIR, metavar="DIR",
         help="Your kernel's lib/modules/<release> tree (its build/ gives the headers for "
         "ncdma.ko). Only with --kernel.",
     )(f)  # fmt: skip
     return click.option(
-        "--kernel", type=click.Path(path_type=Path), metavar="FILE",
+        "--kernel", type=INPUT_FILE, metavar="FILE",
         help="Boot your own kernel (x86: a bzImage or vmlinux with CONFIG_PVH=y; arm64: an "
         "Image, gzip'd or not) instead of Debian's or the topology's: a guest image is built "
         "around it (cached).",

@@ -22,6 +22,7 @@ from dmalab.cli.options import (
     own_image,
     shard_option,
 )
+from dmalab.cli.params import ACCEL, INPUT_FILE, OUTPUT_DIR
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.selection import Shard, select
 
@@ -64,7 +65,7 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     help="Only these scenarios, by seed number or name (repeatable).",
 )  # fmt: skip
 @click.option(
-    "--scenario-file", "files", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+    "--scenario-file", "files", multiple=True, type=INPUT_FILE, metavar="PATH",
     help="Run this scenario file (TOML, docs/scenario-files.md; repeatable). Without -s only "
     "the files run; with -s, the scenarios -s names too.",
 )  # fmt: skip
@@ -99,10 +100,10 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     help="Only these matrix policies (repeatable; implies --matrix).",
 )  # fmt: skip
 @click.option(
-    "--results", type=click.Path(file_okay=False, path_type=Path),
+    "--results", type=OUTPUT_DIR,
     help="Write results.json, junit.xml and report.html into this directory.",
 )  # fmt: skip
-@click.option("--accel", default=None, help="Override the topology's accelerator (tcg, kvm, auto).")
+@click.option("--accel", type=ACCEL, help="Override the topology's accelerator.")
 @kernel_options
 @output_options(
     "Print results.json's document instead of the table (with --list: the items as a JSON "
@@ -214,7 +215,8 @@ def _run_list(
     loaded = {t: load_topology(t) for t in topos}  # bad files fail here
     if not topologies and arch != "all":
         topos = [t for t in topos if loaded[t].arch == arch]
-    coherent = {t: all_coherent(loaded[t]) for t in topos}
+    # Results name topologies by name (bad files failed above, before anything is built).
+    coherent = {loaded[t].name: all_coherent(loaded[t]) for t in topos}
     arches = {t: loaded[t].arch for t in topos}
     every = plan(topos, scenarios, chosen or ["base"])
     matching = select(every, lambda i: i.names, keyword=keyword)

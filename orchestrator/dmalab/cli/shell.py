@@ -16,6 +16,7 @@ import click
 from dmalab.artifacts.image import ImageBuild
 from dmalab.cli.completion import complete_topology
 from dmalab.cli.options import kernel_options, own_image
+from dmalab.cli.params import ACCEL, INPUT_DIR
 from dmalab.errors import BadInput, EnvironmentProblem
 from dmalab.machine import attach, launch, repl
 from dmalab.machine.topology import load_topology
@@ -101,6 +102,8 @@ async def agent_repl(run_line: Callable[[str], Awaitable[str]]) -> None:
 async def attached(run_dir: Path, agent: bool) -> None:
     console_sock, agent_sock = attach.sockets(run_dir)
     path = agent_sock if agent else console_sock
+    if not path.is_socket():
+        raise BadInput(f"{run_dir}: not the run directory of a `dmalab up` (no {path.name})")
     try:
         reader, writer = await asyncio.open_unix_connection(path)
     except OSError as exc:
@@ -162,7 +165,7 @@ async def _console_from(vm: Vm) -> AsyncIterator[bytes]:
 @click.option(
     "--attach",
     "run_dir",
-    type=click.Path(path_type=Path),
+    type=INPUT_DIR,
     help="Attach to the machine `dmalab up` runs from RUN_DIR instead of booting one.",
 )
 @click.option(
@@ -172,7 +175,7 @@ async def _console_from(vm: Vm) -> AsyncIterator[bytes]:
 )
 @click.option(
     "--accel",
-    type=click.Choice(["auto", "tcg", "kvm"]),
+    type=ACCEL,
     help="Override the topology's accelerator.",
 )
 @kernel_options

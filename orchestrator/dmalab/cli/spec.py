@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from dmalab.artifacts.cache import repo_root
+from dmalab.cli import Group
 from dmalab.errors import CheckFailed
 from dmalab.spec import agent_cheader, cheader
 
@@ -29,7 +30,7 @@ HEADERS: tuple[tuple[Callable[[], Path], Callable[[], str], str], ...] = (
 )
 
 
-@click.group("spec", short_help="C headers generated from the specifications.")
+@click.group("spec", cls=Group, short_help="C headers generated from the specifications.")
 def command() -> None:
     """C headers generated from the construct specifications (orchestrator/dmalab/spec/): the
     ncdma hardware interface and the guest agent protocol."""

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
+from dmalab.cli import Group
 from dmalab.cli.completion import complete_topology
 from dmalab.cli.options import emit, emit_json, output_options
 from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.topology import load_topology, shipped_topologies
 
 
-@click.group("topology", short_help="List and check topology files.")
+@click.group("topology", cls=Group, short_help="List and check topology files.")
 def command() -> None:
     """Topologies describe the machine to boot: memory, vIOMMU, bridges, ncdma devices, kernel.
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from dmalab.artifacts.image import ImageBuild
+from dmalab.cli import signals
 from dmalab.cli.completion import complete_topology
 from dmalab.cli.options import emit, kernel_options, output_options, own_image
+from dmalab.cli.params import ACCEL
 from dmalab.errors import CheckFailed
 from dmalab.machine import attach, launch
 from dmalab.machine.topology import load_topology
@@ -90,20 +90,6 @@ async def until_stopped(vm: Vm, stop: asyncio.Event) -> str:
     return next(waits[t] for t in done)
 
 
-@contextlib.contextmanager
-def signals_set(event: asyncio.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `event` instead of interrupting (also while shutting down, so a
-    second Ctrl-C cannot leave QEMU behind)."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, event.set)
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
 async def run(
     topology: str,
     accel: str | None,
@@ -118,15 +104,10 @@ async def run(
     progress(
         f"booting {topo.name} ({topo.iommu_kind}, {len(topo.devices)} ncdma, accel {vm.accel})"
     )
-    try:
-        await vm.__aenter__()
-    except asyncio.CancelledError:
-        # Ctrl-C during the boot: the user stopped it, there is nothing to keep.
-        if vm.process is not None and vm.process.run_dir is not None:
-            shutil.rmtree(vm.process.run_dir, ignore_errors=True)
-        raise
+    await vm.__aenter__()  # interrupted, it removes its run directory itself
     stop = asyncio.Event()
-    with signals_set(stop):
+    # Once up, a stop signal is the normal way to end: shut down and exit 0.
+    with signals.handled_by_loop(stop.set, (signal.SIGINT, *signals.STOP_SIGNALS)):
         await _serve(vm, stop, as_json, output)
     progress("stopped; nothing left behind")
 
@@ -157,7 +138,7 @@ async def _serve(vm: Vm, stop: asyncio.Event, as_json: bool, output: Path | None
 @click.argument("topology", shell_complete=complete_topology)
 @click.option(
     "--accel",
-    type=click.Choice(["auto", "tcg", "kvm"]),
+    type=ACCEL,
     help="Override the topology's accelerator.",
 )
 @kernel_options
@@ -174,8 +155,9 @@ def command(
 
     Prints where to reach it: the run directory, a QMP socket for qmp-shell or socat, the console
     log, `dmalab shell --attach RUN_DIR` for the console and `--agent` for agent ops, and each
-    device's QOM path with a counters summary. Ctrl-C shuts it down and removes everything (exit
-    0; 130 if pressed during the boot). A guest failure exits 1 and keeps the run directory.
+    device's QOM path with a counters summary. Ctrl-C (or SIGTERM, SIGHUP) shuts it down and
+    removes everything (exit 0; during the boot it exits 130, 143 or 129). A guest failure exits
+    1 and keeps the run directory.
     """
     arch = load_topology(topology).arch  # a bad topology fails before an image is built
     image = own_image(kernel, modules, arch)

@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from dmalab.artifacts.cache import cache_root
+from dmalab.artifacts.cache import cache_root, write_atomic
 from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
 from dmalab.errors import BadInput, DmalabError, EnvironmentProblem
@@ -138,9 +138,7 @@ async def resolve_accel(
             "qemu": str(qemu.binary),
         }
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(verdict, indent=1) + "\n")
-        tmp.replace(cache)
+        write_atomic(cache, json.dumps(verdict, indent=1) + "\n")
     if verdict["kvm"]:
         return "kvm"
     if mode == "kvm":

@@ -10,17 +10,27 @@ Every socket to QEMU is one end of a `socketpair()` handed over as `-chardev soc
 there is no path to wait for, no connect retry loop and no stale socket file: QEMU holds its end
 before it starts, and its exit closes the connection.
 
-After a clean run the run directory is removed. A run failed when the body raised (cancellation
-included), QEMU exited before it was asked to (see `wait_exit` for exits that are expected), or it
-needed a signal to exit; then the run directory is kept (or moved into the caller's artifacts
-directory) and the error says where: `QemuDied` names it in its message, any other exception of
-the body gets a note (PEP 678). `QemuDied` replaces a body exception that QEMU's death caused.
+After a clean run the run directory is removed, and so it is after an interruption (the body
+was cancelled or got KeyboardInterrupt: someone stopped the run, QEMU did not fail) unless the
+caller gave an artifacts directory; then it is moved there and a warning says where. A run
+failed when the body raised any other exception, QEMU exited before it was asked to (see
+`wait_exit` for exits that are expected), or it needed a signal to exit; then the run directory
+is kept (or moved into the caller's artifacts directory) and the error says where: `QemuDied`
+names it in its message, any other exception of the body gets a note (PEP 678). `QemuDied`
+replaces a body exception that QEMU's death caused.
+
+QEMU dies with the process that started it, even when that one is SIGKILLed and runs no clean-up
+(PR_SET_PDEATHSIG). The run directory left behind then holds `owner` (pid and start time of the
+process that made it); the next QemuProcess removes such directories whose owner is gone. A run
+directory kept on purpose has no `owner`, so it stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import logging
 import os
@@ -43,7 +53,11 @@ log = logging.getLogger(__name__)
 QEMU_LOG = "qemu.log"
 EVENTS_LOG = "qmp-events.jsonl"
 USER_QMP_SOCKET = "qmp.sock"
+OWNER_FILE = "owner"
+RUN_DIR_PREFIX = "dmalab-"
 _ARTIFACT_FILES = f"{QEMU_LOG}, {EVENTS_LOG}"
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class QemuStartFailed(EnvironmentProblem):
@@ -60,6 +74,41 @@ def runtime_base() -> Path:
     if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
         return Path(xdg)
     return Path(tempfile.gettempdir())
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): with the pid, names it uniquely."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_alive(run_dir: Path) -> bool:
+    try:
+        pid, started = (run_dir / OWNER_FILE).read_text().split()
+    except (OSError, ValueError):
+        return True  # not ours to judge: kept on purpose, or from an older dmalab
+    return _start_time(int(pid)) == started
+
+
+def remove_stale_run_dirs(base: Path) -> list[Path]:
+    """Remove the run directories under `base` whose owner process is gone (it was killed
+    before it could clean up); the ones removed."""
+    removed = []
+    for run_dir in base.glob(f"{RUN_DIR_PREFIX}*"):
+        if run_dir.is_dir() and not run_dir.is_symlink() and not _owner_alive(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir)
+    return removed
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: be SIGKILLed when the parent dies, even by SIGKILL."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def describe_status(returncode: int | None) -> str:
@@ -181,7 +230,10 @@ class QemuProcess:
     # Lifecycle
 
     async def __aenter__(self) -> Self:
-        self.run_dir = Path(tempfile.mkdtemp(prefix=f"dmalab-{self.name}-", dir=runtime_base()))
+        base = runtime_base()
+        remove_stale_run_dirs(base)
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{self.name}-", dir=base))
+        (self.run_dir / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
         try:
             await self._start()
         except BaseException as exc:
@@ -190,10 +242,10 @@ class QemuProcess:
                 with contextlib.suppress(Exception, TimeoutError):
                     await asyncio.wait_for(self._proc.wait(), self._term_timeout)
             await self._disconnect()
-            where = self._keep_run_dir()
             if not isinstance(exc, Exception):
-                exc.add_note(self._kept_note(where))
+                self._interrupted()
                 raise
+            where = self._keep_run_dir()
             tail = log_tail(where / QEMU_LOG)
             raise QemuStartFailed(
                 f"QEMU {self.name} did not start ({exc}): it {describe_status(self.returncode)}; "
@@ -216,7 +268,10 @@ class QemuProcess:
             # Interrupted while stopping (cancelled again): never leave QEMU or its files behind.
             self._kill_group(signal.SIGKILL)
             self._release()
-            err.add_note(self._kept_note(self._keep_run_dir()))
+            if isinstance(err, Exception):
+                err.add_note(self._kept_note(self._keep_run_dir()))
+            else:
+                self._interrupted()
             raise
         self._kill_group(signal.SIGKILL)  # anything QEMU left in its group
         self._release()
@@ -225,6 +280,9 @@ class QemuProcess:
         if exc is None and clean and not died_unasked:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             return
+        if clean and not died_unasked and not isinstance(exc, Exception):
+            self._interrupted()
+            return  # the cancellation propagates
         where = self._keep_run_dir()
         if clean and not died_unasked:
             assert exc is not None
@@ -276,6 +334,7 @@ class QemuProcess:
                     stderr=asyncio.subprocess.STDOUT,
                     pass_fds=[s.fileno() for s in theirs] + self._pass_fds,
                     process_group=0,
+                    preexec_fn=functools.partial(_die_with_parent, os.getpid()),
                 )
         except OSError as exc:
             raise QemuStartFailed(f"cannot run {argv[0]}: {exc}") from exc
@@ -355,8 +414,17 @@ class QemuProcess:
             s.close()
         self._channels.clear()
 
+    def _interrupted(self) -> None:
+        """Someone stopped the run: nothing failed, so nothing is kept unless asked for."""
+        assert self.run_dir is not None
+        if self._artifacts_dir is None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        else:
+            log.warning("%s", self._kept_note(self._keep_run_dir()))
+
     def _keep_run_dir(self) -> Path:
         assert self.run_dir is not None
+        (self.run_dir / OWNER_FILE).unlink(missing_ok=True)  # kept on purpose: not stale
         if self._artifacts_dir is None:
             return self.run_dir
         target = self._artifacts_dir / self.run_dir.name

@@ -65,6 +65,25 @@ def results_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in results if isinstance(r, dict)] if isinstance(results, list) else []
 
 
+def qemu_build(doc: dict[str, Any]) -> str | None:
+    """The key of the QEMU build a run used (`meta.qemu.build_key`), if its file records one."""
+    meta = doc.get("meta") if isinstance(doc, dict) else None
+    qemu = meta.get("qemu") if isinstance(meta, dict) else None
+    key = qemu.get("build_key") if isinstance(qemu, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def check_same_qemu(old: dict[str, Any], new: dict[str, Any], old_name: str, new_name: str) -> None:
+    """BadInput when both runs record their QEMU build and the builds differ: a device change
+    between them would read as a regression (or hide one)."""
+    a, b = qemu_build(old), qemu_build(new)
+    if a is not None and b is not None and a != b:
+        raise BadInput(
+            f"{old_name} ran on QEMU build {a}, {new_name} on {b}: pass --any-qemu to compare "
+            "runs of different QEMU builds"
+        )
+
+
 def verdict_of(r: dict[str, Any]) -> str:
     return verdict(r.get("expectation"), r.get("outcome"))
 

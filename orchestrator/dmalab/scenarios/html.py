@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from dmalab.artifacts.cache import write_atomic
 from dmalab.scenarios.compare_results import result_key, results_of, verdict_of
 from dmalab.scenarios.verdicts import (
     FAIL,
@@ -41,8 +42,8 @@ _STEP_LINE = re.compile(r"step (\d+)\b")
 
 
 def write_html(doc: dict[str, Any], path: Path) -> None:
-    """Write `render_html(doc)` to `path` (UTF-8)."""
-    path.write_text(render_html(doc), encoding="utf-8")
+    """Write `render_html(doc)` to `path` (UTF-8; whole or not at all)."""
+    write_atomic(path, render_html(doc).encode())
 
 
 def render_html(doc: dict[str, Any]) -> str:

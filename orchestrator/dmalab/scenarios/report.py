@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dmalab.artifacts.cache import write_atomic
 from dmalab.scenarios.declarations import Scenario, Variant, cell_expectation
 from dmalab.scenarios.results import Result, as_json
 from dmalab.scenarios.verdicts import cell_text, verdict
@@ -152,12 +153,31 @@ def write_json(
 
 
 def write_doc(doc: Mapping[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+
+
+#: Findings quoted in a JUnit failure message (all of them are in its text).
+FINDINGS_QUOTED = 3
+
+
+def failure_message(r: Result) -> str:
+    """One line saying what was expected and what was found (detector, step, bytes)."""
+    expected = r.expectation + (f" at steps {_steps(r.expected_steps)}" if r.expected_steps else "")
+    got = r.outcome + (f" at steps {_steps(r.detected_steps)}" if r.detected_steps else "")
+    found = [" ".join(e.split()) for e in r.evidence[:FINDINGS_QUOTED]]
+    if len(r.evidence) > FINDINGS_QUOTED:
+        found.append(f"and {len(r.evidence) - FINDINGS_QUOTED} more")
+    return f"expected {expected}, got {got}: {'; '.join(found) or 'no finding'}"
+
+
+def _steps(steps: Sequence[int]) -> str:
+    return ",".join(map(str, steps))
 
 
 def write_junit(results: Sequence[Result], path: Path) -> None:
     """One `testsuite` per topology (per topology and policy in a matrix run), one `testcase`
-    per variant; `failure` with the evidence, `skipped` for n/a."""
+    per variant, classname `<topology name>[.<policy>].<scenario>`; `failure` whose message says
+    what was found and whose text is the evidence, `skipped` for n/a."""
     suites = ET.Element("testsuites", name="dmalab")
     groups: dict[str, list[Result]] = {}
     for r in results:
@@ -180,13 +200,9 @@ def write_junit(results: Sequence[Result], path: Path) -> None:
             if r.outcome == "unavailable":
                 ET.SubElement(case, "skipped", message=r.note)
             elif not r.ok:
-                fail = ET.SubElement(
-                    case, "failure",
-                    message=f"expected {r.expectation} at steps {r.expected_steps}, "
-                    f"got {r.outcome} at steps {r.detected_steps}",
-                )  # fmt: skip
+                fail = ET.SubElement(case, "failure", message=failure_message(r))
                 fail.text = "\n".join(r.evidence)
             out = ET.SubElement(case, "system-out")
             out.text = "\n".join([f"verdict: {verdict_text(r)}", *r.evidence, r.note])
     ET.indent(suites)
-    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+    write_atomic(path, ET.tostring(suites, encoding="utf-8", xml_declaration=True))

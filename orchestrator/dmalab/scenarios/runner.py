@@ -1,7 +1,9 @@
 """Run scenarios: boot each topology, save a snapshot, restore it before every variant.
 
 `run_suite(topologies, scenarios)` returns a `SuiteRun`: a `Result` per (topology, policy,
-scenario, variant) in that canonical order, the run's `meta` and its wall times. Each machine is
+scenario, variant) in that canonical order, the run's `meta` (what it ran and what produced it:
+QEMU build, guest image, accelerator, host, dmalab commit) and its wall times. Results name a
+topology by its `name`; `meta` maps each name to the file it came from. Each machine is
 booted with `launch.boot`, the guest's `/dev/ncdmaN` are matched to the topology's device ids by
 PCI address, devices that share an IOMMU group are noted (seed 004), and the state right after
 boot is saved; every variant starts from it, so results depend neither on the order nor on which
@@ -24,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.artifacts.image import ImageBuild
-from dmalab.errors import CheckFailed
+from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
+from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.devices import _walk_pci
-from dmalab.machine.launch import boot
+from dmalab.machine.launch import boot, topology_image
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.topology import Topology, load_topology
+from dmalab.provenance import dmalab_commit, image_info, machine_info, qemu_info
 from dmalab.scenarios.api import Run
 from dmalab.scenarios.codec import DEFAULT_SEED
 from dmalab.scenarios.declarations import POLICIES, Scenario, Variant, cell_expectation
@@ -123,11 +127,12 @@ class Machine:
 
     def __init__(self, vm: Any, topology: str) -> None:
         self.vm = vm
-        self.topology = topology
+        topo = getattr(vm, "topology", None)
+        # Results name the topology, never the file it came from (that goes to `meta`).
+        self.topology = topo.name if isinstance(topo, Topology) else topology
         self.snaps = Snapshots(vm)
         self.devices: dict[str, int] = {}
         self.shared: tuple[str, str] | None = None
-        topo = getattr(vm, "topology", None)
         self.coherent = isinstance(topo, Topology) and all_coherent(topo)
         self.arch = topo.arch if isinstance(topo, Topology) else "x86_64"
         self.boot_seconds = 0.0
@@ -186,15 +191,16 @@ async def machine(
     artifacts_dir: Path | None = None,
     loaded: Topology | None = None,
     name: str | None = None,
-    image: ImageBuild | None = None,
+    **boot_options: Any,
 ) -> AsyncIterator[Machine]:
     """Boot `topology` (a shipped name or a file; `loaded` if already read) and yield it with
-    its snapshot saved; the machine is shut down on the way out, whatever happened. `image`
-    replaces the topology's guest image."""
+    its snapshot saved; the machine is shut down on the way out, whatever happened.
+    `boot_options` go to `launch.boot` (qemu, image)."""
     t0 = time.perf_counter()
-    options = {"name": name} if name else {}
+    if name:
+        boot_options["name"] = name
     async with boot(
-        loaded or topology, accel=accel, artifacts_dir=artifacts_dir, image=image, **options
+        loaded or topology, accel=accel, artifacts_dir=artifacts_dir, **boot_options
     ) as vm:
         m = Machine(vm, topology)
         m.boot_seconds = time.perf_counter() - t0
@@ -243,7 +249,8 @@ class _Jobs:
         accel: str | None,
         artifacts_dir: Path | None,
         on_result: Callable[[Result], None] | None,
-        image: ImageBuild | None,
+        qemu: QemuBuild,
+        images: dict[str, ImageBuild],
     ) -> None:
         self.topologies = list(loaded)
         self.loaded = loaded
@@ -253,7 +260,8 @@ class _Jobs:
         self.results: dict[int, Result] = {}
         self.machines: list[dict[str, Any]] = []
         self.seed, self.matrix, self.accel = seed, matrix, accel
-        self.artifacts_dir, self.on_result, self.image = artifacts_dir, on_result, image
+        self.artifacts_dir, self.on_result = artifacts_dir, on_result
+        self.qemu, self.images = qemu, images
 
     def pick(self) -> str | None:
         """A topology nobody has started yet, in the order given; else the one with the most
@@ -273,7 +281,7 @@ class _Jobs:
             self.booted[topo] += 1
             self.running[topo] += 1
             number = self.booted[topo]
-            entry: dict[str, Any] = {"topology": topo, "vm": number}
+            entry: dict[str, Any] = {"topology": self.loaded[topo].name, "vm": number}
             self.machines.append(entry)
             t0 = time.perf_counter()
             try:
@@ -286,8 +294,9 @@ class _Jobs:
         """Boot machine `number` of `topo` and run the topology's variants until none is left."""
         async with machine(
             topo, accel=self.accel, artifacts_dir=self.artifacts_dir, loaded=self.loaded[topo],
-            name=f"{self.loaded[topo].name}-{number}", image=self.image,
+            name=f"{self.loaded[topo].name}-{number}", qemu=self.qemu, image=self.images[topo],
         ) as m:  # fmt: skip
+            entry["accel"] = m.vm.accel
             entry["boot_seconds"] = round(m.boot_seconds, 3)
             entry["snapshot_seconds"] = round(m.save_seconds, 3)
             entry["variants"] = 0
@@ -333,10 +342,15 @@ async def run_suite(
         if p not in POLICIES:
             raise ValueError(f"unknown policy {p!r}")
     loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
+    _names_unique(loaded)
+    qemu, images = artifacts_for(loaded)
+    if image is not None:  # --kernel: the user's kernel on every topology
+        images = dict.fromkeys(loaded, image)
     if items is None:
         items = plan(topologies, scenarios, pols)
     run = _Jobs(items, loaded, seed=seed, matrix=matrix, accel=accel,
-                artifacts_dir=artifacts_dir, on_result=on_result, image=image)  # fmt: skip
+                artifacts_dir=artifacts_dir, on_result=on_result, qemu=qemu,
+                images=images)  # fmt: skip
     start = time.perf_counter()
     try:
         async with asyncio.TaskGroup() as group:
@@ -348,14 +362,55 @@ async def run_suite(
         raise _first(eg) from None
     meta = {
         "seed": seed,
-        "topologies": list(topologies),
+        "topologies": [loaded[t].name for t in topologies],
         "scenarios": [sc.name for sc in scenarios],
         "policies": pols,
         "matrix": matrix,
         "dmalab": dmalab_version(),
+        **provenance(loaded, qemu, images, run.machines),
     }
     timing = {"wall_seconds": round(time.perf_counter() - start, 3), "machines": run.machines}
     return SuiteRun([run.results[i.index] for i in items], meta, timing)
+
+
+def _names_unique(loaded: dict[str, Topology]) -> None:
+    """Results are keyed by topology name: two files with one name cannot run together."""
+    seen: dict[str, str] = {}
+    for given, topo in loaded.items():
+        if topo.name in seen:
+            raise BadInput(
+                f"topologies {seen[topo.name]} and {given} are both named {topo.name!r} "
+                "(results are keyed by name)"
+            )
+        seen[topo.name] = given
+
+
+def artifacts_for(loaded: dict[str, Topology]) -> tuple[QemuBuild, dict[str, Any]]:
+    """The QEMU and each topology's guest image, found once for all the run's machines."""
+    return ensure_qemu(), {t: topology_image(topo) for t, topo in loaded.items()}
+
+
+def provenance(
+    loaded: dict[str, Topology],
+    qemu: QemuBuild,
+    images: dict[str, Any],
+    machines: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    """What produced the run: where each topology came from, the accelerator its machines
+    actually ran under, the guest image it booted, the QEMU build, the host, the commit."""
+    accel: dict[str, list[str]] = {}
+    for m in machines:
+        if "accel" in m:
+            accel.setdefault(m["topology"], []).append(m["accel"])
+    info = qemu_info(qemu)
+    return {
+        "topology_files": {t.name: str(t.path) for t in loaded.values()},
+        "accel": {name: "/".join(sorted(set(used))) for name, used in accel.items()},
+        "guest": {loaded[t].name: image_info(image) for t, image in images.items()},
+        "qemu": {k: info[k] for k in ("version", "build_key", "binary")},
+        "host": machine_info(),
+        "dmalab_commit": dmalab_commit(),
+    }
 
 
 def _first(eg: BaseExceptionGroup) -> BaseException:

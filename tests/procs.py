@@ -7,7 +7,10 @@ from pathlib import Path
 
 
 def qemu_pids() -> set[int]:
-    """QEMU processes that are children of this test process (or of its children)."""
+    """Live QEMU processes that are children of this test process (or of its children).
+
+    The test session makes itself the subreaper of its descendants (tests/conftest.py), so a
+    QEMU whose dmalab was killed still counts; one that has died and awaits reaping does not."""
     mine = {os.getpid()}
     found = set()
     changed = True
@@ -19,14 +22,15 @@ def qemu_pids() -> set[int]:
                 comm = Path(f"/proc/{entry}/comm").read_text().strip()
             except OSError:
                 continue
-            procs[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), comm)
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            procs[int(entry)] = (int(ppid), comm, state)
     while changed:
         changed = False
-        for pid, (ppid, _) in procs.items():
+        for pid, (ppid, _, _) in procs.items():
             if ppid in mine and pid not in mine:
                 mine.add(pid)
                 changed = True
     for pid in mine:
-        if pid in procs and procs[pid][1].startswith("qemu-system"):
+        if pid in procs and procs[pid][1].startswith("qemu-system") and procs[pid][2] != "Z":
             found.add(pid)
     return found
