@@ -31,7 +31,7 @@ from click.testing import CliRunner
 from dmalab.artifacts import apt
 from dmalab.cli import main
 from dmalab.cli.params import INPUT_DIR, INPUT_FILE, Output
-from dmalab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT
+from dmalab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT
 
 #: Commands that need a QEMU (and the cache); each is tried with every bad DMALAB_QEMU and
 #: DMALAB_CACHE. `bench image` builds in a private cache of its own, so only DMALAB_QEMU is
@@ -314,7 +314,7 @@ def test_doctor_names_a_bad_cache_without_failing_itself(junk: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "dmalab", "doctor"], capture_output=True, text=True, env=env
     )
-    assert proc.returncode == EXIT_CHECK_FAILED and "Traceback" not in proc.stderr
+    assert proc.returncode == EXIT_ENVIRONMENT and "Traceback" not in proc.stderr
     assert f"DMALAB_CACHE={junk / 'file'}: not a directory" in proc.stdout
 
 

@@ -16,8 +16,8 @@ from dmalab.artifacts.qemu import QemuBuild
 from dmalab.errors import BadInput
 from dmalab.machine.topology import load_topology, topology_path
 from dmalab.provenance import dmalab_commit, qemu_build_key
-from dmalab.scenarios.api import Result
 from dmalab.scenarios.report import failure_message, write_junit
+from dmalab.scenarios.results import Result
 from dmalab.scenarios.runner import Machine, _names_unique, provenance
 
 EVIDENCE = [
@@ -38,7 +38,7 @@ def fake_qemu(where: Path) -> QemuBuild:
     binary = where / "qemu-system-x86_64"
     binary.write_text("#!/bin/sh\necho 'QEMU emulator version 10.0.13 (Debian 1:10.0.13)'\n")
     binary.chmod(0o755)
-    return QemuBuild(binary, [], {"binary_key": "10.0.13-3bcf8e80-341b05af29d5"})
+    return QemuBuild({"x86_64": binary}, [], {"binary_key": "10.0.13-3bcf8e80-341b05af29d5"})
 
 
 def test_a_topology_is_named_by_its_name_not_its_file(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_meta_says_what_produced_the_run(tmp_path: Path) -> None:
 
 def test_a_users_qemu_is_keyed_by_its_content(tmp_path: Path) -> None:
     build = fake_qemu(tmp_path)
-    own = QemuBuild(build.binary, [], {"source": "DMALAB_QEMU"})
+    own = QemuBuild({"x86_64": build.binary}, [], {"source": "DMALAB_QEMU"})
     key = qemu_build_key(own)
     assert key.startswith("sha256-") and len(key) == len("sha256-") + 20
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import qemu_pids
 
 from dmalab.cli.up import READY_LINE
+from procs import qemu_pids
 
 DMALAB = [sys.executable, "-m", "dmalab"]
 
@@ -149,12 +149,15 @@ def test_shell_boots_your_own_kernel(run_base: Path, own_kernel: list[str]) -> N
 
 
 def test_kernel_options_are_checked_before_anything_boots(tmp_path: Path) -> None:
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"not a kernel")
     for args, message in (
-        (["shell", "--attach", str(tmp_path), "--kernel", "bzImage"],
+        (["shell", "--attach", str(tmp_path), "--kernel", str(kernel)],
          "--kernel/--modules: only when booting a TOPOLOGY, not with --attach"),
         (["up", "default", "--modules", str(tmp_path)], "--modules: give --kernel too"),
-        (["up", "default", "--kernel", str(tmp_path / "nothing")], "kernel "),
-        (["up", "no-such-topology", "--kernel", "bzImage"], "no-such-topology"),
+        (["up", "default", "--kernel", str(tmp_path / "nothing")],
+         "up: --kernel: file '" + str(tmp_path / "nothing") + "' does not exist"),
+        (["up", "no-such-topology", "--kernel", str(kernel)], "no-such-topology"),
     ):  # fmt: skip
         proc = subprocess.run([*DMALAB, *args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr
