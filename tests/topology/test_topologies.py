@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs import qemu_pids
 
 from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild
@@ -21,6 +20,7 @@ from dmalab.machine.process import QemuDied
 from dmalab.machine.repl import guest_devices
 from dmalab.machine.topology import load_topology, shipped_topologies
 from dmalab.spec import agent as aspec
+from procs import qemu_pids
 
 PAGES = 8
 
