@@ -159,6 +159,18 @@ struct ncdma_desc {
 #define NCDMA_CNT_VIOLATIONS_DROPPED 23
 #define NCDMA_COUNTER_LIST(X) X(desc_completed) X(desc_errors) X(bytes_read) X(bytes_written) X(cache_hits) X(cache_misses) X(cache_evictions) X(cache_writebacks) X(cache_invalidations) X(stale_reads) X(lost_writes) X(conflicting_writes) X(writebacks_after_unmap) X(iotlb_hits) X(iotlb_misses) X(iommu_map_events) X(iommu_unmap_events) X(iommu_remaps) X(translation_faults) X(bus_errors) X(ring_errors) X(irqs) X(violations_logged) X(violations_dropped)
 
+/* -device ncdma properties: X(TYPE, name, field, default, min, max) (QEMU's device) */
+#define NCDMA_PROPERTIES(X) \
+    X(BOOL, "coherent", coherent, 0x0, 0x0, 0x1) \
+    X(UINT32, "line-size", line_size, 0x40, 0x10, 0x1000) \
+    X(UINT32, "cache-size", cache_size, 0x40000, 0x1, 0x4000000) \
+    X(UINT32, "cache-ways", cache_ways, 0x8, 0x1, 0x40) \
+    X(UINT32, "iotlb-entries", iotlb_entries, 0x40, 0x0, 0x1000) \
+    X(UINT32, "max-xfer", max_xfer, 0x4000000, 0x1000, 0x40000000) \
+    X(UINT32, "vlog-size", vlog_size, 0x100, 0x1, 0x10000) \
+    X(UINT32, "xlog-size", xlog_size, 0x40, 0x1, 0x1000) \
+    X(UINT32, "xlog-segs", xlog_segs, 0x400, 0x1, 0x10000)
+
 #ifndef __KERNEL__
 _Static_assert(sizeof(struct ncdma_desc) == NCDMA_DESC_SIZE, "descriptor size");
 #endif

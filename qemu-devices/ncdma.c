@@ -1063,31 +1063,36 @@ static void ncdma_reset(DeviceState *dev)
     ncdma_clear_stats(s);
 }
 
+static bool in_range(uint64_t value, uint64_t lo, uint64_t hi)
+{
+    return value >= lo && value <= hi;
+}
+
+/* Every property in the range of the spec's table (ncdma-hw.h), as topology checks do. */
+static bool ncdma_check_properties(NcdmaState *s, Error **errp)
+{
+#define NCDMA_CHECK(type, name, field, def, lo, hi)                          \
+    if (!in_range(s->field, lo, hi)) {                                       \
+        error_setg(errp, "%s must be in [%llu, %llu], not %llu", name,       \
+                   (unsigned long long)(lo), (unsigned long long)(hi),       \
+                   (unsigned long long)s->field);                            \
+        return false;                                                        \
+    }
+    NCDMA_PROPERTIES(NCDMA_CHECK)
+#undef NCDMA_CHECK
+    return true;
+}
+
 static void ncdma_realize(PCIDevice *pdev, Error **errp)
 {
     NcdmaState *s = NCDMA(pdev);
     const char *why;
     unsigned i;
 
-    if (s->max_xfer < NCDMA_PAGE || s->max_xfer > 1 * GiB) {
-        error_setg(errp, "max-xfer must be in [4096, 1 GiB]");
-        return;
-    }
-    if (s->iotlb_entries > 4096) {
-        error_setg(errp, "iotlb-entries must be at most 4096");
-        return;
-    }
-    if (!s->vlog_size || s->vlog_size > 65536 || !s->xlog_size || s->xlog_size > 4096 ||
-        !s->xlog_segs || s->xlog_segs > 65536) {
-        error_setg(errp, "vlog-size must be in [1, 65536], xlog-size in [1, 4096], "
-                   "xlog-segs in [1, 65536]");
+    if (!ncdma_check_properties(s, errp)) {
         return;
     }
     if (ncdma_cached(s)) {
-        if (s->cache_size > 64 * MiB) {
-            error_setg(errp, "cache-size must be at most 64 MiB");
-            return;
-        }
         if (!devcache_init(&s->cache, s->line_size, s->cache_size, s->cache_ways,
                            &ncdma_cache_ops, s, &s->cstats, &why)) {
             error_setg(errp, "ncdma cache: %s", why);
@@ -1159,17 +1164,13 @@ static void ncdma_instance_init(Object *obj)
     object_property_add_bool(obj, "reset-stats", NULL, ncdma_set_reset_stats);
 }
 
+/* Defaults and names from the spec's table, the one the topology files use too. */
+#define NCDMA_PROP(type, name, field, def, lo, hi) \
+    DEFINE_PROP_##type(name, NcdmaState, field, def),
 static const Property ncdma_properties[] = {
-    DEFINE_PROP_BOOL("coherent", NcdmaState, coherent, false),
-    DEFINE_PROP_UINT32("line-size", NcdmaState, line_size, 64),
-    DEFINE_PROP_UINT32("cache-size", NcdmaState, cache_size, 256 * KiB),
-    DEFINE_PROP_UINT32("cache-ways", NcdmaState, cache_ways, 8),
-    DEFINE_PROP_UINT32("iotlb-entries", NcdmaState, iotlb_entries, 64),
-    DEFINE_PROP_UINT32("max-xfer", NcdmaState, max_xfer, 64 * MiB),
-    DEFINE_PROP_UINT32("vlog-size", NcdmaState, vlog_size, 256),
-    DEFINE_PROP_UINT32("xlog-size", NcdmaState, xlog_size, 64),
-    DEFINE_PROP_UINT32("xlog-segs", NcdmaState, xlog_segs, 1024),
+    NCDMA_PROPERTIES(NCDMA_PROP)
 };
+#undef NCDMA_PROP
 
 static void ncdma_class_init(ObjectClass *klass, void *data)
 {

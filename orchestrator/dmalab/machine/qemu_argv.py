@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmalab.machine.topology import MACHINES, OWN_ROOT_PORT, ROOT_COMPLEX, NcdmaSpec, Topology
+from dmalab.spec import agent as agent_spec
 
-AGENT_PORT_NAME = "dmalab.agent"
+AGENT_PORT_NAME = agent_spec.PORT_NAME
 CONSOLE_CHARDEV = "console"
 AGENT_CHARDEV = "agent"
 #: Bus number of the extra root bus whose devices bypass the vIOMMU.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.errors import BadInput
+from dmalab.spec import ncdma as ncdma_spec
 
 ARCHES = ("x86_64", "aarch64")
 #: The vIOMMUs each architecture's machine offers (q35; virt with its built-in SMMUv3).
@@ -65,38 +66,39 @@ class BridgeSpec:
     kind: str = "pci-bridge"
 
 
+def _default(name: str) -> int:
+    return ncdma_spec.PROPERTY[name].default
+
+
 @dataclass(frozen=True)
 class NcdmaSpec:
+    """One ncdma: placement, and a value for every property of spec.ncdma.PROPERTIES (its
+    defaults, ranges and meaning are there)."""
+
     id: str
     bus: str = OWN_ROOT_PORT
     #: False: behind the machine's vIOMMU; True: its DMA bypasses the vIOMMU.
     bypass_iommu: bool = False
-    coherent: bool = False
-    line_size: int = 64
-    cache_size: int = 256 * 1024
-    cache_ways: int = 8
-    iotlb_entries: int = 64
+    coherent: bool = bool(_default("coherent"))
+    line_size: int = _default("line-size")
+    cache_size: int = _default("cache-size")
+    cache_ways: int = _default("cache-ways")
+    iotlb_entries: int = _default("iotlb-entries")
     #: Largest length one descriptor may ask for; the driver splits longer transfers.
-    max_xfer: int = 64 << 20
+    max_xfer: int = _default("max-xfer")
     #: Violations kept (the first ones), transactions kept (the latest ones), and IOVA -> PA
     #: segments kept per transaction; QEMU reserves the logs at realize.
-    vlog_size: int = 256
-    xlog_size: int = 64
-    xlog_segs: int = 1024
+    vlog_size: int = _default("vlog-size")
+    xlog_size: int = _default("xlog-size")
+    xlog_segs: int = _default("xlog-segs")
 
     def qemu_props(self) -> dict[str, str]:
         """The -device ncdma properties this spec sets (defaults included, so argv is explicit)."""
-        return {
-            "coherent": "on" if self.coherent else "off",
-            "line-size": str(self.line_size),
-            "cache-size": str(self.cache_size),
-            "cache-ways": str(self.cache_ways),
-            "iotlb-entries": str(self.iotlb_entries),
-            "max-xfer": str(self.max_xfer),
-            "vlog-size": str(self.vlog_size),
-            "xlog-size": str(self.xlog_size),
-            "xlog-segs": str(self.xlog_segs),
-        }
+        props = {}
+        for p in ncdma_spec.PROPERTIES:
+            value = getattr(self, p.field)
+            props[p.name] = ("on" if value else "off") if p.boolean else str(value)
+        return props
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,12 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _property(f: _Fields, name: str, check: Callable[[int], str | None] | None = None) -> int:
+    """An integer device property, with the default and range of spec.ncdma.PROPERTIES."""
+    p = ncdma_spec.PROPERTY[name]
+    return f.integer(name, p.default, p.lo, p.hi, check)
+
+
 def _power_of_two(value: int) -> str | None:
     return None if value & (value - 1) == 0 else "must be a power of two"
 
@@ -327,30 +335,14 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
             path,
             f"device[{n}]",
             raw,
-            (
-                "id",
-                "kind",
-                "bus",
-                "iommu",
-                "coherent",
-                "line-size",
-                "cache-size",
-                "cache-ways",
-                "iotlb-entries",
-                "max-xfer",
-                "vlog-size",
-                "xlog-size",
-                "xlog-segs",
-            ),
+            ("id", "kind", "bus", "iommu", *(p.name for p in ncdma_spec.PROPERTIES)),
         )
         d.choice("kind", ("ncdma",), "ncdma")
-        line = d.integer("line-size", 64, 16, 4096, _power_of_two)
-        ways = d.integer("cache-ways", 8, 1, 64)
-        size = d.integer(
+        line = _property(d, "line-size", _power_of_two)
+        ways = _property(d, "cache-ways")
+        size = _property(
+            d,
             "cache-size",
-            256 * 1024,
-            1,
-            64 << 20,
             lambda v, unit=line * ways: (
                 None if v % unit == 0 else f"must be a multiple of line-size * cache-ways ({unit})"
             ),
@@ -363,16 +355,17 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
                 id=_identifier(d, "id"),
                 bus=d.get("bus", str, OWN_ROOT_PORT),
                 bypass_iommu=route == BYPASS,
-                coherent=d.get("coherent", bool, False),
+                coherent=d.get("coherent", bool, bool(_default("coherent"))),
                 line_size=line,
                 cache_size=size,
                 cache_ways=ways,
-                iotlb_entries=d.integer("iotlb-entries", 64, 0, 4096),
-                # The ranges ncdma's realize accepts, so QEMU never refuses a checked topology.
-                max_xfer=d.integer("max-xfer", 64 << 20, 4096, 1 << 30),
-                vlog_size=d.integer("vlog-size", 256, 1, 65536),
-                xlog_size=d.integer("xlog-size", 64, 1, 4096),
-                xlog_segs=d.integer("xlog-segs", 1024, 1, 65536),
+                # The spec's ranges are the ones ncdma's realize checks: QEMU never refuses a
+                # checked topology.
+                iotlb_entries=_property(d, "iotlb-entries"),
+                max_xfer=_property(d, "max-xfer"),
+                vlog_size=_property(d, "vlog-size"),
+                xlog_size=_property(d, "xlog-size"),
+                xlog_segs=_property(d, "xlog-segs"),
             )
         )
 

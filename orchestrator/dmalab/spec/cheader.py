@@ -65,6 +65,16 @@ def _struct_block(cname: str, prefix: str, struct: c.Struct) -> list[str]:
     return offsets + lines
 
 
+def _property_lines(props: tuple[ncdma.DeviceProperty, ...]) -> list[str]:
+    """The X-macro's body, one property a line, continued with backslashes."""
+    lines = [
+        f'    X({"BOOL" if p.boolean else "UINT32"}, "{p.name}", {p.field}, '
+        f"0x{p.default:x}, 0x{p.lo:x}, 0x{p.hi:x})"
+        for p in props
+    ]
+    return [line + " \\" for line in lines[:-1]] + lines[-1:]
+
+
 def generate() -> str:
     n = ncdma
     out: list[str] = [
@@ -133,6 +143,12 @@ def generate() -> str:
     out.append(
         "#define NCDMA_COUNTER_LIST(X) " + " ".join(f"X({name})" for name in n.COUNTER_NAMES)
     )
+    out += [
+        "",
+        "/* -device ncdma properties: X(TYPE, name, field, default, min, max) (QEMU's device) */",
+        "#define NCDMA_PROPERTIES(X) \\",
+        *_property_lines(n.PROPERTIES),
+    ]
     out += [
         "",
         "#ifndef __KERNEL__",

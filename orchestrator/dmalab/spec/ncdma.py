@@ -7,6 +7,8 @@ when the committed header and these declarations disagree. docs/ncdma.md describ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import construct as c
 
 PCI_VENDOR_ID = 0x1234
@@ -210,3 +212,42 @@ def register_offsets() -> dict[str, int]:
 
 
 REG = register_offsets()
+
+
+# ---------------------------------------------------------------------------------------------
+# `-device ncdma` properties: the one table the device (through the NCDMA_PROPERTIES X-macro
+# in ncdma-hw.h: its property list and realize's range checks) and the topology files (their
+# defaults, checks and -device arguments) are made from.
+
+
+@dataclass(frozen=True)
+class DeviceProperty:
+    """A property: QEMU's name (the NcdmaState field is the name with `_` for `-`), its default,
+    and the inclusive range realize accepts (booleans: 0..1)."""
+
+    name: str
+    default: int
+    lo: int
+    hi: int
+    doc: str
+    boolean: bool = False
+
+    @property
+    def field(self) -> str:
+        return self.name.replace("-", "_")
+
+
+PROPERTIES: tuple[DeviceProperty, ...] = (
+    DeviceProperty("coherent", 0, 0, 1, "no device cache (the coherent baseline)", boolean=True),
+    DeviceProperty("line-size", 64, 16, 4096, "cache line bytes, a power of two"),
+    DeviceProperty(
+        "cache-size", 256 << 10, 1, 64 << 20, "cache bytes, a multiple of line-size * cache-ways"
+    ),
+    DeviceProperty("cache-ways", 8, 1, 64, "associativity"),
+    DeviceProperty("iotlb-entries", 64, 0, 4096, "device IOTLB entries (0: none)"),
+    DeviceProperty("max-xfer", 64 << 20, 4096, 1 << 30, "largest length of one descriptor"),
+    DeviceProperty("vlog-size", 256, 1, 65536, "violations kept (the first ones)"),
+    DeviceProperty("xlog-size", 64, 1, 4096, "transactions kept (the latest ones)"),
+    DeviceProperty("xlog-segs", 1024, 1, 65536, "IOVA -> PA segments kept per transaction"),
+)
+PROPERTY: dict[str, DeviceProperty] = {p.name: p for p in PROPERTIES}
