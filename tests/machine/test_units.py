@@ -6,7 +6,15 @@ import pytest
 
 from dmalab.machine.compare_bytes import BytesDiffer, assert_same, compare
 from dmalab.machine.devices import Segment, Transaction
-from dmalab.machine.guestmem import GiB, GuestMemoryError, Q35Layout, SharedRam, iova_segments
+from dmalab.machine.guestmem import (
+    GiB,
+    GuestMemoryError,
+    Q35Layout,
+    SharedRam,
+    VirtLayout,
+    iova_segments,
+    ram_layout,
+)
 
 
 def test_compare_equal_and_different() -> None:
@@ -53,6 +61,16 @@ def test_q35_layout(ram: int, low: int, high: int) -> None:
             layout.offset(low - 1, 2)  # runs into the PCI hole
     with pytest.raises(GuestMemoryError):
         layout.offset(4 * GiB + high)
+
+
+def test_virt_layout_starts_at_one_gib() -> None:
+    layout = ram_layout("aarch64", 512 << 20)
+    assert isinstance(layout, VirtLayout) and layout.ranges() == [(GiB, 512 << 20, 0)]
+    assert layout.offset(GiB) == 0 and layout.offset(GiB + (512 << 20) - 8, 8) == (512 << 20) - 8
+    for pa, n in ((GiB - 1, 2), (GiB + (512 << 20) - 4, 8), (0, 1)):
+        with pytest.raises(GuestMemoryError):
+            layout.offset(pa, n)
+    assert isinstance(ram_layout("x86_64", 512 << 20), Q35Layout)
 
 
 def test_shared_ram_views_are_live() -> None:

@@ -69,6 +69,21 @@ def test_virtio_iommu_topology_argv() -> None:
     assert argv[argv.index("-accel") + 1] == "kvm"
 
 
+def test_arm64_topology_argv() -> None:
+    argv = qemu_argv(load_topology("arm64-smmuv3"), BOOT, accel="tcg", ram_fd=7)
+    assert argv[:2] == ["-machine", "virt,gic-version=3,iommu=smmuv3,memory-backend=ram"]
+    assert argv[argv.index("-cpu") + 1] == "cortex-a57" and "-bios" not in argv
+    devs = devices(argv)
+    # dma0 and dma1: two functions of one slot on a root port (one IOMMU group)
+    assert devs[0] == "pcie-root-port,id=rp-shared,bus=pcie.0,chassis=1"
+    assert devs[1].startswith("ncdma,id=dma0,bus=rp-shared,addr=0.0,multifunction=on,")
+    assert devs[2].startswith("ncdma,id=dma1,bus=rp-shared,addr=0.1,multifunction=on,")
+    assert not any(d.startswith(("pcie-pci-bridge", "intel-iommu", "pxb")) for d in devs)
+    other = qemu_argv(load_topology("arm64-virtio-iommu"), BOOT, accel="tcg")
+    assert other[:2] == ["-machine", "virt,gic-version=3"]
+    assert devices(other)[0] == "virtio-iommu-pci,bus=pcie.0"
+
+
 def test_coherent_topology_argv() -> None:
     ncdma = [
         d
@@ -235,6 +250,50 @@ MALFORMED = [
         '[iommu]\nkind = "intel-iommu"\n[[bridge]]\nid = "b"\n'
         '[[device]]\nid = "a"\nbus = "b"\niommu = "bypass"',
         "device[0].iommu: bypass needs",
+    ),
+    (
+        "intel-iommu on arm64",
+        '[machine]\narch = "aarch64"\n[iommu]\nkind = "intel-iommu"',
+        "iommu.kind: intel-iommu does not exist on aarch64 (virt offers smmuv3, virtio-iommu)",
+    ),
+    (
+        "smmuv3 on x86",
+        '[iommu]\nkind = "smmuv3"',
+        "iommu.kind: smmuv3 does not exist on x86_64 (q35 offers intel-iommu, virtio-iommu)",
+    ),
+    ("unknown arch", '[machine]\narch = "riscv64"', "machine.arch: must be one of x86_64, aarch64"),
+    (
+        "kvm for arm64",
+        '[machine]\narch = "aarch64"\naccel = "kvm"',
+        "machine.accel: kvm cannot run an aarch64 guest on this host",
+    ),
+    (
+        "cpu on x86",
+        '[machine]\ncpu = "cortex-a57"',
+        "machine.cpu: x86_64 topologies use QEMU's default",
+    ),
+    (
+        "unknown arm64 cpu",
+        '[machine]\narch = "aarch64"\ncpu = "cortex-a53"',
+        "machine.cpu: must be one of cortex-a57, cortex-a72, max",
+    ),
+    (
+        "bypass on arm64",
+        '[machine]\narch = "aarch64"\n[iommu]\nkind = "smmuv3"\n'
+        '[[device]]\nid = "a"\niommu = "bypass"',
+        "device[0].iommu: bypass needs an extra root bus",
+    ),
+    (
+        "pci-bridge on arm64",
+        '[machine]\narch = "aarch64"\n[[bridge]]\nid = "b"',
+        "bridge[0].kind: pci-bridge on aarch64",
+    ),
+    ("unknown bridge kind", '[[bridge]]\nid = "b"\nkind = "switch"', "bridge[0].kind: must be"),
+    (
+        "nine functions in one slot",
+        '[[bridge]]\nid = "b"\nkind = "multifunction"\n'
+        + "".join(f'[[device]]\nid = "d{i}"\nbus = "b"\n' for i in range(9)),
+        "bridge 'b': 9 devices, but one multifunction slot has 8 functions",
     ),
     ("kernel args with a space", '[kernel]\nargs = ["a b"]', "kernel.args[0]: must be one"),
     (
