@@ -131,14 +131,13 @@ class NcdmaQmp:
 
     async def pci_address(self) -> tuple[int, int, int]:
         """(bus, devfn, BAR0 address) from `query-pci`."""
-        for bus in await self.qmp.execute("query-pci"):
-            for dev in _walk_pci(bus["devices"]):
-                if dev.get("qdev_id") == self.id:
-                    for region in dev.get("regions", []):
-                        if region.get("bar") == hw.REGS_BAR and region.get("type") == "memory":
-                            devfn = dev["slot"] << 3 | dev["function"]
-                            return dev["bus"], devfn, region["address"]
-                    raise CheckFailed(f"{self.id}: BAR0 is not assigned yet")
+        for dev in await pci_devices(self.qmp):
+            if dev.get("qdev_id") == self.id:
+                for region in dev.get("regions", []):
+                    if region.get("bar") == hw.REGS_BAR and region.get("type") == "memory":
+                        devfn = dev["slot"] << 3 | dev["function"]
+                        return dev["bus"], devfn, region["address"]
+                raise CheckFailed(f"{self.id}: BAR0 is not assigned yet")
         raise CheckFailed(f"{self.id}: no such PCI device in query-pci")
 
     async def registers(self) -> dict[str, int]:
@@ -176,3 +175,18 @@ def _walk_pci(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if bridge:
             out += _walk_pci(bridge.get("devices", []))
     return out
+
+
+async def pci_devices(qmp: Any) -> list[dict[str, Any]]:
+    """Every PCI device `query-pci` reports, behind bridges too (QEMU's dicts: bus, slot,
+    function, qdev_id, regions, ...)."""
+    return [dev for bus in await qmp.execute("query-pci") for dev in _walk_pci(bus["devices"])]
+
+
+async def pci_names(qmp: Any) -> dict[str, str]:
+    """Guest PCI name (`0000:BB:SS.F`, as Linux shows it) -> QOM id, of every device with an id."""
+    return {
+        f"0000:{dev['bus']:02x}:{dev['slot']:02x}.{dev['function']}": dev["qdev_id"]
+        for dev in await pci_devices(qmp)
+        if dev.get("qdev_id")
+    }

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from dmalab.errors import DmalabError
 from dmalab.machine.agent import DeviceInfo
+from dmalab.machine.devices import pci_names
 from dmalab.machine.vm import Vm
 
 HELP = """\
@@ -31,19 +32,7 @@ MAX_READ = 4096
 
 async def guest_devices(vm: Vm) -> dict[str, DeviceInfo]:
     """QOM id -> what the guest driver reports for that device (matched by PCI address)."""
-    addresses: dict[str, str] = {}
-
-    def walk(devices: list[dict], busnr: int) -> None:
-        for dev in devices:
-            if dev.get("qdev_id"):
-                addresses[dev["qdev_id"]] = f"0000:{busnr:02x}:{dev['slot']:02x}.{dev['function']}"
-            bridge = dev.get("pci_bridge")
-            if bridge and bridge.get("devices") is not None:
-                walk(bridge["devices"], bridge["bus"]["secondary"])
-
-    for bus in await vm.qmp.execute("query-pci"):
-        walk(bus["devices"], bus["bus"])
-    by_address = {a: q for q, a in addresses.items()}
+    by_address = await pci_names(vm.qmp)
     hello = vm.hello or await vm.agent.hello()
     found = {}
     for index in range(hello.devices):

@@ -28,7 +28,7 @@ from typing import Any
 from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
 from dmalab.errors import BadInput, CheckFailed
-from dmalab.machine.devices import _walk_pci
+from dmalab.machine.devices import pci_names
 from dmalab.machine.launch import boot, topology_image
 from dmalab.machine.snapshot import Snapshots
 from dmalab.machine.topology import Topology, load_topology
@@ -50,11 +50,7 @@ JOIN_MIN_VARIANTS = 10
 
 async def device_map(vm: Any) -> tuple[dict[str, int], tuple[str, str] | None]:
     """Topology id -> guest device index, and the first two devices sharing an IOMMU group."""
-    addr = {}
-    for bus in await vm.qmp.execute("query-pci"):
-        for dev in _walk_pci(bus["devices"]):
-            if dev.get("qdev_id"):
-                addr[f"0000:{dev['bus']:02x}:{dev['slot']:02x}.{dev['function']}"] = dev["qdev_id"]
+    addr = await pci_names(vm.qmp)
     index: dict[str, int] = {}
     groups: dict[int, list[str]] = {}
     for i in range(vm.hello.devices):
