@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dmalab.artifacts import guest_code, qemu
+from dmalab.artifacts import guest_code, image, qemu
 from dmalab.artifacts.cache import cache_root
 from dmalab.errors import DmalabError
 
@@ -88,9 +88,9 @@ def _qemu() -> Finding:
 
 def _image() -> Finding:
     found = []
-    for arch, folder in (("x86_64", "image"), ("aarch64", "image-aarch64")):
+    for arch in guest_code.CROSS:
         try:
-            builds = cache_root() / folder / "builds"
+            builds = image.work_dir(arch) / "builds"
         except DmalabError as exc:
             return Finding(
                 "guest image", False, str(exc), "set DMALAB_CACHE to a writable directory"

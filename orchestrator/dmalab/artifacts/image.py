@@ -39,6 +39,12 @@ PARTS = (guest_code.DRIVER_DIR, guest_code.AGENT_DIR)
 __all__ = ["ImageBuild", "ensure_image", "stderr_progress"]
 
 
+def work_dir(arch: str) -> Path:
+    """Where `arch`'s images, downloads and unpacked packages live in the cache (x86 keeps the
+    directory it always had)."""
+    return cache_root() / ("image" if arch == HOST_ARCH else f"image-{arch}")
+
+
 def stderr_progress(message: str) -> None:
     print(f"image: {message}", file=sys.stderr, flush=True)
 
@@ -136,8 +142,7 @@ def ensure_image(
     checkout = repo_root()
     job = _Job(
         progress=progress,
-        # The x86 image keeps the directory it always had.
-        work=cache_root() / ("image" if arch == "x86_64" else f"image-{arch}"),
+        work=work_dir(arch),
         recipe=_Recipe.load(checkout / "images", arch),
         guest=guest_code.GuestCode(checkout),
         kernel=kernel,
@@ -311,7 +316,7 @@ def _busybox(
     """Debian's busybox-static for `arch` (default: the image's; a user's kernel gets it too)."""
     arch = arch or job.arch
     package = source.packages.get("busybox") if source else None
-    work = job.work if arch == job.arch else cache_root() / "image"
+    work = work_dir(arch)
     if package is None:
         package = guest_kernel.resolution(job.progress, work, arch).packages["busybox"]
     root = work / "unpacked" / f"{package.name}_{package.version}"

@@ -339,9 +339,10 @@ async def run_suite(
             raise ValueError(f"unknown policy {p!r}")
     loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
     _names_unique(loaded)
-    qemu, images = artifacts_for(loaded)
-    if image is not None:  # --kernel: the user's kernel on every topology
-        images = dict.fromkeys(loaded, image)
+    if image is None:
+        qemu, images = artifacts_for(loaded)
+    else:  # --kernel: the user's kernel on every topology; no other image is needed
+        qemu, images = ensure_qemu(), dict.fromkeys(loaded, image)
     if items is None:
         items = plan(topologies, scenarios, pols)
     run = _Jobs(items, loaded, seed=seed, matrix=matrix, accel=accel,
