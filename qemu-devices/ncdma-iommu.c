@@ -337,7 +337,12 @@ static NcdmaXlate xlate(NcdmaState *s, uint64_t iova, bool is_write, uint64_t *p
 NcdmaXlate ncdma_translate(NcdmaState *s, uint64_t iova, bool is_write,
                            uint64_t *pa, uint64_t *avail, bool *tracked)
 {
-    return xlate(s, iova, is_write, pa, avail, tracked, false);
+    NcdmaXlate r = xlate(s, iova, is_write, pa, avail, tracked, false);
+
+    if (r == NCDMA_XLATE_OK) {
+        ncdma_cc_note(s, iova, *pa, *avail);
+    }
+    return r;
 }
 
 /*

@@ -23,6 +23,7 @@
 #include "hw/qdev-properties.h"
 #include "migration/vmstate.h"
 #include "ncdma.h"
+#include "cpucache.h"
 
 /* Work done per bottom half before yielding to the main loop. */
 #define NCDMA_BUDGET_DESCS 64
@@ -185,6 +186,71 @@ static void ncdma_tx_segment(NcdmaState *s, uint64_t iova, uint64_t pa, uint64_t
     segs[tx->nsegs++] = (NcdmaSegment) {
         .iova = iova, .pa = pa, .len = len, .is_write = is_write,
     };
+}
+
+/*
+ * On a noncoherent platform (cpucache set) ncdma is a master below the CPU
+ * caches: its data and its descriptor ring are read and written in memory,
+ * and the model hears of every range first.
+ */
+
+void ncdma_cc_note(NcdmaState *s, uint64_t iova, uint64_t pa, uint64_t len)
+{
+    if (cpucache) {
+        s->cc_recent[s->cc_next] = (typeof(s->cc_recent[0])) { iova, pa, len };
+        s->cc_next ^= 1;
+    }
+}
+
+/* @iova is the IOVA of @base, UINT64_MAX when not known. */
+static void ncdma_cc_access(NcdmaState *s, uint64_t iova, uint64_t base, uint64_t pa,
+                            uint64_t len, bool is_write)
+{
+    CpuCacheOrigin o = {
+        .master = DEVICE(s)->id ?: "ncdma", .vcpu = s->cc_vcpu, .pc = s->cc_pc,
+        .iova = iova, .pa_base = base,
+    };
+
+    cpucache_dma(cpucache, &o, pa, len, is_write);
+}
+
+static void ncdma_cc_observe(void *opaque, uint64_t pa, uint64_t len, bool is_write)
+{
+    NcdmaState *s = opaque;
+    uint64_t iova = UINT64_MAX, base = pa;
+    unsigned i;
+
+    for (i = 0; i < ARRAY_SIZE(s->cc_recent); i++) {
+        if (pa - s->cc_recent[i].pa < s->cc_recent[i].len) {
+            iova = s->cc_recent[i].iova;
+            base = s->cc_recent[i].pa;
+        }
+    }
+    ncdma_cc_access(s, iova, base, pa, len, is_write);
+}
+
+static MemTxResult ncdma_ring_rw(NcdmaState *s, uint32_t offset, void *buf, uint32_t len,
+                                 bool is_write)
+{
+    uint64_t iova = dring_entry_addr(&s->ring, s->ring.head) + offset;
+    IOMMUTLBEntry e;
+    uint64_t pa;
+
+    if (!cpucache) {
+        return is_write ? dring_writeback(&s->ring, PCI_DEVICE(s), offset, buf, len)
+                        : dring_fetch(&s->ring, PCI_DEVICE(s), buf);
+    }
+    WITH_RCU_READ_LOCK_GUARD() {
+        e = address_space_get_iotlb_entry(pci_get_address_space(PCI_DEVICE(s)), iova,
+                                          is_write, MEMTXATTRS_UNSPECIFIED);
+    }
+    if (!e.target_as || (iova & e.addr_mask) + len - 1 > e.addr_mask) {
+        return MEMTX_DECODE_ERROR;
+    }
+    pa = e.translated_addr + (iova & e.addr_mask);
+    ncdma_cc_access(s, iova, pa, pa, len, is_write);
+    return address_space_rw(cpucache_dma_as(cpucache), pa, MEMTXATTRS_UNSPECIFIED, buf, len,
+                            is_write);
 }
 
 /* Memory by physical address, for the cache model */
@@ -436,12 +502,11 @@ static void ncdma_desc_from_le(struct ncdma_desc *d)
 /* Execute the head descriptor; false when the ring had to stop. */
 static bool ncdma_step(NcdmaState *s, uint64_t *bytes)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
     struct ncdma_desc d;
     uint64_t done = 0, done_le;
     uint32_t status, status_le;
 
-    if (dring_fetch(&s->ring, pdev, &d) != MEMTX_OK) {
+    if (ncdma_ring_rw(s, 0, &d, NCDMA_DESC_SIZE, false) != MEMTX_OK) {
         ncdma_ring_error(s, NCDMA_RING_ERR_FETCH_FAULT);
         return false;
     }
@@ -459,8 +524,8 @@ static bool ncdma_step(NcdmaState *s, uint64_t *bytes)
 
     done_le = cpu_to_le64(done);
     status_le = cpu_to_le32(status);
-    if (dring_writeback(&s->ring, pdev, NCDMA_DESC_DONE, &done_le, sizeof(done_le)) ||
-        dring_writeback(&s->ring, pdev, NCDMA_DESC_STATUS, &status_le, sizeof(status_le))) {
+    if (ncdma_ring_rw(s, NCDMA_DESC_DONE, &done_le, sizeof(done_le), true) ||
+        ncdma_ring_rw(s, NCDMA_DESC_STATUS, &status_le, sizeof(status_le), true)) {
         ncdma_ring_error(s, NCDMA_RING_ERR_STATUS_FAULT);
         return false;
     }
@@ -647,6 +712,9 @@ static void ncdma_write32(NcdmaState *s, hwaddr addr, uint32_t val)
             ncdma_ring_error(s, NCDMA_RING_ERR_BAD_TAIL);
         } else {
             s->ring.tail = val;
+            if (cpucache) {
+                cpucache_io_origin(cpucache, &s->cc_vcpu, &s->cc_pc);
+            }
             qemu_bh_schedule(s->bh);
         }
         break;
@@ -1121,7 +1189,13 @@ static void ncdma_realize(PCIDevice *pdev, Error **errp)
     s->vlog = g_new0(NcdmaViolation, s->vlog_size);
     s->xlog = g_new0(NcdmaTransaction, s->xlog_size);
     s->xsegs = g_new0(NcdmaSegment, (size_t)s->xlog_size * s->xlog_segs);
-    physwin_init(&s->win, &address_space_memory);
+    if (cpucache) {
+        physwin_init(&s->win, cpucache_dma_as(cpucache));
+        s->win.observe = ncdma_cc_observe;
+        s->win.opaque = s;
+    } else {
+        physwin_init(&s->win, &address_space_memory);
+    }
     s->ring.entry_size = NCDMA_DESC_SIZE;
     s->bh = qemu_bh_new_guarded(ncdma_bh, s, &DEVICE(pdev)->mem_reentrancy_guard);
     ncdma_iommu_realize(s);

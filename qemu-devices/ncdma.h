@@ -127,6 +127,12 @@ struct NcdmaState {
     uint64_t cur_cookie;
     NcdmaTransaction *cur_tx;
     int32_t cur_last_seg[2];  /* index of the last read and write segment of cur_tx */
+
+    /* For the CPU cache model's reports: who rang the doorbell, recent translations */
+    int cc_vcpu;
+    uint64_t cc_pc;
+    struct { uint64_t iova, pa, len; } cc_recent[2];
+    unsigned cc_next;
 };
 
 /* ncdma-iommu.c */
@@ -145,6 +151,7 @@ NcdmaXlate ncdma_translate(NcdmaState *s, uint64_t iova, bool is_write,
 /* For cache maintenance: any permission will do. */
 NcdmaXlate ncdma_translate_any(NcdmaState *s, uint64_t iova, uint64_t *pa, uint64_t *avail);
 bool ncdma_still_mapped(void *opaque, uint64_t iova, uint64_t pa);
+void ncdma_cc_note(NcdmaState *s, uint64_t iova, uint64_t pa, uint64_t len);
 /* Flatten/restore the mapping trackers for VMState. */
 uint32_t ncdma_iommu_save(NcdmaState *s, uint64_t **out);
 void ncdma_iommu_load(NcdmaState *s, const uint64_t *buf, uint32_t nwords);

@@ -75,6 +75,9 @@ found:
     if (is_write) {
         s->dirty_end = MAX(s->dirty_end, pa - s->pa + *len);
     }
+    if (w->observe) {
+        w->observe(w->opaque, pa, *len, is_write);
+    }
     return s->ptr + (pa - s->pa);
 }
 
@@ -89,6 +92,9 @@ bool physwin_read(PhysWin *w, uint64_t pa, void *buf, uint64_t len)
             memcpy(out, p, n);
         } else {
             n = MIN(len, 4096 - (pa & 4095));
+            if (w->observe) {
+                w->observe(w->opaque, pa, n, false);
+            }
             if (address_space_read(w->as, pa, MEMTXATTRS_UNSPECIFIED, out, n) != MEMTX_OK) {
                 return false;
             }
@@ -111,6 +117,9 @@ bool physwin_write(PhysWin *w, uint64_t pa, const void *buf, uint64_t len)
             memcpy(p, in, n);
         } else {
             n = MIN(len, 4096 - (pa & 4095));
+            if (w->observe) {
+                w->observe(w->opaque, pa, n, true);
+            }
             if (address_space_write(w->as, pa, MEMTXATTRS_UNSPECIFIED, in, n) != MEMTX_OK) {
                 return false;
             }

@@ -23,6 +23,9 @@ typedef struct PhysWinSlot {
 
 typedef struct PhysWin {
     AddressSpace *as;
+    /* Told of every range before it is accessed (a CPU cache model's hook). */
+    void (*observe)(void *opaque, uint64_t pa, uint64_t len, bool is_write);
+    void *opaque;
     unsigned next;        /* slot to replace next */
     unsigned last;        /* slot that served the last access */
     PhysWinSlot slot[PHYSWIN_SLOTS];

@@ -28,10 +28,12 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
     doc = json.loads((out / "results.json").read_text())
     data = doc["results"]
     variants = sum(len(s.variants) for s in SUITE)
-    topologies = ["default", "virtio-iommu", "arm64-smmuv3", "arm64-virtio-iommu"]
+    topologies = [
+        "default", "virtio-iommu", "arm64-smmuv3", "arm64-virtio-iommu", "arm64-noncoherent"
+    ]  # fmt: skip
     assert len(data) == len(topologies) * variants
     assert [r["topology"] for r in data] == [t for t in topologies for _ in range(variants)]
-    assert [r["arch"] for r in data] == ["x86_64"] * 2 * variants + ["aarch64"] * 2 * variants
+    assert [r["arch"] for r in data] == ["x86_64"] * 2 * variants + ["aarch64"] * 3 * variants
     # every topology has two devices in one IOMMU domain: nothing is unavailable
     assert [r for r in data if r["outcome"] == "unavailable"] == []
     for r in data:

@@ -52,7 +52,8 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     "-t", "--topology", "topologies", multiple=True, metavar="NAME|FILE",
     shell_complete=complete_topology,
     help="Topology to run on (repeatable). Default: the shipped default, virtio-iommu, "
-    "arm64-smmuv3 and arm64-virtio-iommu (with --matrix default, virtio-iommu and coherent), "
+    "arm64-smmuv3, arm64-virtio-iommu and arm64-noncoherent (with --matrix default, "
+    "virtio-iommu and coherent), "
     "those of --arch.",
 )  # fmt: skip
 @click.option(

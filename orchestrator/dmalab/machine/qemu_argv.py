@@ -157,6 +157,8 @@ def _machine(topology: Topology) -> tuple[list[str], list[str]]:
         machine = ["virt", "gic-version=3"]
         if iommu == "smmuv3":
             machine.append("iommu=smmuv3")
+        if m.coherency == "noncoherent":
+            machine.append("x-noncoherent=on")
         return machine, ["-cpu", m.cpu or "cortex-a57"]
     machine = [MACHINES[m.arch]]
     if topology.iommu and iommu == "intel-iommu" and topology.iommu.intremap:

@@ -22,6 +22,7 @@ ARCHES = ("x86_64", "aarch64")
 #: The vIOMMUs each architecture's machine offers (q35; virt with its built-in SMMUv3).
 IOMMUS_BY_ARCH = {"x86_64": ("intel-iommu", "virtio-iommu"), "aarch64": ("smmuv3", "virtio-iommu")}
 IOMMU_KINDS = ("intel-iommu", "smmuv3", "virtio-iommu")
+COHERENCIES = ("coherent", "noncoherent")
 #: QEMU's machine per architecture.
 MACHINES = {"x86_64": "q35", "aarch64": "virt"}
 #: CPU models a topology may name per architecture (None: QEMU's default for the machine).
@@ -45,6 +46,8 @@ class MachineSpec:
     accel: str = "auto"
     arch: str = "x86_64"
     cpu: str | None = None
+    #: "noncoherent": PCIe DMA below the CPU caches, which QEMU models (docs/cpu-cache-model.md).
+    coherency: str = "coherent"
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,12 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
     name = top.get("name", str, path.stem)
     description = top.get("description", str, "")
 
-    m = _Fields(path, "machine", data.get("machine", {}), ("arch", "cpu", "memory", "smp", "accel"))
+    m = _Fields(
+        path,
+        "machine",
+        data.get("machine", {}),
+        ("arch", "cpu", "memory", "smp", "accel", "coherency"),
+    )
     arch = m.choice("arch", ARCHES, "x86_64")
     cpus = CPUS[arch]
     cpu = m.choice("cpu", cpus, cpus[0]) if cpus[0] else None
@@ -286,12 +294,22 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
     accel = m.choice("accel", ACCELS, "auto")
     if arch != "x86_64" and accel == "kvm":
         m.fail("machine.accel", f"kvm cannot run an {arch} guest on this host (use tcg or auto)")
+    coherency = m.choice("coherency", COHERENCIES, "coherent")
+    if coherency == "noncoherent" and arch != "aarch64":
+        m.fail(
+            "machine.coherency",
+            f"noncoherent DMA is modelled on aarch64 only ({arch}'s DMA API does no cache "
+            "maintenance)",
+        )
+    if coherency == "noncoherent" and accel == "kvm":
+        m.fail("machine.accel", "the CPU cache model of a noncoherent machine needs tcg")
     machine = MachineSpec(
         memory_mib=m.integer("memory", 512, 128, 16384),
         smp=m.integer("smp", 1, 1, 64),
         accel=accel,
         arch=arch,
         cpu=cpu,
+        coherency=coherency,
     )
 
     iommu = None
@@ -355,7 +373,13 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
                 id=_identifier(d, "id"),
                 bus=d.get("bus", str, OWN_ROOT_PORT),
                 bypass_iommu=route == BYPASS,
-                coherent=d.get("coherent", bool, bool(_default("coherent"))),
+                # Below the CPU caches the findings are the CPU side's: no device cache
+                # unless asked for.
+                coherent=d.get(
+                    "coherent",
+                    bool,
+                    coherency == "noncoherent" or bool(_default("coherent")),
+                ),
                 line_size=line,
                 cache_size=size,
                 cache_ways=ways,

@@ -45,6 +45,7 @@ from typing import Any
 
 from dmalab.machine.agent import AgentError, Desc
 from dmalab.machine.compare_bytes import compare
+from dmalab.machine.cpucache import CacheEvent, CpuCacheModel
 from dmalab.machine.guest_trace import GuestTrace
 from dmalab.scenarios.codec import (
     DEFAULT_SEED,
@@ -64,6 +65,8 @@ from dmalab.spec import agent as spec
 PAGE = 4096
 #: Kernel trace lines kept per step (the counts cover them all).
 KERNEL_LINES = 40
+#: The CPU cache model's key in a step's counters (beside the devices' ids).
+CPU_CACHE = "cpucache"
 KEY_COUNTERS = (
     "desc_completed", "stale_reads", "lost_writes", "conflicting_writes",
     "writebacks_after_unmap", "iommu_map_events", "iommu_unmap_events", "translation_faults",
@@ -127,6 +130,8 @@ class Run:
         self._order = 0
         self._counters: dict[str, dict[str, int]] = {}
         self.trace = GuestTrace(vm.agent)
+        #: The CPU cache model of a noncoherent machine (`present` False elsewhere).
+        self.cpucache = CpuCacheModel(vm.qmp)
         #: Who counts IOMMU MAP events, per device: "device" (its vIOMMU sends MAP
         #: notifications) or "guest" (the kernel's iommu/map trace events).
         self.map_observer: dict[str, str] = {}
@@ -185,6 +190,9 @@ class Run:
             counts = iommu.get("events") and not iommu.get("degraded")
             self.map_observer[qid] = "device" if counts else "guest"
         await self.trace.start()
+        if await self.cpucache.probe():
+            await self.cpucache.take()  # what came before the variant is not its finding
+            self._counters[CPU_CACHE] = await self.cpucache.counters()
 
     def map_events(self, step: int, device: str) -> int:
         """IOMMU MAP events at `step` for `device`, from its observer (`map_observer`): the
@@ -489,6 +497,32 @@ class Run:
                 violations = await dev.violations()
                 self._violations(step, qid, violations[self._seen_violations[qid] :])
                 self._seen_violations[qid] = len(violations)
+        if self.cpucache.present:
+            await self._cpu_cache(step, record)
+
+    async def _cpu_cache(self, step: int, record: StepRecord) -> None:
+        """The CPU cache model's counts in the step, and one finding per (kind, master)."""
+        now = await self.cpucache.counters()
+        before = self._counters[CPU_CACHE]
+        delta = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+        if delta:
+            record.counters[CPU_CACHE] = delta
+        self._counters[CPU_CACHE] = now
+        groups: dict[tuple[str, str], list[CacheEvent]] = {}
+        for e in await self.cpucache.take():
+            groups.setdefault((e.kind, e.master), []).append(e)
+        for (kind, master), es in groups.items():
+            e = es[0]
+            lines = f"{len(es)} lines, " if len(es) > 1 else ""
+            iova = f"iova {e.iova:#x}, " if e.iova >= 0 else ""
+            by = f"vCPU {e.vcpu} at pc {e.pc:#x}" if e.vcpu >= 0 else "no vCPU"
+            self.find(
+                step,
+                kind,
+                f"{kind} ({master}): {lines}{sum(x.differing for x in es)} bytes, first at "
+                f"{iova}{self._where(e.pa)}; {by}; expected {e.expected[:8].hex()} actual "
+                f"{e.actual[:8].hex()}",
+            )
 
     def _violations(self, step: int, qid: str, violations: Sequence[Any]) -> None:
         """One finding per (step, kind, cookie): how many lines and bytes, the first one."""

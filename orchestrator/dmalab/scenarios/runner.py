@@ -39,7 +39,7 @@ from dmalab.scenarios.declarations import POLICIES, Scenario, Variant, cell_expe
 from dmalab.scenarios.results import Result, as_json, outcome, suite_ok
 from dmalab.scenarios.suite import SUITE, Item, plan
 
-SHIPPED = ("default", "virtio-iommu", "arm64-smmuv3", "arm64-virtio-iommu")
+SHIPPED = ("default", "virtio-iommu", "arm64-smmuv3", "arm64-virtio-iommu", "arm64-noncoherent")
 #: `dmalab run --matrix` without -t: the x86 topologies and the coherent baseline.
 MATRIX_TOPOLOGIES = ("default", "virtio-iommu", "coherent")
 VARIANT_TIMEOUT_S = 60.0
@@ -130,6 +130,7 @@ class Machine:
         self.devices: dict[str, int] = {}
         self.shared: tuple[str, str] | None = None
         self.coherent = isinstance(topo, Topology) and all_coherent(topo)
+        self.platform = topo.machine.coherency if isinstance(topo, Topology) else "coherent"
         self.arch = topo.arch if isinstance(topo, Topology) else "x86_64"
         self.boot_seconds = 0.0
         self.save_seconds = 0.0
@@ -146,7 +147,7 @@ class Machine:
         """One variant under `policy` (a matrix cell when `matrix`), from the snapshot."""
         run = Run(self.vm, self.devices, self.topology, v, shared=self.shared, policy=policy,
                   seed=seed)  # fmt: skip
-        expect, steps, why = cell_expectation(v, policy, self.coherent)
+        expect, steps, why = cell_expectation(v, policy, self.coherent, self.platform)
         label = policy if matrix else None
         skip = why if expect == "n/a" else (sc.unavailable(run) if sc.unavailable else None)
         if skip:

@@ -11,9 +11,31 @@ from __future__ import annotations
 
 from dmalab.machine.agent import Desc
 from dmalab.scenarios.api import PAGE, Run
-from dmalab.scenarios.declarations import POLICIES, Cell, Scenario, Variant
+from dmalab.scenarios.declarations import (
+    NONCOHERENT_PLATFORM,
+    POLICIES,
+    Cell,
+    Scenario,
+    Variant,
+)
 
 BUF = "buf"
+
+#: On a noncoherent platform the dma-buf core's cached mapping (CACHE_SGT) maps once: the
+#: exporter's map and unmap, and with them the DMA API's clean and invalidate, run once for all
+#: cycles. The CPU's later writes never reach memory (DEVICE_READ_STALE) and the device's writes
+#: never reach the CPU's view (the bytes check at the unmap step).
+CACHED_MAPPING_SKIPS_SYNC = (
+    "a finding about cached dma-buf mappings on a noncoherent platform: with the mapping kept, "
+    "nobody cleans or invalidates the CPU caches between cycles, so the device reads stale "
+    "memory and the CPU never sees the device's copy"
+)
+#: The same for a static importer that keeps its mapping while pinned.
+KEPT_MAPPING_SKIPS_SYNC = (
+    "a finding about kept dma-buf mappings on a noncoherent platform: the pinned importer's "
+    "mapping is made once, so its unmap invalidates nothing and the CPU never sees the "
+    "device's fill"
+)
 
 
 def _coherent(expect: str, why: str, steps: tuple[int, ...] = (),
@@ -174,7 +196,9 @@ SEED_003 = Scenario(
         Variant("cached", "pass", (), "exporter CACHE_SGT: one IOMMU mapping for all cycles",
                 {"flags": ["CACHE_SGT"]},
                 cells=(Cell("cache-sgt", "n/a", "its buffer is CACHE_SGT already: the base "
-                            "cell"),)),
+                            "cell"),
+                       Cell("base", "detected", CACHED_MAPPING_SKIPS_SYNC, (4,),
+                            NONCOHERENT_PLATFORM))),
         Variant("uncached", "pass", (), "no caching: a new IOMMU mapping at every map", {},
                 cells=(Cell("cache-sgt", "n/a", "it checks a new IOMMU mapping at every map, "
                             "which CACHE_SGT is there to prevent"),)),
@@ -373,7 +397,10 @@ SEED_001 = Scenario(
         Variant("dynamic", "pass", (), "a dynamic importer re-maps after move_notify", {},
                 cells=(NOT_CACHED_001,)),
         Variant("pinned", "pass", (), "a static importer pins the buffer: the move is refused",
-                {"pinned": True}, cells=(NOT_CACHED_001,)),
+                {"pinned": True},
+                cells=(NOT_CACHED_001,
+                       Cell("base", "detected", KEPT_MAPPING_SKIPS_SYNC, (4,),
+                            NONCOHERENT_PLATFORM))),
         Variant("stale-addresses", "detected", (4,),
                 "USE_STALE: the importer keeps its pre-move addresses", {"faults": ["USE_STALE"]},
                 cells=(

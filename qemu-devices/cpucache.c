@@ -1,0 +1,593 @@
+/*
+ * CPU-side cache model for a noncoherent platform (see cpucache.h and
+ * docs/cpu-cache-model.md).
+ *
+ * Three copies of guest RAM, line by line:
+ *   CPU   guest RAM itself: what cacheable CPU accesses and page walks see;
+ *   DRAM  what memory holds: Non-cacheable CPU accesses, noncoherent DMA;
+ *   SYNC  the CPU's line as of its last clean or invalidate, so that a line
+ *         the CPU wrote (CPU != SYNC) is told from one that is only stale.
+ * A clean writes a dirty line back (CPU -> DRAM); an invalidate drops the
+ * line (DRAM -> CPU). Both happen under one lock, so a line moves whole
+ * with respect to DMA bookkeeping and other vCPUs.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "qemu/osdep.h"
+#include "qemu/bitmap.h"
+#include "qemu/cutils.h"
+#include "qemu/lockable.h"
+#include "qemu/error-report.h"
+#include "qapi/error.h"
+#include "qapi/visitor.h"
+#include "exec/address-spaces.h"
+#include "exec/cputlb.h"
+#include "hw/core/cpu.h"
+#include "migration/vmstate.h"
+#include "system/reset.h"
+#include "cpucache.h"
+
+/*
+ * The vCPUs reach DRAM and the trapping view through windows far above any
+ * physical address a guest can form (the TLB holds the window address; the
+ * page walk still checks the guest's own output size).
+ */
+#define CPUCACHE_DRAM_WINDOW (1ULL << 60)
+#define CPUCACHE_TRAP_WINDOW (2ULL << 60)
+#define CPUCACHE_PAGE 4096
+
+CpuCache *cpucache;
+
+static const char *const kind_names[CPUCACHE_NKINDS] = {
+    [CPUCACHE_DEVICE_READ_STALE] = "DEVICE_READ_STALE",
+    [CPUCACHE_CPU_READ_STALE] = "CPU_READ_STALE",
+    [CPUCACHE_CPU_WRITE_LOST] = "CPU_WRITE_LOST",
+    [CPUCACHE_CPU_CLOBBER] = "CPU_CLOBBER",
+};
+
+static inline uint8_t *line_of(uint8_t *base, int64_t l)
+{
+    return base + l * CPUCACHE_LINE;
+}
+
+static inline bool in_ram(CpuCache *c, hwaddr pa)
+{
+    return pa - c->ram_base < c->ram_size;
+}
+
+static void record(CpuCache *c, CpuCacheKind kind, const CpuCacheOrigin *o,
+                   int64_t l, const uint8_t *expected, const uint8_t *actual)
+{
+    CpuCacheEvent *e;
+    uint64_t line_pa = c->ram_base + l * CPUCACHE_LINE;
+    unsigned i;
+
+    c->counters[kind]++;
+    if (c->log_count == CPUCACHE_LOG_LEN) {
+        c->dropped++;
+        return;
+    }
+    e = &c->log[(c->log_head + c->log_count++) % CPUCACHE_LOG_LEN];
+    memset(e, 0, sizeof(*e));
+    e->seq = ++c->seq;
+    e->kind = kind;
+    pstrcpy(e->master, sizeof(e->master), o->master);
+    e->vcpu = o->vcpu;
+    e->pc = o->pc;
+    e->pa = line_pa;
+    e->iova = UINT64_MAX;
+    if (o->iova != UINT64_MAX && line_pa >= o->pa_base) {
+        e->iova = o->iova + (line_pa - o->pa_base);
+    }
+    memcpy(e->expected, expected, CPUCACHE_LINE);
+    memcpy(e->actual, actual, CPUCACHE_LINE);
+    for (i = 0; i < CPUCACHE_LINE; i++) {
+        e->differing += expected[i] != actual[i];
+    }
+}
+
+/* Writes through the address spaces, so translated code and dirty logs follow. */
+static void write_cpu_line(CpuCache *c, int64_t l, const uint8_t *buf)
+{
+    address_space_write(&address_space_memory, c->ram_base + l * CPUCACHE_LINE,
+                        MEMTXATTRS_UNSPECIFIED, buf, CPUCACHE_LINE);
+}
+
+static void write_dram_line(CpuCache *c, int64_t l, const uint8_t *buf)
+{
+    address_space_write(&c->dma_as, c->ram_base + l * CPUCACHE_LINE,
+                        MEMTXATTRS_UNSPECIFIED, buf, CPUCACHE_LINE);
+}
+
+static void clean_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
+{
+    uint8_t cpu[CPUCACHE_LINE];
+    uint8_t *sync = line_of(c->sync_ptr, l);
+    uint8_t *dram = line_of(c->dram_ptr, l);
+
+    memcpy(cpu, line_of(c->cpu_ptr, l), CPUCACHE_LINE);
+    if (!memcmp(cpu, sync, CPUCACHE_LINE)) {
+        return;     /* not dirty: a clean writes nothing back */
+    }
+    if (test_bit(l, c->dev_written) && memcmp(dram, sync, CPUCACHE_LINE)) {
+        record(c, CPUCACHE_CPU_CLOBBER, o, l, dram, cpu);
+    }
+    write_dram_line(c, l, cpu);
+    memcpy(sync, cpu, CPUCACHE_LINE);
+    c->lines_cleaned++;
+}
+
+/* Returns true when the line's page no longer holds device-written lines. */
+static bool invalidate_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
+{
+    uint8_t cpu[CPUCACHE_LINE], dram[CPUCACHE_LINE];
+    uint8_t *sync = line_of(c->sync_ptr, l);
+    int64_t page = l / (CPUCACHE_PAGE / CPUCACHE_LINE);
+
+    memcpy(cpu, line_of(c->cpu_ptr, l), CPUCACHE_LINE);
+    memcpy(dram, line_of(c->dram_ptr, l), CPUCACHE_LINE);
+    if (memcmp(cpu, sync, CPUCACHE_LINE)) {
+        record(c, CPUCACHE_CPU_WRITE_LOST, o, l, cpu, dram);
+    }
+    if (memcmp(cpu, dram, CPUCACHE_LINE)) {
+        write_cpu_line(c, l, dram);
+    }
+    memcpy(sync, dram, CPUCACHE_LINE);
+    c->lines_invalidated++;
+    clear_bit(l, c->reported);
+    if (test_and_clear_bit(l, c->dev_written)) {
+        return --c->page_trapped[page] == 0;
+    }
+    return false;
+}
+
+bool cpucache_maintain(CpuCache *c, hwaddr pa, uint64_t len, CpuCacheMaint op,
+                       int vcpu, uint64_t pc)
+{
+    CpuCacheOrigin o = { .master = "cpu", .vcpu = vcpu, .pc = pc, .iova = UINT64_MAX };
+    bool untrapped = false;
+    int64_t l, first, last;
+
+    if (!len || !in_ram(c, pa)) {
+        return false;
+    }
+    len = MIN(len, c->ram_size - (pa - c->ram_base));
+    first = (pa - c->ram_base) / CPUCACHE_LINE;
+    last = (pa - c->ram_base + len - 1) / CPUCACHE_LINE;
+
+    QEMU_LOCK_GUARD(&c->lock);
+    if (op & CPUCACHE_CLEAN) {
+        c->cleans++;
+    }
+    if (op & CPUCACHE_INVALIDATE) {
+        c->invalidates++;
+    }
+    for (l = first; l <= last; l++) {
+        if (op & CPUCACHE_CLEAN) {
+            clean_line(c, l, &o);
+        }
+        if (op & CPUCACHE_INVALIDATE) {
+            untrapped |= invalidate_line(c, l, &o);
+        }
+    }
+    return untrapped;
+}
+
+void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
+                  bool is_write)
+{
+    bool newly_trapped = false;
+    int64_t l, first, last;
+    CPUState *cs;
+
+    if (!len || !in_ram(c, pa)) {
+        return;
+    }
+    len = MIN(len, c->ram_size - (pa - c->ram_base));
+    first = (pa - c->ram_base) / CPUCACHE_LINE;
+    last = (pa - c->ram_base + len - 1) / CPUCACHE_LINE;
+
+    WITH_QEMU_LOCK_GUARD(&c->lock) {
+        if (is_write) {
+            c->dma_bytes_written += len;
+        } else {
+            c->dma_bytes_read += len;
+        }
+        for (l = first; l <= last; l++) {
+            uint8_t *cpu = line_of(c->cpu_ptr, l);
+
+            if (is_write) {
+                if (!test_and_set_bit(l, c->dev_written)) {
+                    newly_trapped |= c->page_trapped[l / (CPUCACHE_PAGE / CPUCACHE_LINE)]++ == 0;
+                }
+            } else if (memcmp(cpu, line_of(c->sync_ptr, l), CPUCACHE_LINE)) {
+                record(c, CPUCACHE_DEVICE_READ_STALE, o, l, cpu, line_of(c->dram_ptr, l));
+            }
+        }
+    }
+    /*
+     * Cacheable reads of the page must now take the trapping view. The flush
+     * reaches other vCPUs as queued work, which runs when they are kicked out
+     * of their translation blocks: before they take the DMA's interrupt.
+     */
+    if (newly_trapped) {
+        CPU_FOREACH(cs) {
+            tlb_flush(cs);
+        }
+    }
+}
+
+void cpucache_io_origin(CpuCache *c, int *vcpu, uint64_t *pc)
+{
+    *vcpu = -1;
+    *pc = 0;
+    if (current_cpu) {
+        *vcpu = current_cpu->cpu_index;
+        *pc = c->io_pc ? c->io_pc(current_cpu) : 0;
+    }
+}
+
+hwaddr cpucache_tlb_target(CpuCache *c, hwaddr pa, bool cacheable, bool fetch)
+{
+    if (!in_ram(c, pa)) {
+        return pa;
+    }
+    if (!cacheable) {
+        return pa + CPUCACHE_DRAM_WINDOW;
+    }
+    if (!fetch && qatomic_read(&c->page_trapped[(pa - c->ram_base) / CPUCACHE_PAGE])) {
+        return pa + CPUCACHE_TRAP_WINDOW;
+    }
+    return pa;
+}
+
+hwaddr cpucache_guest_pa(CpuCache *c, hwaddr target)
+{
+    if (target >= CPUCACHE_TRAP_WINDOW) {
+        return target - CPUCACHE_TRAP_WINDOW;
+    }
+    if (target >= CPUCACHE_DRAM_WINDOW) {
+        return target - CPUCACHE_DRAM_WINDOW;
+    }
+    return target;
+}
+
+/* Cacheable CPU accesses to pages holding device-written lines. */
+
+static MemTxResult trap_read(void *opaque, hwaddr addr, uint64_t *data,
+                             unsigned size, MemTxAttrs attrs)
+{
+    CpuCache *c = opaque;
+    CpuCacheOrigin o = { .master = "cpu", .iova = UINT64_MAX };
+    int64_t l;
+
+    if (addr + size > c->ram_size) {
+        return MEMTX_DECODE_ERROR;
+    }
+    cpucache_io_origin(c, &o.vcpu, &o.pc);
+    WITH_QEMU_LOCK_GUARD(&c->lock) {
+        for (l = addr / CPUCACHE_LINE; l <= (addr + size - 1) / CPUCACHE_LINE; l++) {
+            uint8_t *cpu = line_of(c->cpu_ptr, l), *dram = line_of(c->dram_ptr, l);
+
+            if (test_bit(l, c->dev_written) && !test_bit(l, c->reported) &&
+                memcmp(cpu, dram, CPUCACHE_LINE)) {
+                set_bit(l, c->reported);
+                record(c, CPUCACHE_CPU_READ_STALE, &o, l, dram, cpu);
+            }
+        }
+    }
+    *data = ldn_le_p(c->cpu_ptr + addr, size);
+    return MEMTX_OK;
+}
+
+static MemTxResult trap_write(void *opaque, hwaddr addr, uint64_t data,
+                              unsigned size, MemTxAttrs attrs)
+{
+    CpuCache *c = opaque;
+    uint8_t buf[8];
+
+    if (addr + size > c->ram_size) {
+        return MEMTX_DECODE_ERROR;
+    }
+    stn_le_p(buf, size, data);
+    return address_space_write(&address_space_memory, c->ram_base + addr, attrs, buf, size);
+}
+
+static const MemoryRegionOps trap_ops = {
+    .read_with_attrs = trap_read,
+    .write_with_attrs = trap_write,
+    .endianness = DEVICE_LITTLE_ENDIAN,
+    .valid = { .min_access_size = 1, .max_access_size = 8, .unaligned = true },
+    .impl = { .min_access_size = 1, .max_access_size = 8, .unaligned = true },
+};
+
+/* Reset: memory starts equal to what QEMU loaded (kernel, DTB, boot code). */
+
+static void copy_nonzero_pages(uint8_t *dst, const uint8_t *src, uint64_t size)
+{
+    uint64_t off;
+
+    for (off = 0; off < size; off += CPUCACHE_PAGE) {
+        /* Untouched pages stay uncommitted on the host. */
+        if (!buffer_is_zero(src + off, CPUCACHE_PAGE) ||
+            !buffer_is_zero(dst + off, CPUCACHE_PAGE)) {
+            memcpy(dst + off, src + off, CPUCACHE_PAGE);
+        }
+    }
+}
+
+static ResettableState *cpucache_get_reset_state(Object *obj)
+{
+    return &DMALAB_CPUCACHE(obj)->reset_state;
+}
+
+/* Exit phase: after the ROM loader has written RAM in the hold phase. */
+static void cpucache_reset_exit(Object *obj, ResetType type)
+{
+    CpuCache *c = DMALAB_CPUCACHE(obj);
+
+    if (type == RESET_TYPE_SNAPSHOT_LOAD) {
+        return;     /* the snapshot brings all three copies */
+    }
+    QEMU_LOCK_GUARD(&c->lock);
+    copy_nonzero_pages(c->dram_ptr, c->cpu_ptr, c->ram_size);
+    copy_nonzero_pages(c->sync_ptr, c->cpu_ptr, c->ram_size);
+    bitmap_zero(c->dev_written, c->nlines);
+    bitmap_zero(c->reported, c->nlines);
+    memset(c->page_trapped, 0, c->ram_size / CPUCACHE_PAGE * sizeof(uint16_t));
+    memset(c->counters, 0, sizeof(c->counters));
+    c->cleans = c->invalidates = c->lines_cleaned = c->lines_invalidated = 0;
+    c->dma_bytes_read = c->dma_bytes_written = 0;
+    c->log_head = c->log_count = 0;
+    c->dropped = 0;
+}
+
+static int cpucache_post_load(void *opaque, int version_id)
+{
+    CpuCache *c = opaque;
+    int64_t l;
+
+    memset(c->page_trapped, 0, c->ram_size / CPUCACHE_PAGE * sizeof(uint16_t));
+    for (l = find_first_bit(c->dev_written, c->nlines); l < c->nlines;
+         l = find_next_bit(c->dev_written, c->nlines, l + 1)) {
+        c->page_trapped[l / (CPUCACHE_PAGE / CPUCACHE_LINE)]++;
+    }
+    /* Events stay with the run that saw them; the sequence goes on. */
+    c->log_head = c->log_count = 0;
+    return 0;
+}
+
+static const VMStateDescription vmstate_cpucache = {
+    .name = "dmalab-cpucache",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .post_load = cpucache_post_load,
+    .fields = (const VMStateField[]) {
+        VMSTATE_INT32_EQUAL(nlines, CpuCache, NULL),
+        VMSTATE_BITMAP(dev_written, CpuCache, 0, nlines),
+        VMSTATE_BITMAP(reported, CpuCache, 0, nlines),
+        VMSTATE_UINT64_ARRAY(counters, CpuCache, CPUCACHE_NKINDS),
+        VMSTATE_UINT64(seq, CpuCache),
+        VMSTATE_UINT64(dropped, CpuCache),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+/* QMP readout: qom-get /machine/cpucache counters | log */
+
+static void get_counters(Object *obj, Visitor *v, const char *name, void *opaque,
+                         Error **errp)
+{
+    CpuCache *c = DMALAB_CPUCACHE(obj);
+    uint64_t trapped = 0, vals[CPUCACHE_NKINDS + 9];
+    static const char *const names[CPUCACHE_NKINDS + 9] = {
+        "device-read-stale", "cpu-read-stale", "cpu-write-lost", "cpu-clobber",
+        "cleans", "invalidates", "lines-cleaned", "lines-invalidated",
+        "dma-bytes-read", "dma-bytes-written", "log-dropped", "trapped-pages",
+        "line-size",
+    };
+    unsigned i;
+
+    QEMU_LOCK_GUARD(&c->lock);
+    for (i = 0; i < c->ram_size / CPUCACHE_PAGE; i++) {
+        trapped += c->page_trapped[i] != 0;
+    }
+    memcpy(vals, c->counters, sizeof(c->counters));
+    i = CPUCACHE_NKINDS;
+    vals[i++] = c->cleans;
+    vals[i++] = c->invalidates;
+    vals[i++] = c->lines_cleaned;
+    vals[i++] = c->lines_invalidated;
+    vals[i++] = c->dma_bytes_read;
+    vals[i++] = c->dma_bytes_written;
+    vals[i++] = c->dropped;
+    vals[i++] = trapped;
+    vals[i++] = CPUCACHE_LINE;
+    if (!visit_start_struct(v, name, NULL, 0, errp)) {
+        return;
+    }
+    for (i = 0; i < ARRAY_SIZE(vals); i++) {
+        if (!visit_type_uint64(v, names[i], &vals[i], errp)) {
+            break;
+        }
+    }
+    if (i == ARRAY_SIZE(vals)) {
+        visit_check_struct(v, errp);
+    }
+    visit_end_struct(v, NULL);
+}
+
+static bool visit_hex(Visitor *v, const char *name, const uint8_t *buf, Error **errp)
+{
+    g_autofree char *str = g_malloc(CPUCACHE_LINE * 2 + 1);
+    unsigned i;
+
+    for (i = 0; i < CPUCACHE_LINE; i++) {
+        sprintf(str + 2 * i, "%02x", buf[i]);
+    }
+    return visit_type_str(v, name, &str, errp);
+}
+
+static bool visit_event(Visitor *v, CpuCacheEvent *e, Error **errp)
+{
+    char *kind = (char *)kind_names[e->kind], *master = e->master;
+    int64_t vcpu = e->vcpu, iova = e->iova == UINT64_MAX ? -1 : (int64_t)e->iova;
+    uint64_t differing = e->differing;
+    bool ok;
+
+    if (!visit_start_struct(v, NULL, NULL, 0, errp)) {
+        return false;
+    }
+    ok = visit_type_uint64(v, "seq", &e->seq, errp) &&
+         visit_type_str(v, "kind", &kind, errp) &&
+         visit_type_str(v, "master", &master, errp) &&
+         visit_type_int(v, "vcpu", &vcpu, errp) &&
+         visit_type_uint64(v, "pc", &e->pc, errp) &&
+         visit_type_uint64(v, "pa", &e->pa, errp) &&
+         visit_type_int(v, "iova", &iova, errp) &&
+         visit_type_uint64(v, "differing", &differing, errp) &&
+         visit_hex(v, "expected", e->expected, errp) &&
+         visit_hex(v, "actual", e->actual, errp) &&
+         visit_check_struct(v, errp);
+    visit_end_struct(v, NULL);
+    return ok;
+}
+
+static void get_log(Object *obj, Visitor *v, const char *name, void *opaque, Error **errp)
+{
+    CpuCache *c = DMALAB_CPUCACHE(obj);
+    uint32_t i;
+
+    QEMU_LOCK_GUARD(&c->lock);
+    if (!visit_start_list(v, name, NULL, 0, errp)) {
+        return;
+    }
+    for (i = 0; i < c->log_count; i++) {
+        if (!visit_event(v, &c->log[(c->log_head + i) % CPUCACHE_LOG_LEN], errp)) {
+            break;
+        }
+    }
+    if (i == c->log_count) {
+        visit_check_list(v, errp);
+    }
+    visit_end_list(v, NULL);
+}
+
+/* Reading the log drains it, so a caller sees each event once. */
+static void set_log_read(Object *obj, Visitor *v, const char *name, void *opaque,
+                         Error **errp)
+{
+    CpuCache *c = DMALAB_CPUCACHE(obj);
+    uint64_t upto;
+
+    if (!visit_type_uint64(v, name, &upto, errp)) {
+        return;
+    }
+    QEMU_LOCK_GUARD(&c->lock);
+    while (c->log_count && c->log[c->log_head].seq <= upto) {
+        c->log_head = (c->log_head + 1) % CPUCACHE_LOG_LEN;
+        c->log_count--;
+    }
+}
+
+static void cpucache_instance_init(Object *obj)
+{
+    CpuCache *c = DMALAB_CPUCACHE(obj);
+
+    qemu_mutex_init(&c->lock);
+    object_property_add(obj, "counters", "CpuCacheCounters", get_counters, NULL, NULL, NULL);
+    object_property_add(obj, "log", "CpuCacheLog", get_log, NULL, NULL, NULL);
+    object_property_add(obj, "log-read", "uint64", NULL, set_log_read, NULL, NULL);
+}
+
+static void cpucache_class_init(ObjectClass *oc, void *data)
+{
+    ResettableClass *rc = RESETTABLE_CLASS(oc);
+
+    rc->get_state = cpucache_get_reset_state;
+    rc->phases.exit = cpucache_reset_exit;
+}
+
+static const TypeInfo cpucache_info = {
+    .name = TYPE_DMALAB_CPUCACHE,
+    .parent = TYPE_OBJECT,
+    .instance_size = sizeof(CpuCache),
+    .instance_init = cpucache_instance_init,
+    .class_init = cpucache_class_init,
+    .interfaces = (InterfaceInfo[]) {
+        { TYPE_RESETTABLE_INTERFACE },
+        { }
+    },
+};
+
+static void cpucache_register_types(void)
+{
+    type_register_static(&cpucache_info);
+}
+
+type_init(cpucache_register_types)
+
+CpuCache *cpucache_create(Object *machine, MemoryRegion *sysmem, MemoryRegion *ram,
+                          hwaddr ram_base, Error **errp)
+{
+    CpuCache *c;
+    uint64_t size = memory_region_size(ram);
+
+    if (size % CPUCACHE_PAGE || size / CPUCACHE_LINE > INT32_MAX) {
+        error_setg(errp, "cpu cache model: RAM size %" PRIu64 " is not supported", size);
+        return NULL;
+    }
+    c = DMALAB_CPUCACHE(object_new(TYPE_DMALAB_CPUCACHE));
+    object_property_add_child(machine, "cpucache", OBJECT(c));
+    object_unref(OBJECT(c));
+    c->ram = ram;
+    c->ram_base = ram_base;
+    c->ram_size = size;
+    c->nlines = size / CPUCACHE_LINE;
+
+    /* No owner: the RAM blocks migrate under these names. */
+    if (!memory_region_init_ram(&c->dram, NULL, "dmalab-cpucache.dram", size, errp) ||
+        !memory_region_init_ram(&c->sync, NULL, "dmalab-cpucache.sync", size, errp)) {
+        return NULL;
+    }
+    c->cpu_ptr = memory_region_get_ram_ptr(ram);
+    c->dram_ptr = memory_region_get_ram_ptr(&c->dram);
+    c->sync_ptr = memory_region_get_ram_ptr(&c->sync);
+    c->dev_written = bitmap_new(c->nlines);
+    c->reported = bitmap_new(c->nlines);
+    c->page_trapped = g_new0(uint16_t, size / CPUCACHE_PAGE);
+
+    memory_region_init(&c->dma_root, OBJECT(c), "cpucache-dma", UINT64_MAX);
+    memory_region_init_alias(&c->dma_sys, OBJECT(c), "cpucache-dma-sys", sysmem, 0,
+                             UINT64_MAX);
+    memory_region_add_subregion_overlap(&c->dma_root, 0, &c->dma_sys, 0);
+    memory_region_init_alias(&c->dma_dram, OBJECT(c), "cpucache-dma-dram", &c->dram, 0,
+                             size);
+    memory_region_add_subregion_overlap(&c->dma_root, ram_base, &c->dma_dram, 1);
+    address_space_init(&c->dma_as, &c->dma_root, "cpucache-dma");
+
+    memory_region_init(&c->cpu_root, OBJECT(c), "cpucache-cpu", UINT64_MAX);
+    memory_region_init_alias(&c->cpu_sys, OBJECT(c), "cpucache-cpu-sys", sysmem, 0,
+                             CPUCACHE_DRAM_WINDOW);
+    memory_region_add_subregion(&c->cpu_root, 0, &c->cpu_sys);
+    memory_region_init_alias(&c->cpu_dram, OBJECT(c), "cpucache-cpu-dram", &c->dram, 0,
+                             size);
+    memory_region_add_subregion(&c->cpu_root, CPUCACHE_DRAM_WINDOW + ram_base, &c->cpu_dram);
+    memory_region_init_io(&c->cpu_trap, OBJECT(c), &trap_ops, c, "cpucache-cpu-trap", size);
+    memory_region_add_subregion(&c->cpu_root, CPUCACHE_TRAP_WINDOW + ram_base, &c->cpu_trap);
+
+    vmstate_register(NULL, VMSTATE_INSTANCE_ID_ANY, &vmstate_cpucache, c);
+    qemu_register_resettable(OBJECT(c));
+    cpucache = c;
+    return c;
+}
+
+MemoryRegion *cpucache_cpu_memory(CpuCache *c)
+{
+    return &c->cpu_root;
+}
+
+AddressSpace *cpucache_dma_as(CpuCache *c)
+{
+    return &c->dma_as;
+}
