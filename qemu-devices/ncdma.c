@@ -251,9 +251,16 @@ static void ncdma_pattern(uint8_t *buf, uint64_t n, uint64_t pattern, uint64_t p
  */
 static bool ncdma_is_memory(NcdmaState *s, uint64_t pa, uint64_t *len, bool is_write)
 {
-    MemoryRegionSection sec = memory_region_find(s->win.as->root, pa, *len);
+    MemoryRegionSection sec;
+    uint64_t n = *len;
     bool ram = false;
 
+    /* Windows map exactly RAM: the common case costs a window lookup. */
+    if (physwin_get(&s->win, pa, &n, is_write)) {
+        *len = n;
+        return true;
+    }
+    sec = memory_region_find(s->win.as->root, pa, *len);
     if (!sec.mr) {
         return false;
     }
