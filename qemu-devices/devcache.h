@@ -101,8 +101,9 @@ void devcache_destroy(DevCache *c);
 void devcache_reset(DevCache *c);
 
 /*
- * Data accesses.  [pa, pa + len) must lie within one 4 KiB page; iova is the
- * address the device used (recorded for reports).  false: memory error.
+ * Data accesses.  [pa, pa + len) must lie within one 4 KiB page and be RAM
+ * (the owner sends what is not around the cache); iova is the address the
+ * device used (recorded for reports).  false: memory error.
  */
 bool devcache_read(DevCache *c, uint64_t pa, uint64_t iova, void *buf,
                    uint32_t len, bool tracked);

@@ -290,6 +290,53 @@ bool ncdma_iommu_active(NcdmaState *s)
     return s->iommu_sections > 0;
 }
 
+/*
+ * address_space_get_iotlb_entry() for a device behind a vIOMMU, keeping
+ * apart what it folds into one failure: the vIOMMU refused (a translation
+ * fault), or it translated to an address where nothing is (a bus error,
+ * *nothing set).  The vIOMMU is asked once, so it records one fault per
+ * refusal.  Called in an RCU critical section.
+ */
+static IOMMUTLBEntry iommu_entry(NcdmaState *s, uint64_t iova, bool is_write, bool *nothing)
+{
+    AddressSpace *as = pci_get_address_space(PCI_DEVICE(s));
+    MemoryRegionSection sec = memory_region_find(as->root, iova, 1);
+    IOMMUAccessFlags need = is_write ? IOMMU_WO : IOMMU_RO;
+    IOMMUMemoryRegion *imr;
+    IOMMUTLBEntry e;
+    uint64_t pa;
+
+    *nothing = !sec.mr;
+    if (!sec.mr) {
+        return (IOMMUTLBEntry) {};
+    }
+    imr = memory_region_get_iommu(sec.mr);
+    if (!imr) {
+        /* Not translated (the MSI window, a bypass): what is there answers. */
+        memory_region_unref(sec.mr);
+        e = address_space_get_iotlb_entry(as, iova, is_write, MEMTXATTRS_UNSPECIFIED);
+        *nothing = !e.target_as;
+        return e;
+    }
+    e = memory_region_get_iommu_class_nocheck(imr)->translate(
+            imr, sec.offset_within_region, need,
+            memory_region_iommu_attrs_to_index(imr, MEMTXATTRS_UNSPECIFIED));
+    memory_region_unref(sec.mr);
+    if (!(e.perm & need) || !e.target_as) {
+        return (IOMMUTLBEntry) {};
+    }
+    pa = (e.translated_addr & ~e.addr_mask) | (sec.offset_within_region & e.addr_mask);
+    /* Memory or a device answers there (through any IOMMU further on)? */
+    if (!address_space_get_iotlb_entry(e.target_as, pa, is_write,
+                                       MEMTXATTRS_UNSPECIFIED).target_as) {
+        *nothing = true;
+        return (IOMMUTLBEntry) {};
+    }
+    e.iova = iova & ~e.addr_mask;
+    e.translated_addr &= ~e.addr_mask;
+    return e;
+}
+
 /* quiet: a failure is not counted (the caller has another way to try). */
 static NcdmaXlate xlate(NcdmaState *s, uint64_t iova, bool is_write, uint64_t *pa,
                         uint64_t *avail, bool *tracked, bool quiet)
@@ -298,6 +345,7 @@ static NcdmaXlate xlate(NcdmaState *s, uint64_t iova, bool is_write, uint64_t *p
     bool active = ncdma_iommu_active(s);
     /* Without an UNMAP notifier nothing could invalidate what we keep. */
     bool keep = active && !QLIST_EMPTY(&s->notifiers);
+    bool nothing = false;
     IOMMUTLBEntry e;
     uint64_t off;
 
@@ -311,11 +359,15 @@ static NcdmaXlate xlate(NcdmaState *s, uint64_t iova, bool is_write, uint64_t *p
         s->counters[NCDMA_CNT_IOTLB_MISSES]++;
     }
     WITH_RCU_READ_LOCK_GUARD() {
-        e = address_space_get_iotlb_entry(pci_get_address_space(PCI_DEVICE(s)),
-                                          iova, is_write, MEMTXATTRS_UNSPECIFIED);
+        if (active) {
+            e = iommu_entry(s, iova, is_write, &nothing);
+        } else {
+            e = address_space_get_iotlb_entry(pci_get_address_space(PCI_DEVICE(s)),
+                                              iova, is_write, MEMTXATTRS_UNSPECIFIED);
+        }
     }
     if (!e.target_as) {
-        if (active) {
+        if (active && !nothing) {
             s->counters[NCDMA_CNT_TRANSLATION_FAULTS] += !quiet;
             return NCDMA_XLATE_FAULT;
         }

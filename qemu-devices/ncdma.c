@@ -310,6 +310,53 @@ static void ncdma_pattern(uint8_t *buf, uint64_t n, uint64_t pattern, uint64_t p
     }
 }
 
+/*
+ * Is [pa, pa + *len) memory (RAM the device may cache) or not (a device's
+ * registers, the interrupt window, nothing at all)?  *len is cut to where
+ * the answer changes, exactly: regions need not be page-aligned.
+ */
+static bool ncdma_is_memory(NcdmaState *s, uint64_t pa, uint64_t *len, bool is_write)
+{
+    MemoryRegionSection sec;
+    uint64_t n = *len;
+    bool ram = false;
+
+    /* Windows map exactly RAM: the common case costs a window lookup. */
+    if (physwin_get(&s->win, pa, &n, is_write)) {
+        *len = n;
+        return true;
+    }
+    sec = memory_region_find(s->win.as->root, pa, *len);
+    if (!sec.mr) {
+        return false;
+    }
+    if (sec.offset_within_address_space > pa) {
+        *len = sec.offset_within_address_space - pa;  /* a hole comes first */
+    } else {
+        ram = memory_access_is_direct(sec.mr, is_write, MEMTXATTRS_UNSPECIFIED);
+        *len = MIN(*len, int128_get64(sec.size));
+    }
+    memory_region_unref(sec.mr);
+    return ram;
+}
+
+/*
+ * What is not memory is never cached: a line fill would read registers the
+ * descriptor did not name (reads can have side effects) and a write-back
+ * would write whole lines of them.  Such bytes go as one plain DMA at the
+ * IOVA, so the vIOMMU's untranslated windows (the MSI window) behave as
+ * they do for any device; whatever the target refuses is a bus error.
+ */
+static bool ncdma_plain_read(NcdmaState *s, uint64_t iova, void *buf, uint64_t n)
+{
+    return pci_dma_read(PCI_DEVICE(s), iova, buf, n) == MEMTX_OK;
+}
+
+static bool ncdma_plain_write(NcdmaState *s, uint64_t iova, const void *buf, uint64_t n)
+{
+    return pci_dma_write(PCI_DEVICE(s), iova, buf, n) == MEMTX_OK;
+}
+
 /* COPY and FILL: move bytes piece by piece, each piece within one translation of src and dst. */
 static uint32_t ncdma_move(NcdmaState *s, const struct ncdma_desc *d, uint64_t *done)
 {
@@ -321,7 +368,7 @@ static uint32_t ncdma_move(NcdmaState *s, const struct ncdma_desc *d, uint64_t *
         uint64_t n = MIN(d->len - *done, NCDMA_CHUNK);
         uint64_t src = d->src + *done, dst = d->dst + *done;
         uint64_t spa = 0, dpa, avail;
-        bool stracked = false, dtracked;
+        bool stracked = false, dtracked, smem = true, dmem;
         NcdmaXlate r;
 
         if (!fill) {
@@ -343,9 +390,17 @@ static uint32_t ncdma_move(NcdmaState *s, const struct ncdma_desc *d, uint64_t *
                 n = MIN(n, NCDMA_PAGE - (spa & (NCDMA_PAGE - 1)));
             }
         }
+        dmem = ncdma_is_memory(s, dpa, &n, true);
+        if (!fill) {
+            smem = ncdma_is_memory(s, spa, &n, false);
+        }
 
         if (fill) {
             ncdma_pattern(bounce, n, d->pattern, *done);
+        } else if (!smem) {
+            if (!ncdma_plain_read(s, src, bounce, n)) {
+                return ncdma_bus_error(s);
+            }
         } else if (cached) {
             if (!devcache_read(&s->cache, spa, src, bounce, n, stracked)) {
                 return ncdma_bus_error(s);
@@ -353,7 +408,7 @@ static uint32_t ncdma_move(NcdmaState *s, const struct ncdma_desc *d, uint64_t *
         } else {
             uint64_t sn = n, dn = n;
             uint8_t *sp = physwin_get(&s->win, spa, &sn, false);
-            uint8_t *dp = physwin_get(&s->win, dpa, &dn, true);
+            uint8_t *dp = dmem ? physwin_get(&s->win, dpa, &dn, true) : NULL;
             if (sp && dp) {
                 /* Plain RAM on both sides: one copy, no bounce. */
                 n = MIN(sn, dn);
@@ -364,7 +419,11 @@ static uint32_t ncdma_move(NcdmaState *s, const struct ncdma_desc *d, uint64_t *
                 return ncdma_bus_error(s);
             }
         }
-        if (cached) {
+        if (!dmem) {
+            if (!ncdma_plain_write(s, dst, bounce, n)) {
+                return ncdma_bus_error(s);
+            }
+        } else if (cached) {
             if (!devcache_write(&s->cache, dpa, dst, bounce, n, dtracked)) {
                 return ncdma_bus_error(s);
             }

@@ -14,6 +14,7 @@ from dmalab.machine.ncdma_host import copy, fill, fill_bytes, maint
 from dmalab.machine.ncdma_rig import NcdmaRig, RigDevice, ncdma_rig
 
 MiB = 1 << 20
+U64_COOKIE = (1 << 64) - 2
 SIZES = [1, 7, 63, 64, 65, 4095, 4096, 4097, 3 * 4096 + 5, 65536 + 3, MiB + 5, 16 * MiB]
 
 
@@ -200,3 +201,44 @@ async def test_same_inputs_give_identical_counters_and_logs(qemu_argv: list[str]
     second = await scripted_run(qemu_argv)
     assert first[0]["violations_logged"] > 0, "the script must exercise the detectors"
     assert first == second
+
+
+async def test_violation_log_json_types(qemu_argv: list[str]) -> None:
+    """Each entry of the log is an object of exactly the documented fields and JSON types."""
+    async with ncdma_rig(qemu_argv, [""]) as rig:
+        dev = rig.devices[0]
+        src, dst = await cached_rig_buffers(rig, 2)
+        await rig.qtest.write(src, pattern(4096, 20))
+        await rig.qtest.write(dst, bytes(4096))
+        await dev.host.submit([copy(dst, src, 64)])
+        await rig.qtest.write(src, pattern(4096, 21))  # the device now holds stale lines
+        await rig.qtest.write(dst + 4, b"CPU")  # under the device's dirty line
+        await dev.host.submit(
+            [
+                copy(dst + 64, src, 64, cookie=U64_COOKIE),  # STALE_READ
+                maint("CLEAN", dst, 64, cookie=3),  # CONFLICTING_WRITE
+                fill(dst + 200, 10, 0x77, cookie=4),
+                maint("INVALIDATE", dst + 192, 64, cookie=5),  # LOST_WRITE
+            ]
+        )
+        log = await rig.qom(dev, "violations")
+        assert [v["kind"] for v in log] == ["STALE_READ", "CONFLICTING_WRITE", "LOST_WRITE"]
+        types = {
+            "seq": int,
+            "kind": str,
+            "cookie": int,
+            "iova": int,
+            "pa": int,
+            "line-pa": int,
+            "differing": int,
+            "expected": str,
+            "actual": str,
+        }
+        for seq, v in enumerate(log):
+            assert {k: type(x) for k, x in v.items()} == types
+            assert v["seq"] == seq
+            assert 0 < len(v["expected"]) == len(v["actual"]) <= 64
+            for evidence in (v["expected"], v["actual"]):
+                assert len(evidence) % 2 == 0 and evidence == evidence.lower()
+                bytes.fromhex(evidence)
+        assert log[0]["cookie"] == U64_COOKIE and log[0]["line-pa"] == src  # beyond 2^63: exact

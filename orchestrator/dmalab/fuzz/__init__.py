@@ -6,8 +6,8 @@ The engine boots an `ncdma_rig` per configuration and draws *steps* from a weigh
   RING_*, IRQ_STATUS included),
 - descriptor batches (every opcode including invalid ones, flags including reserved bits,
   addresses inside buffers, elsewhere in RAM, beyond RAM, near 2^64, in the device's own BAR,
-  lengths biased small but sometimes huge), on the healthy ring or, now and then, on whatever
-  ring the register writes left behind,
+  in the MSI window, lengths biased small but sometimes huge), on the healthy ring or, now and
+  then, on whatever ring the register writes left behind,
 - host writes into the buffers,
 - with an IOMMU, random map / unmap / remap (with random permissions) of buffer pages,
 - rarely, `reset-stats` over QMP.
@@ -27,12 +27,16 @@ invariants hold, or `CheckFailed` names the seed, configuration, operation index
   NONE exactly when STATUS.RING_ERROR is clear;
 - every descriptor the device passed has a known, non-PENDING status, `done` <= `len`, the status
   the documented checks predict (BAD_OPCODE/FLAGS/LENGTH/ADDRESS) and `done == len` when OK;
+  where the model's address map tells what lies at its addresses, exactly the status and `done`
+  that gives (OK, or BUS_ERROR where nothing answers or the target refuses);
+- on a cached device, a batch that can reach no memory allocates no cache line;
 - counters never decrease (except across reset-stats); on the healthy ring, desc_completed and
   desc_errors grow by exactly the number of OK and failed descriptors.
 
 The package, in the order a step flows through it: `operations` (what a step may do),
-`generator` (the seeded operation stream), `model` (the documented register semantics and
-descriptor checks), `engine` (runs steps on a rig), `checks` (the invariants above).
+`generator` (the seeded operation stream), `model` (the documented register semantics,
+descriptor checks and what DMA to each kind of target gives), `engine` (runs steps on a rig),
+`checks` (the invariants above).
 """
 
 from dmalab.fuzz.engine import (

@@ -4,7 +4,8 @@ a finding that names the seed, the operation index and the replay command."""
 
 from __future__ import annotations
 
-from dmalab.fuzz.model import RegModel, expected_check
+from dmalab.fuzz.generator import Layout
+from dmalab.fuzz.model import RegModel, expected_check, expected_transfer
 from dmalab.fuzz.operations import (
     CTRL_ENABLE,
     F_WHOLE,
@@ -71,13 +72,15 @@ def registers(regs: dict[str, int], m: RegModel) -> None:
         raise Violation(f"STATUS {status:#x} vs CTRL {m.ctrl:#x}")
 
 
-def completion(d: DescOp, st: int, done: int, *, max_xfer: int, iommu: bool) -> str:
+def completion(d: DescOp, st: int, done: int, lay: Layout) -> str:
     """A descriptor the healthy ring passed: a known, non-PENDING status, the one the documented
-    checks predict, `done` <= `len` and `done == len` when OK. Returns the status name."""
+    checks predict, `done` <= `len` and `done == len` when OK; where the layout's address map
+    tells what lies at its addresses, the status and `done` that gives. Returns the status
+    name."""
     name = KNOWN_STATUS.get(st)
     if name is None or name == "PENDING":
         raise Violation(f"{d}: completed with status {st:#x}")
-    want = expected_check(d, max_xfer)
+    want = expected_check(d, lay.max_xfer)
     if want is not None:
         if st != want:
             raise Violation(f"{d}: status {name}, expected {KNOWN_STATUS[want]}")
@@ -91,9 +94,23 @@ def completion(d: DescOp, st: int, done: int, *, max_xfer: int, iommu: bool) -> 
         raise Violation(f"{d}: done {done} > len {d.len}")
     if name == "OK" and done != d.len:
         raise Violation(f"{d}: OK with done {done} != len {d.len}")
-    if name == "IOMMU_FAULT" and not iommu:
+    if name == "IOMMU_FAULT" and not lay.iommu:
         raise Violation(f"{d}: IOMMU_FAULT without an IOMMU")
+    predicted = expected_transfer(d, lay.addresses, cached=lay.cached)
+    if predicted is not None and (st, done) != predicted:
+        raise Violation(
+            f"{d}: status {name} with done {done}; what lies at its addresses gives "
+            f"{KNOWN_STATUS[predicted[0]]} with done {predicted[1]}"
+        )
     return name
+
+
+def no_line_allocated(before: dict[str, int], now: dict[str, int]) -> None:
+    """A batch that reached no memory left the cache's hit and miss counters where they were:
+    what is not memory never allocates a line."""
+    moved = {k: now[k] - before[k] for k in ("cache_hits", "cache_misses") if now[k] != before[k]}
+    if moved:
+        raise Violation(f"a batch that reached no memory moved the cache counters: {moved}")
 
 
 def counters_grew(

@@ -19,7 +19,13 @@ import construct as c
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.fuzz import checks, operations
 from dmalab.fuzz.generator import BUFFER_SIZE, BUFFERS, Generator, Layout
-from dmalab.fuzz.model import RegModel
+from dmalab.fuzz.model import (
+    MSI_WINDOW,
+    AddressMap,
+    RegModel,
+    allocates_no_line,
+    q35_address_map,
+)
 from dmalab.fuzz.operations import (
     KNOWN_RERR,
     REG,
@@ -327,6 +333,11 @@ class FuzzEngine:
             completed = self._check_ring(step, regs, ring) if step.slots else None
             if self.counters is not None:
                 checks.counters_grew(self.counters, counters, completed)
+                if step.slots and self.layout.cached:
+                    descs = [op for op in step.ops if isinstance(op, DescOp)]
+                    lay = self.layout
+                    if all(allocates_no_line(d, lay.addresses, lay.max_xfer) for d in descs):
+                        checks.no_line_allocated(self.counters, counters)
         except checks.Violation as exc:
             raise self.fail(str(exc)) from None
         self.counters = counters
@@ -364,9 +375,7 @@ class FuzzEngine:
             entry = spec.RawDescriptor.parse(raw)
             status = entry.status  # a Status name, or the number when it is none
             st = ST[status] if isinstance(status, str) else status
-            name = checks.completion(
-                d, st, entry.done, max_xfer=self.layout.max_xfer, iommu=self.layout.iommu
-            )
+            name = checks.completion(d, st, entry.done, self.layout)
             self.statuses[name] = self.statuses.get(name, 0) + 1
             ok += name == "OK"
             bad += name != "OK"
@@ -460,6 +469,7 @@ async def _layout(rig: NcdmaRig, dev: RigDevice) -> Layout:
         buf_pa.append(pa)
         buf_iova.append(await rig.map(dev, pa, BUFFER_SIZE))
     host = dev.host
+    q35 = rig.vm.board.arch == "x86_64"
     return Layout(
         iommu=rig.iommu is not None,
         ring_pa=host.ring_pa,
@@ -470,6 +480,13 @@ async def _layout(rig: NcdmaRig, dev: RigDevice) -> Layout:
         ram_end=rig.vm.ram_end,
         bar0=host.bar0,
         max_xfer=await host.reg("MAX_XFER"),
+        cached=bool(await host.reg("CACHE_LINE")),
+        msi_window=MSI_WINDOW if q35 else None,
+        addresses=(
+            q35_address_map(iommu=rig.iommu is not None, ram_end=rig.vm.ram_end, bar0=host.bar0)
+            if q35
+            else AddressMap()
+        ),
     )
 
 

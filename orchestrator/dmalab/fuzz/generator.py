@@ -4,9 +4,9 @@ its own register model, never of what the device answers, so a seed replays exac
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from dmalab.fuzz.model import RegModel
+from dmalab.fuzz.model import AddressMap, RegModel
 from dmalab.fuzz.operations import (
     CTRL_ENABLE,
     CTRL_IRQ,
@@ -51,6 +51,10 @@ class Layout:
     ram_end: int
     bar0: int
     max_xfer: int
+    cached: bool = False
+    #: the interrupt controller's MSI window (q35; untranslated behind intel-iommu), or None
+    msi_window: int | None = None
+    addresses: AddressMap = field(default_factory=AddressMap)
 
 
 class Generator:
@@ -320,6 +324,10 @@ class Generator:
             )
         if x < 0.985:  # near 2^64
             return U64 + 1 - r.choice((1, 64, PAGE, r.randint(1, 1 << 20)))
+        if x < 0.99 and lay.msi_window is not None and length <= PAGE:
+            # the MSI window: plain writes, each an interrupt message (kept short: a long run of
+            # them is slow, not interesting)
+            return lay.msi_window + r.randrange(PAGE - length + 1)
         if x < 0.995 and not lay.iommu:  # the device's own registers (reentrancy)
             return lay.bar0 + r.randrange(0, spec.REGS_BAR_SIZE, 4)
         return r.getrandbits(64)
