@@ -301,8 +301,17 @@ MISTAKES = [
     ('action = "check"', 'action = "check"\nactor = "driver A"', "step[4].actor",
      "a check is done by the host"),
     ('exporter = "dma0"', 'exporter = "dma9"', "buffers.buf.exporter",
-     "unknown device 'dma9' (known: dma0, dma1, dma2)"),
+     "unknown device 'dma9'; the topology has dma0, dma1, dma2"),
     ('A = "dma0"', 'A = "dma1"', "actors.B.device", "'dma1' is already actor A's device"),
+    ('action = "unmap"\n', 'action = "unmap"\nonly-in = ["lost"]\n', "step[1]",
+     "driver A maps 'buf' at step 2 and never unmaps it in variant 'plain' (add an unmap step)"),
+    ("[buffers.buf]", "[buffers.9buf]", "buffers.9buf",
+     "'9buf' is not an id (a letter, then letters, digits, '-' or '_', at most 31 characters)"),
+    ("[actors]\nA =", "[actors]\n'A,B' =", "actors.A,B", "'A,B' is not an id"),
+    ("pages = 2", 'pages = "2"', "buffers.buf.pages", "must be an integer, not a string ('2')"),
+    ('name = "copy"', 'name = "a/b"', "name", "'a/b' is not a name (a letter or digit, then"),
+    ('name = "copy"', 'name = "-copy"', "name", "'-copy' is not a name"),
+    ('name = "plain"', 'name = "pl\u00e4in"', "variant[0].name", "is not an id"),
     ('action = "map"', 'action = "map"\nbuffer = "bf"', "step[1].buffer",
      "unknown buffer 'bf' (known: buf)"),
     ('exporter = "dma0"', 'exporter = "dma0"\nflags = ["EXCLUSIV"]', "buffers.buf.flags[0]",
@@ -391,6 +400,8 @@ def test_the_good_file_is_good_and_other_mistakes(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(BadInput, match=rf"^{re.escape(str(missing))}: cannot read: No such file"):
         load_file(missing)
+    with pytest.raises(BadInput, match=r"^my file\.toml: name: missing, and the file name 'my"):
+        load_text(GOOD.replace('name = "copy"\n', ""), "my file.toml")
     # Without the topology's devices any id goes at load time (checked when it runs).
     assert load_text(GOOD.replace('"dma0"', '"gpu0"'), "x.toml").name == "copy"
 

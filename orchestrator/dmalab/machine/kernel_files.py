@@ -1,0 +1,98 @@
+"""A topology's [kernel] table: the user's kernel file, its module tree and extra command-line
+words, checked as the image builder and the guest's kernel would take them, so that a mistake is
+refused when the topology is loaded rather than when an image is built or the guest boots."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from dmalab.spec.tables import Table, shown
+
+#: Linux's command line holds 2048 bytes (COMMAND_LINE_SIZE on x86 and arm64); dmalab's own
+#: words (console, vIOMMU, agent) take under half of it.
+MAX_ARGS_BYTES = 1024
+#: How the image builder tells a kernel file (artifacts/guest_kernel.py): an x86 bzImage (its
+#: setup header at 0x202) or ELF vmlinux; an arm64 Image (magic at 0x38), or gzip'd.
+_BZIMAGE = (0x202, b"HdrS")
+_ARM64 = (0x38, b"ARM\x64")
+_ELF = b"\x7fELF"
+_GZIP = b"\x1f\x8b"
+#: Files of a module tree the image builder takes modules from (artifacts/kmod.py).
+_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+
+
+def boot_file(k: Table, key: str, topology: Path, arch: str) -> Path | None:
+    """kernel.kernel (a readable kernel file of `arch`) or kernel.modules (a module tree),
+    relative to the topology file; None when not given."""
+    value = k.get(key, str)
+    if value is None:
+        return None
+    if not value or "\0" in value:
+        k.fail(key, f"{shown(value)} is not a path")
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else topology.parent / path
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        k.fail(key, f"{path}: {exc.strerror or exc}")
+    if key == "modules":
+        _module_tree(k, path, mode)
+    else:
+        _kernel_file(k, path, mode, arch)
+    return path
+
+
+def _kernel_file(k: Table, path: Path, mode: int, arch: str) -> None:
+    if not stat.S_ISREG(mode):
+        k.fail("kernel", f"{path}: not a regular file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(0x240)
+    except OSError as exc:
+        k.fail("kernel", f"{path}: cannot read: {exc.strerror or exc}")
+    if arch == "x86_64":
+        at, magic = _BZIMAGE
+        if not (head[at : at + len(magic)] == magic or head.startswith(_ELF)):
+            k.fail("kernel", f"{path}: neither a bzImage nor an ELF vmlinux")
+    else:
+        at, magic = _ARM64
+        if not (head[at : at + len(magic)] == magic or head.startswith(_GZIP)):
+            k.fail("kernel", f"{path}: not an arm64 Image (gzip'd or plain)")
+
+
+def _module_tree(k: Table, path: Path, mode: int) -> None:
+    if not stat.S_ISDIR(mode):
+        k.fail("modules", f"{path}: not a directory (expected lib/modules/<release>)")
+    try:
+        entries = os.listdir(path)
+    except OSError as exc:
+        k.fail("modules", f"{path}: cannot read: {exc.strerror or exc}")
+    if "modules.builtin" in entries:
+        return
+    # os.walk does not follow the build/ and source/ links into the kernel headers.
+    for _dir, _dirs, files in os.walk(path):
+        if any(f.endswith(_MODULE_SUFFIXES) for f in files):
+            return
+    k.fail("modules", f"{path}: no kernel modules and no modules.builtin in it")
+
+
+def kernel_args(k: Table) -> tuple[str, ...]:
+    """kernel.args: words the guest kernel reads as they are (printable ASCII, no quote, which
+    the kernel would read as the start of a quoted value), within its command line's size."""
+    args = k.get("args", list, [])
+    for n, word in enumerate(args):
+        if not isinstance(word, str) or not word or any(c.isspace() for c in word):
+            k.src.fail(
+                f"kernel.args[{n}]", f"must be one non-empty word without spaces, not {shown(word)}"
+            )
+        if not all("!" <= c <= "~" for c in word) or '"' in word:
+            k.src.fail(f"kernel.args[{n}]", f"{shown(word)}: only printable ASCII, no '\"'")
+    if len(" ".join(args)) > MAX_ARGS_BYTES:
+        k.fail(
+            "args",
+            f"{len(' '.join(args))} bytes, more than the {MAX_ARGS_BYTES} left for them on "
+            "Linux's command line",
+        )
+    return tuple(args)
