@@ -44,9 +44,9 @@ FAULTS = tuple(spec.Faults.flags)
 DIRECTIONS = tuple(str(k) for k in spec.Direction.encmapping)
 STATUSES = tuple(str(k) for k in hw.Status.encmapping if str(k) != "PENDING")
 
-_TOP_KEYS = ("name", "seed", "title", "concurrent", "buffers", "actors", "step", "variant")
-_COMMON_STEP_KEYS = ("n", "action", "actor", "buffer", "only-in", "skip-in")
-_STEP_KEYS = {
+TOP_KEYS = ("name", "seed", "title", "concurrent", "buffers", "actors", "step", "variant")
+COMMON_STEP_KEYS = ("n", "action", "actor", "buffer", "only-in", "skip-in")
+STEP_KEYS = {
     "cpu": ("read", "write", "pattern", "sync", "label"),
     "map": ("direction",),
     "unmap": (),
@@ -54,8 +54,12 @@ _STEP_KEYS = {
     "dma-fill": ("to", "pattern", "status", "label"),
     "check": ("range", "equals", "pattern", "label"),
 }
-_VARIANT_KEYS = ("name", "expect", "steps", "about", "concurrent", "buffers", "actors", "cell")
-_CELL_KEYS = ("policy", "expect", "why", "steps", "on")
+VARIANT_KEYS = ("name", "expect", "steps", "about", "concurrent", "buffers", "actors", "cell")
+CELL_KEYS = ("policy", "expect", "why", "steps", "on")
+BUFFER_KEYS = ("pages", "bytes", "exporter", "flags", "faults")
+ACTOR_KEYS = ("device", "buffers", "flags", "faults")
+OVERRIDE_KEYS = ("flags", "faults")
+SPAN_KEYS = ("offset", "length")
 CELL_EXPECTATIONS = ("pass", "detected", "n/a")
 _TOML_ERROR = re.compile(r"(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)")
 
@@ -200,7 +204,7 @@ def parse_text(
 def _parse(
     src: Source, data: dict[str, Any], devices: Collection[str] | None, default_name: str
 ) -> ScenarioFile:
-    top = Table(src, "", data, _TOP_KEYS)
+    top = Table(src, "", data, TOP_KEYS)
     if "name" not in data and (problem := id_problem(default_name, NAME)):
         top.fail("name", f'missing, and the file name {problem}: give name = "..."')
     name = top.identifier("name", default_name, NAME)
@@ -232,7 +236,7 @@ def _buffers(src: Source, top: Table, devices: Collection[str] | None) -> dict[s
         where = f"buffers.{name}"
         if problem := id_problem(name):
             src.fail(where, problem)
-        t = Table(src, where, raw, ("pages", "bytes", "exporter", "flags", "faults"))
+        t = Table(src, where, raw, BUFFER_KEYS)
         if t.has("pages") == t.has("bytes"):
             t.fail("pages", "give the size as pages = N or bytes = N (one of them)")
         if t.has("pages"):
@@ -268,7 +272,7 @@ def _actors(
             raw = {"device": raw}
         elif not isinstance(raw, dict):
             src.fail(where, f'must be a device id ("dma0") or a table, not {kind_label(raw)}')
-        t = Table(src, where, raw, ("device", "buffers", "flags", "faults"))
+        t = Table(src, where, raw, ACTOR_KEYS)
         device = _device(t, "device", devices)
         if device in used:
             # One attachment per (device, buffer), so the ledger can tell the owners apart.
@@ -292,7 +296,7 @@ def _variant_names(src: Source, top: Table) -> list[str]:
         src.fail("variant", "missing: a scenario needs at least one [[variant]]")
     names: list[str] = []
     for i, raw in enumerate(raws):
-        name = Table(src, f"variant[{i}]", raw, _VARIANT_KEYS).identifier("name")
+        name = Table(src, f"variant[{i}]", raw, VARIANT_KEYS).identifier("name")
         if name in names:
             src.fail(f"variant[{i}].name", f"{name!r} is already variant[{names.index(name)}]")
         names.append(name)
@@ -307,7 +311,7 @@ def _span(t: Table, key: str, buf: BufferDecl, *, required: bool = True) -> Span
     raw = t.value[key]
     where = t.name(key)
     if isinstance(raw, dict):
-        r = Table(t.src, where, raw, ("offset", "length"))
+        r = Table(t.src, where, raw, SPAN_KEYS)
         offset = r.integer("offset", 0, MAX_BUFFER)
         length = r.integer("length", 1, MAX_BUFFER)
         span = Span(offset, length, f"bytes {offset:#x}+{length:#x}")
@@ -366,7 +370,7 @@ def _steps(
             src.fail(f"{where}.action", f"missing (one of: {', '.join(ACTIONS)})")
         if action not in ACTIONS:
             src.fail(f"{where}.action", f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
-        known = _COMMON_STEP_KEYS + _STEP_KEYS[action]
+        known = COMMON_STEP_KEYS + STEP_KEYS[action]
         if action == "check":
             if "actor" in raw:
                 src.fail(f"{where}.actor", "a check is done by the host: leave actor out")
@@ -528,7 +532,7 @@ def _overrides(
     for name, raw in tables.value.items():
         if name not in names:
             t.fail(f"{key}.{name}", f"unknown {what} {name!r} (known: {', '.join(names)})")
-        o = Table(t.src, t.name(f"{key}.{name}"), raw, ("flags", "faults"))
+        o = Table(t.src, t.name(f"{key}.{name}"), raw, OVERRIDE_KEYS)
         entry = {}
         for field, choices in (("flags", flags), ("faults", FAULTS)):
             value = o.names(field, choices, "flag" if field == "flags" else "fault")
@@ -548,7 +552,7 @@ def _variants(
 ) -> tuple[Variant, ...]:
     out = []
     for i, raw in enumerate(top.array("variant")):
-        t = Table(src, f"variant[{i}]", raw, _VARIANT_KEYS)
+        t = Table(src, f"variant[{i}]", raw, VARIANT_KEYS)
         name = t.identifier("name")
         expect = t.choice("expect", EXPECTATIONS)
         active = [s for s in steps if s.runs_in(name)]
@@ -595,7 +599,7 @@ def _cells(variant: Table, name: str, numbers: list[int]) -> tuple[Cell, ...]:
     raws = variant.get("cell", list, [])
     cells: list[Cell] = []
     for k, raw in enumerate(raws):
-        t = Table(variant.src, f"{variant.where}.cell[{k}]", raw, _CELL_KEYS)
+        t = Table(variant.src, f"{variant.where}.cell[{k}]", raw, CELL_KEYS)
         policy = t.choice("policy", tuple(POLICIES))
         expect = t.choice("expect", CELL_EXPECTATIONS)
         on = t.choice("on", CELL_TOPOLOGIES, "any")

@@ -172,7 +172,7 @@ def s_integer(lo: int, hi: int, doc: str = "", default: int | None = None) -> di
     return _doc(out, doc, default)
 
 
-def s_choice(choices: Collection[str], doc: str = "", default: str | None = None) -> dict[str, Any]:
+def s_choice(choices: Collection[Any], doc: str = "", default: Any = None) -> dict[str, Any]:
     return _doc({"enum": list(choices)}, doc, default)
 
 
