@@ -31,7 +31,10 @@ def boot_file(k: Table, key: str, topology: Path, arch: str) -> Path | None:
         return None
     if not value or "\0" in value:
         k.fail(key, f"{shown(value)} is not a path")
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user of no such user
+        k.fail(key, f"{shown(value)}: no such user's home directory")
     path = path if path.is_absolute() else topology.parent / path
     try:
         mode = path.stat().st_mode
