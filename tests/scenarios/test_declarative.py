@@ -406,27 +406,35 @@ def test_the_good_file_is_good_and_other_mistakes(tmp_path: Path) -> None:
     assert load_text(GOOD.replace('"dma0"', '"gpu0"'), "x.toml").name == "copy"
 
 
-def _mutations(text: str) -> list[str]:
-    """Every line left out, and every value given the wrong type."""
+def _mutations(text: str) -> list[tuple[str, str]]:
+    """Every line left out, and every value given the wrong type: (file, the value as the
+    error must quote it, "" for a line left out)."""
     lines = text.splitlines()
-    out = ["\n".join(lines[:i] + lines[i + 1 :]) for i in range(len(lines))]
+    out = [("\n".join(lines[:i] + lines[i + 1 :]), "") for i in range(len(lines))]
     for i, line in enumerate(lines):
         if " = " in line and not line.startswith("#"):
             key, _, value = line.partition(" = ")
-            swapped = "1" if value.startswith(('"', "[", "{")) else '"x"'
-            out.append("\n".join([*lines[:i], f"{key} = {swapped}", *lines[i + 1 :]]))
-            out.append("\n".join([*lines[:i], f"{key} = []", *lines[i + 1 :]]))
+            swapped, quoted = ("1", "1") if value.startswith(('"', "[", "{")) else ('"x"', "'x'")
+            for new, shown in ((swapped, quoted), ("[]", "[]")):
+                out.append(("\n".join([*lines[:i], f"{key} = {new}", *lines[i + 1 :]]), shown))
     return out
 
 
 @pytest.mark.parametrize("source", ["good", "000"])
 def test_no_mutation_gets_past_without_a_one_line_answer(source: str) -> None:
+    """Every answer is one line naming the file and a table path; a wrong value is quoted."""
     text = GOOD if source == "good" else FILE_000.read_text()
-    for mutated in _mutations(text):
+    unquoted = []
+    for mutated, value in _mutations(text):
         try:
             parse_text(mutated, "m.toml", devices=DEVICES)
         except BadInput as exc:
-            assert str(exc).startswith("m.toml: ") and "\n" not in str(exc)
+            message = str(exc)
+            where = r"(line \d+, column \d+|[A-Za-z][\w.\[\]-]*)"
+            assert re.match(rf"m\.toml: {where}: ", message) and "\n" not in message, message
+            if value and value not in message:
+                unquoted.append(message)
+    assert not unquoted, "\n".join(unquoted)
 
 
 # ---------------------------------------------------------------------------------------------

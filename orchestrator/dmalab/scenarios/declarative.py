@@ -25,7 +25,7 @@ from dmalab.scenarios.api import PAGE, Att, Buf, Run
 from dmalab.scenarios.declarations import CELL_TOPOLOGIES, POLICIES, Cell, Scenario, Variant
 from dmalab.spec import agent as spec
 from dmalab.spec import ncdma as hw
-from dmalab.spec.tables import NAME, Source, Table, id_problem, kind_label
+from dmalab.spec.tables import NAME, Source, Table, id_problem, kind_label, shown
 
 ACTIONS = ("cpu", "map", "unmap", "dma-copy", "dma-fill", "check")
 DRIVER_ACTIONS = ("cpu", "map", "unmap")
@@ -271,7 +271,10 @@ def _actors(
         if isinstance(raw, str):
             raw = {"device": raw}
         elif not isinstance(raw, dict):
-            src.fail(where, f'must be a device id ("dma0") or a table, not {kind_label(raw)}')
+            src.fail(
+                where,
+                f'must be a device id ("dma0") or a table, not {kind_label(raw)} ({shown(raw)})',
+            )
         t = Table(src, where, raw, ACTOR_KEYS)
         device = _device(t, "device", devices)
         if device in used:
@@ -334,7 +337,8 @@ def _span(t: Table, key: str, buf: BufferDecl, *, required: bool = True) -> Span
     else:
         t.src.fail(
             where,
-            f'must be a range ("page N", "pages N-M", "all" or a table), not {kind_label(raw)}',
+            f'must be a range ("page N", "pages N-M", "all" or a table), not {kind_label(raw)} '
+            f"({shown(raw)})",
         )
     if span.offset + span.length > buf.size:
         pages = buf.size // PAGE
@@ -369,7 +373,9 @@ def _steps(
         if action is None:
             src.fail(f"{where}.action", f"missing (one of: {', '.join(ACTIONS)})")
         if action not in ACTIONS:
-            src.fail(f"{where}.action", f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
+            src.fail(
+                f"{where}.action", f"unknown action {shown(action)} (known: {', '.join(ACTIONS)})"
+            )
         known = COMMON_STEP_KEYS + STEP_KEYS[action]
         if action == "check":
             if "actor" in raw:
@@ -426,7 +432,7 @@ def _selection(t: Table, variants: list[str]) -> tuple[frozenset[str] | None, fr
         if t.has(key):
             names = t.names(key, tuple(variants), "variant") or ()
             if not names:
-                t.fail(key, "must name at least one variant")
+                t.fail(key, "must name at least one variant, not []")
             lists[key] = frozenset(names)
     return lists.get("only-in"), lists.get("skip-in", frozenset())
 
@@ -457,7 +463,7 @@ def _step(
             t.fail("write", "a cpu step needs read, write or both")
         pattern = _pattern(t, n)
         if t.has("pattern") and write is None:
-            t.fail("pattern", "only a CPU write uses a pattern")
+            t.fail("pattern", f"only a CPU write uses a pattern, not {t.value['pattern']!r}")
         sync = t.get("sync", bool, False)
         if not label:
             parts = [f"read {read.text}" if read else "", f"write {write.text}" if write else ""]
@@ -578,7 +584,9 @@ def _detected_steps(t: Table, variant: str, expect: str, numbers: list[int]) -> 
     detected = t.get("steps", list, [])
     for j, n in enumerate(detected):
         if isinstance(n, bool) or not isinstance(n, int):
-            t.src.fail(f"{t.where}.steps[{j}]", f"must be a step number, not {kind_label(n)}")
+            t.src.fail(
+                f"{t.where}.steps[{j}]", f"must be a step number, not {kind_label(n)} ({shown(n)})"
+            )
         if n not in numbers:
             t.fail(
                 "steps",
@@ -586,11 +594,12 @@ def _detected_steps(t: Table, variant: str, expect: str, numbers: list[int]) -> 
                 f"{', '.join(map(str, numbers))})",
             )
     if expect == "detected" and not detected:
-        t.fail("steps", "missing: a detected variant names the steps it must be caught at")
+        given = f", not {detected}" if t.has("steps") else ""
+        t.fail("steps", f"missing: a detected variant names the steps it must be caught at{given}")
     if expect == "pass" and detected:
-        t.fail("steps", "a pass variant must have no finding: leave steps out")
+        t.fail("steps", f"a pass variant must have no finding: leave steps out, not {detected}")
     if expect != "detected" and detected:
-        t.fail("steps", f"an {expect!r} cell names no steps: leave steps out")
+        t.fail("steps", f"an {expect!r} cell names no steps: leave steps out, not {detected}")
     return tuple(sorted(set(detected)))
 
 

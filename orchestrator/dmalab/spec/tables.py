@@ -74,7 +74,7 @@ class Table:
         self.src = src
         self.where = where
         if not isinstance(value, Mapping):
-            src.fail(where, f"must be a table, not {kind_label(value)}")
+            src.fail(where, f"must be a table, not {kind_label(value)} ({shown(value)})")
         self.value: Mapping[str, Any] = value
         for key in value:
             if known is not None and key not in known:
@@ -98,8 +98,7 @@ class Table:
         # bool is an int in Python: never take one for the other.
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
             label = _LABELS.get(kind, kind.__name__)
-            quoted = f" ({shown(value)})" if isinstance(value, (str, int, float)) else ""
-            self.fail(key, f"must be {label}, not {kind_label(value)}{quoted}")
+            self.fail(key, f"must be {label}, not {kind_label(value)} ({shown(value)})")
         return value
 
     def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
@@ -147,7 +146,7 @@ class Table:
         for i, value in enumerate(self.get(key, list)):
             where = f"{self.name(key)}[{i}]"
             if not isinstance(value, str):
-                self.src.fail(where, f"must be a string, not {kind_label(value)}")
+                self.src.fail(where, f"must be a string, not {kind_label(value)} ({shown(value)})")
             if value not in choices:
                 self.src.fail(where, f"unknown {what} {shown(value)} (known: {', '.join(choices)})")
             out.append(value)
@@ -157,7 +156,10 @@ class Table:
         """An array of tables (`[[key]]`), empty when absent."""
         value = self.value.get(key, [])
         if not isinstance(value, list):
-            self.fail(key, f"must be an array of tables ([[{key}]]), not {kind_label(value)}")
+            self.fail(
+                key,
+                f"must be an array of tables ([[{key}]]), not {kind_label(value)} ({shown(value)})",
+            )
         return value
 
 
