@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from dmalab.cli import main
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.topology import load_topology, shipped_topologies
 from dmalab.scenarios.api import PAGE, Att, Buf
@@ -476,3 +478,19 @@ async def test_000_file_on_the_default_topology_matches_the_python_seed(
         "the buffer after the table vs. a coherent machine: bytes differ"
     ]
     assert toml["exclusive"].note.endswith("1, 2, 3, 5, 7, 9, 4, 6, 8, 10, 12, 11")
+
+
+def test_dmalab_run_refuses_a_device_none_of_its_topologies_has(tmp_path: Path) -> None:
+    """Before anything is built or booted (DMALAB_QEMU points nowhere: exit 3 if it got there)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace('exporter = "dma0"', 'exporter = "dma9"'))
+    result = CliRunner().invoke(
+        main,
+        ["run", "--scenario-file", str(path), "-t", "default"],
+        env={"DMALAB_QEMU": str(tmp_path / "no-qemu")},
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"dmalab: error: {path}: buffers.buf.exporter: unknown device 'dma9'; "
+        "the topology has dma0, dma1, dma2\n"
+    )
