@@ -11,6 +11,7 @@ process through click's test runner; the first of each class runs again as a rea
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
+import kernels
 from dmalab.cli import main
 from dmalab.errors import EXIT_BAD_INPUT
 from dmalab.machine import topology as t
@@ -127,12 +129,19 @@ def _kernel_files(root: Path) -> dict[str, Path]:
     (root / "empty-dir").mkdir(exist_ok=True)
     (root / "file").write_text("not a kernel\n")
     (root / "empty").write_bytes(b"")
-    (root / "elf").write_bytes(b"\x7fELF" + bytes(0x300))
-    image = bytearray(0x300)
-    image[0x38:0x3C] = b"ARM\x64"
-    (root / "Image").write_bytes(bytes(image))
-    (root / "modules").mkdir(exist_ok=True)
-    (root / "modules" / "modules.builtin").write_text("kernel/foo.ko\n")
+    (root / "elf").write_bytes(kernels.vmlinux())
+    (root / "Image").write_bytes(kernels.arm64_image())
+    (root / "Image.gz").write_bytes(gzip.compress(kernels.arm64_image()))
+    (root / "no-pvh").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(0x300))
+    (root / "no-version").write_bytes(kernels.vmlinux().split(b"Linux")[0])
+    (root / "bad-elf").write_bytes(b"\x7fELF" + bytes(10))
+    (root / "bad-gzip").write_bytes(b"\x1f\x8b" + bytes(100))
+    bz = bytearray(0x300)
+    bz[0x202:0x206] = b"HdrS"
+    (root / "bad-bzimage").write_bytes(bytes(bz))
+    for release in (kernels.RELEASE, "6.0.0-other"):
+        (root / release).mkdir(exist_ok=True)
+        (root / release / "modules.builtin").write_text("kernel/foo.ko\n")
     (root / "no-modules").mkdir(exist_ok=True)
     (root / "no-modules" / "README").write_text("x\n")
     for name, target in (("dangling", "nowhere"), ("loop", "loop"), ("to-dir", "dir")):
@@ -148,27 +157,30 @@ def kernel_cases(root: Path) -> Iterator[Case]:
     bad_kernels = [
         "nope", str(root / "nope"), "dir", "empty-dir", "to-dir", "fifo", "dangling", "loop",
         "file/below", "file", "empty", "Image", "modules", "", "x" * 300, "a\\u0000b",
-        "~no-such-user-here/vmlinuz", "../nope/bzImage", "/",
+        "~no-such-user-here/vmlinuz", "../nope/bzImage", "/", "no-pvh", "no-version",
+        "bad-elf", "bad-bzimage", "Image.gz",
     ]  # fmt: skip
     for n, kernel in enumerate(bad_kernels):
         yield Case(f"kernel {n}", f'[kernel]\nkernel = "{kernel}"\n', "kernel.kernel")
     arm = '[machine]\narch = "aarch64"\n'
-    for n, kernel in enumerate(("elf", "file", "empty", "dir", "fifo")):
+    for n, kernel in enumerate(("elf", "file", "empty", "dir", "fifo", "bad-gzip", "no-version")):
         yield Case(f"arm64 kernel {n}", f'{arm}[kernel]\nkernel = "{kernel}"\n', "kernel.kernel")
     bad_modules = ["nope", "file", "empty-dir", "no-modules", "fifo", "dangling", "loop", "elf",
-                   "file/below", "", "a\\u0000b"]  # fmt: skip
+                   "file/below", "", "a\\u0000b", "6.0.0-other"]  # fmt: skip
     for n, modules in enumerate(bad_modules):
         text = f'[kernel]\nkernel = "elf"\nmodules = "{modules}"\n'
         yield Case(f"modules {n}", text, "kernel.modules")
-    yield Case("modules alone", '[kernel]\nmodules = "modules"\n', "kernel.modules")
+    yield Case("modules alone", f'[kernel]\nmodules = "{kernels.RELEASE}"\n', "kernel.modules")
     yield Case("initramfs", '[kernel]\nkernel = "elf"\ninitramfs = "elf"\n', "kernel.initramfs")
     bad_args = ['"a b"', '""', '"a\\"b"', '"d\u00e9j\u00e0"', '"a\\tb"', '"a\\u0007"', "1", "[1]"]
     for n, arg in enumerate(bad_args):
         yield Case(f"args {n}", f"[kernel]\nargs = [{arg}]\n", "kernel.args[0]")
     long = ", ".join([f'"{"x" * 99}"'] * 11)
     yield Case("args too long", f"[kernel]\nargs = [{long}]\n", "kernel.args")
-    yield Case("good", '[kernel]\nkernel = "elf"\nmodules = "modules"\nargs = ["a=1"]\n', "")
+    good = f'kernel = "elf"\nmodules = "{kernels.RELEASE}"\nargs = ["a=1"]\n'
+    yield Case("good", f"[kernel]\n{good}", "")
     yield Case("good arm64", f'{arm}[kernel]\nkernel = "Image"\n', "")
+    yield Case("good arm64 gzip", f'{arm}[kernel]\nkernel = "Image.gz"\n', "")
     assert files
 
 

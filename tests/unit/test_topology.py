@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import kernels
 from dmalab.cli import main
 from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.topology import load_topology, shipped_topologies
@@ -95,14 +96,15 @@ def test_coherent_topology_argv() -> None:
 
 def test_placements_and_bypass(tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
-    (tmp_path / "bz").write_bytes(b"\x7fELF" + bytes(60))
-    (tmp_path / "modules").mkdir()
-    (tmp_path / "modules" / "modules.builtin").write_text("")
+    (tmp_path / "bz").write_bytes(kernels.vmlinux())
+    (tmp_path / kernels.RELEASE).mkdir()
+    (tmp_path / kernels.RELEASE / "modules.builtin").write_text("")
     path.write_text(
         '[iommu]\nkind = "intel-iommu"\nintremap = false\ncaching-mode = false\n'
         '[[device]]\nid = "a"\nbus = "root"\niotlb-entries = 0\n'
         '[[device]]\nid = "b"\niommu = "bypass"\ncoherent = true\n'
-        '[kernel]\nargs = ["loglevel=7"]\nkernel = "bz"\nmodules = "modules"\n'
+        '[kernel]\nargs = ["loglevel=7"]\nkernel = "bz"\n'
+        f'modules = "{kernels.RELEASE}"\n'
     )
     topo = load_topology(path)
     assert topo.kernel.kernel == tmp_path / "bz" and topo.kernel.args == ("loglevel=7",)

@@ -4,10 +4,12 @@ refused when the topology is loaded rather than when an image is built or the gu
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
 
+from dmalab.errors import BadInput
 from dmalab.spec.tables import Table, shown
 
 #: Linux's command line holds 2048 bytes (COMMAND_LINE_SIZE on x86 and arm64); dmalab's own
@@ -23,12 +25,28 @@ _GZIP = b"\x1f\x8b"
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
 
-def boot_file(k: Table, key: str, topology: Path, arch: str) -> Path | None:
-    """kernel.kernel (a readable kernel file of `arch`) or kernel.modules (a module tree),
-    relative to the topology file; None when not given."""
+def kernel_files(k: Table, topology: Path, arch: str) -> tuple[Path | None, Path | None]:
+    """kernel.kernel (a kernel of `arch` the image builder can boot) and kernel.modules (its
+    module tree, named for its release), relative to the topology file; None when not given."""
+    if k.has("modules") and not k.has("kernel"):
+        k.fail("modules", "needs kernel.kernel too (a module tree goes with its kernel)")
+    kernel, mode = _existing(k, "kernel", topology)
+    if kernel is None:
+        return None, None
+    release = _kernel_file(k, kernel, mode, arch)
+    modules, mode = _existing(k, "modules", topology)
+    if modules is not None:
+        _module_tree(k, modules, mode)
+        if modules.name != release:
+            k.fail("modules", f"{modules}: named for {modules.name}, but the kernel is {release}")
+    return kernel, modules
+
+
+def _existing(k: Table, key: str, topology: Path) -> tuple[Path | None, int]:
+    """The path `key` names and its file mode; (None, 0) when not given."""
     value = k.get(key, str)
     if value is None:
-        return None
+        return None, 0
     if not value or "\0" in value:
         k.fail(key, f"{shown(value)} is not a path")
     try:
@@ -37,17 +55,13 @@ def boot_file(k: Table, key: str, topology: Path, arch: str) -> Path | None:
         k.fail(key, f"{shown(value)}: no such user's home directory")
     path = path if path.is_absolute() else topology.parent / path
     try:
-        mode = path.stat().st_mode
+        return path, path.stat().st_mode
     except OSError as exc:
         k.fail(key, f"{path}: {exc.strerror or exc}")
-    if key == "modules":
-        _module_tree(k, path, mode)
-    else:
-        _kernel_file(k, path, mode, arch)
-    return path
 
 
-def _kernel_file(k: Table, path: Path, mode: int, arch: str) -> None:
+def _kernel_file(k: Table, path: Path, mode: int, arch: str) -> str:
+    """The kernel's release, once it is known to be a kernel the image builder takes."""
     if not stat.S_ISREG(mode):
         k.fail("kernel", f"{path}: not a regular file")
     try:
@@ -63,6 +77,28 @@ def _kernel_file(k: Table, path: Path, mode: int, arch: str) -> None:
         at, magic = _ARM64
         if not (head[at : at + len(magic)] == magic or head.startswith(_GZIP)):
             k.fail("kernel", f"{path}: not an arm64 Image (gzip'd or plain)")
+    try:
+        st = path.stat()
+        release = _release(path, arch, st.st_mtime_ns, st.st_size)
+    except BadInput as exc:
+        k.fail("kernel", str(exc).removeprefix("kernel "))
+    except (OSError, EOFError, ValueError) as exc:
+        k.fail("kernel", f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}")
+    if not release:
+        k.fail("kernel", f"{path}: no Linux version string in it")
+    return release
+
+
+@functools.lru_cache(maxsize=8)
+def _release(path: Path, arch: str, mtime_ns: int, size: int) -> str | None:
+    """What the image builder reads of a kernel file (artifacts/guest_kernel.py, user): its
+    bootable form (x86: a vmlinux with a PVH entry) and its release. Cached by the file's time
+    and size: a run loads its topologies more than once."""
+    # Imported here: only a topology with a kernel of its own needs the image builder's code.
+    from dmalab.artifacts import bzimage, guest_kernel
+
+    bootable = guest_kernel.boot_kernel(arch, path)
+    return bzimage.release(path.read_bytes() if arch == "x86_64" else bootable)
 
 
 def _module_tree(k: Table, path: Path, mode: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.errors import BadInput
-from dmalab.machine.kernel_files import boot_file, kernel_args
+from dmalab.machine.kernel_files import kernel_args, kernel_files
 from dmalab.spec import ncdma as ncdma_spec
 from dmalab.spec.tables import Source, Table, id_problem
 
@@ -236,10 +236,7 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
         for n, raw in enumerate(top.array("device"))
     ]
     k = Table(src, "kernel", data.get("kernel", {}), KERNEL_KEYS)
-    if k.has("modules") and not k.has("kernel"):
-        k.fail("modules", "needs kernel.kernel too (a module tree goes with its kernel)")
-    kernel_file = boot_file(k, "kernel", path, arch)
-    modules = boot_file(k, "modules", path, arch)
+    kernel_file, modules = kernel_files(k, path, arch)
     kernel = KernelSpec(kernel=kernel_file, modules=modules, args=kernel_args(k))
 
     _check_references(src, arch, bridges, devices)
