@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from dmalab.cli import main
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.topology import load_topology, shipped_topologies
 from dmalab.scenarios.api import PAGE, Att, Buf
@@ -301,8 +303,17 @@ MISTAKES = [
     ('action = "check"', 'action = "check"\nactor = "driver A"', "step[4].actor",
      "a check is done by the host"),
     ('exporter = "dma0"', 'exporter = "dma9"', "buffers.buf.exporter",
-     "unknown device 'dma9' (known: dma0, dma1, dma2)"),
+     "unknown device 'dma9'; the topology has dma0, dma1, dma2"),
     ('A = "dma0"', 'A = "dma1"', "actors.B.device", "'dma1' is already actor A's device"),
+    ('action = "unmap"\n', 'action = "unmap"\nonly-in = ["lost"]\n', "step[1]",
+     "driver A maps 'buf' at step 2 and never unmaps it in variant 'plain' (add an unmap step)"),
+    ("[buffers.buf]", "[buffers.9buf]", "buffers.9buf",
+     "'9buf' is not an id (a letter, then letters, digits, '-' or '_', at most 31 characters)"),
+    ("[actors]\nA =", "[actors]\n'A,B' =", "actors.A,B", "'A,B' is not an id"),
+    ("pages = 2", 'pages = "2"', "buffers.buf.pages", "must be an integer, not a string ('2')"),
+    ('name = "copy"', 'name = "a/b"', "name", "'a/b' is not a name (a letter or digit, then"),
+    ('name = "copy"', 'name = "-copy"', "name", "'-copy' is not a name"),
+    ('name = "plain"', 'name = "pl\u00e4in"', "variant[0].name", "is not an id"),
     ('action = "map"', 'action = "map"\nbuffer = "bf"', "step[1].buffer",
      "unknown buffer 'bf' (known: buf)"),
     ('exporter = "dma0"', 'exporter = "dma0"\nflags = ["EXCLUSIV"]', "buffers.buf.flags[0]",
@@ -391,31 +402,41 @@ def test_the_good_file_is_good_and_other_mistakes(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(BadInput, match=rf"^{re.escape(str(missing))}: cannot read: No such file"):
         load_file(missing)
+    with pytest.raises(BadInput, match=r"^my file\.toml: name: missing, and the file name 'my"):
+        load_text(GOOD.replace('name = "copy"\n', ""), "my file.toml")
     # Without the topology's devices any id goes at load time (checked when it runs).
     assert load_text(GOOD.replace('"dma0"', '"gpu0"'), "x.toml").name == "copy"
 
 
-def _mutations(text: str) -> list[str]:
-    """Every line left out, and every value given the wrong type."""
+def _mutations(text: str) -> list[tuple[str, str]]:
+    """Every line left out, and every value given the wrong type: (file, the value as the
+    error must quote it, "" for a line left out)."""
     lines = text.splitlines()
-    out = ["\n".join(lines[:i] + lines[i + 1 :]) for i in range(len(lines))]
+    out = [("\n".join(lines[:i] + lines[i + 1 :]), "") for i in range(len(lines))]
     for i, line in enumerate(lines):
         if " = " in line and not line.startswith("#"):
             key, _, value = line.partition(" = ")
-            swapped = "1" if value.startswith(('"', "[", "{")) else '"x"'
-            out.append("\n".join([*lines[:i], f"{key} = {swapped}", *lines[i + 1 :]]))
-            out.append("\n".join([*lines[:i], f"{key} = []", *lines[i + 1 :]]))
+            swapped, quoted = ("1", "1") if value.startswith(('"', "[", "{")) else ('"x"', "'x'")
+            for new, shown in ((swapped, quoted), ("[]", "[]")):
+                out.append(("\n".join([*lines[:i], f"{key} = {new}", *lines[i + 1 :]]), shown))
     return out
 
 
 @pytest.mark.parametrize("source", ["good", "000"])
 def test_no_mutation_gets_past_without_a_one_line_answer(source: str) -> None:
+    """Every answer is one line naming the file and a table path; a wrong value is quoted."""
     text = GOOD if source == "good" else FILE_000.read_text()
-    for mutated in _mutations(text):
+    unquoted = []
+    for mutated, value in _mutations(text):
         try:
             parse_text(mutated, "m.toml", devices=DEVICES)
         except BadInput as exc:
-            assert str(exc).startswith("m.toml: ") and "\n" not in str(exc)
+            message = str(exc)
+            where = r"(line \d+, column \d+|[A-Za-z][\w.\[\]-]*)"
+            assert re.match(rf"m\.toml: {where}: ", message) and "\n" not in message, message
+            if value and value not in message:
+                unquoted.append(message)
+    assert not unquoted, "\n".join(unquoted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,3 +478,19 @@ async def test_000_file_on_the_default_topology_matches_the_python_seed(
         "the buffer after the table vs. a coherent machine: bytes differ"
     ]
     assert toml["exclusive"].note.endswith("1, 2, 3, 5, 7, 9, 4, 6, 8, 10, 12, 11")
+
+
+def test_dmalab_run_refuses_a_device_none_of_its_topologies_has(tmp_path: Path) -> None:
+    """Before anything is built or booted (DMALAB_QEMU points nowhere: exit 3 if it got there)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace('exporter = "dma0"', 'exporter = "dma9"'))
+    result = CliRunner().invoke(
+        main,
+        ["run", "--scenario-file", str(path), "-t", "default"],
+        env={"DMALAB_QEMU": str(tmp_path / "no-qemu")},
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"dmalab: error: {path}: buffers.buf.exporter: unknown device 'dma9'; "
+        "the topology has dma0, dma1, dma2\n"
+    )

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+
+from dmalab.scenarios.results_schema import schema
 
 MATRIX = ["--matrix", "-s", "000-arnd-table", "-s", "003", "-j", "2"]
 TOPOLOGIES = ["default", "virtio-iommu", "coherent"]
@@ -88,6 +91,10 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any
 def cells(doc: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """(variant, topology, policy) -> result, for seeds 000 and 003."""
     return {(r["variant"], r["topology"], r["policy"]): r for r in doc["results"]}
+
+
+def test_the_results_match_their_published_schema(matrix: tuple[str, dict[str, Any]]) -> None:
+    jsonschema.validate(matrix[1], schema(), cls=jsonschema.Draft202012Validator)
 
 
 def test_every_cell_of_the_matrix_is_there(matrix: tuple[str, dict[str, Any]]) -> None:

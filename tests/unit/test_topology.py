@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import kernels
 from dmalab.cli import main
 from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.topology import load_topology, shipped_topologies
@@ -95,11 +96,15 @@ def test_coherent_topology_argv() -> None:
 
 def test_placements_and_bypass(tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
+    (tmp_path / "bz").write_bytes(kernels.vmlinux())
+    (tmp_path / kernels.RELEASE).mkdir()
+    (tmp_path / kernels.RELEASE / "modules.builtin").write_text("")
     path.write_text(
         '[iommu]\nkind = "intel-iommu"\nintremap = false\ncaching-mode = false\n'
         '[[device]]\nid = "a"\nbus = "root"\niotlb-entries = 0\n'
         '[[device]]\nid = "b"\niommu = "bypass"\ncoherent = true\n'
-        '[kernel]\nargs = ["loglevel=7"]\nkernel = "bz"\nmodules = "/lib/modules/x"\n'
+        '[kernel]\nargs = ["loglevel=7"]\nkernel = "bz"\n'
+        f'modules = "{kernels.RELEASE}"\n'
     )
     topo = load_topology(path)
     assert topo.kernel.kernel == tmp_path / "bz" and topo.kernel.args == ("loglevel=7",)
@@ -119,6 +124,7 @@ def test_placements_and_bypass(tmp_path: Path) -> None:
 def test_transfer_limit_and_log_sizes(tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
     path.write_text(
+        "[machine]\nmemory = 16384\n"  # room for b's 8 GiB of transaction log
         '[[device]]\nid = "a"\nmax-xfer = 4100\n'
         '[[device]]\nid = "b"\nvlog-size = 1\nxlog-size = 4096\nxlog-segs = 65536\n'
     )
@@ -298,7 +304,7 @@ MALFORMED = [
     ("kernel args with a space", '[kernel]\nargs = ["a b"]', "kernel.args[0]: must be one"),
     (
         "modules without kernel",
-        '[kernel]\nmodules = "/lib/modules/x"',
+        '[kernel]\nmodules = "."',
         "kernel.modules: needs kernel.kernel too",
     ),
 ]

@@ -211,11 +211,12 @@ def _run_list(
         raise BadInput(f"--policy: unknown policy {unknown[0]!r} (known: {', '.join(POLICIES)})")
     matrix = matrix or bool(policies)
     chosen = (list(dict.fromkeys(policies)) or list(POLICIES)) if matrix else None
-    scenarios = _scenarios(only, files)
     topos = list(dict.fromkeys(topologies)) or list(MATRIX_TOPOLOGIES if matrix else SHIPPED)
     loaded = {t: load_topology(t) for t in topos}  # bad files fail here
     if not topologies and arch != "all":
         topos = [t for t in topos if loaded[t].arch == arch]
+    # A scenario file's device ids are checked against the topologies it will run on.
+    scenarios = _scenarios(only, files, {d.id for t in topos for d in loaded[t].devices})
     # Results name topologies by name (bad files failed above, before anything is built).
     coherent = {loaded[t].name: all_coherent(loaded[t]) for t in topos}
     arches = {t: loaded[t].arch for t in topos}
@@ -280,7 +281,7 @@ def _report(
         raise CheckFailed(f"verdict: FAIL ({', '.join(names[:FAILURES_NAMED])}{more})")
 
 
-def _scenarios(only: tuple[str, ...], files: tuple[Path, ...]) -> list[Any]:
+def _scenarios(only: tuple[str, ...], files: tuple[Path, ...], devices: set[str]) -> list[Any]:
     """The built-in scenarios -s names (all of them when neither -s nor a file is given), then
     the scenario files; names must not repeat, results are keyed by them."""
     from dmalab.scenarios.suite import SUITE
@@ -293,7 +294,7 @@ def _scenarios(only: tuple[str, ...], files: tuple[Path, ...]) -> list[Any]:
     if files:
         from dmalab.scenarios.declarative import load_file  # only when asked for
 
-        chosen += [load_file(path) for path in files]
+        chosen += [load_file(path, devices=devices) for path in files]
     seen: set[str] = set()
     for sc in chosen:
         if sc.name in seen:

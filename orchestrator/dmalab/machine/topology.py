@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from dmalab.errors import BadInput
+from dmalab.machine.kernel_files import kernel_args, kernel_files
 from dmalab.spec import ncdma as ncdma_spec
+from dmalab.spec.tables import Source, Table, id_problem
 
 ARCHES = ("x86_64", "aarch64")
 #: The vIOMMUs each architecture's machine offers (q35; virt with its built-in SMMUv3).
 IOMMUS_BY_ARCH = {"x86_64": ("intel-iommu", "virtio-iommu"), "aarch64": ("smmuv3", "virtio-iommu")}
 IOMMU_KINDS = ("intel-iommu", "smmuv3", "virtio-iommu")
-COHERENCIES = ("coherent", "noncoherent")
 #: QEMU's machine per architecture.
 MACHINES = {"x86_64": "q35", "aarch64": "virt"}
 #: CPU models a topology may name per architecture (None: QEMU's default for the machine).
@@ -37,6 +38,30 @@ MAX_FUNCTIONS = 8
 OWN_ROOT_PORT = "root-port"
 ROOT_COMPLEX = "root"
 BYPASS = "bypass"
+COHERENCIES = ("coherent", "noncoherent")
+#: Ranges of the [machine] and [iommu] fields.
+MEMORY_MIB = (128, 16384)
+SMP = (1, 64)
+AW_BITS = (39, 48)
+#: The fields of each table (the JSON Schema of docs/schemas/ is made from these too).
+TOP_KEYS = ("name", "description", "machine", "iommu", "bridge", "device", "kernel")
+MACHINE_KEYS = ("arch", "cpu", "memory", "smp", "accel", "coherency")
+IOMMU_KEYS = ("kind", "caching-mode", "intremap", "aw-bits")
+BRIDGE_KEYS = ("id", "kind")
+DEVICE_KEYS = ("id", "kind", "bus", "iommu", *(p.name for p in ncdma_spec.PROPERTIES))
+KERNEL_KEYS = ("kernel", "modules", "args")
+#: Slots of the root bus pcie.0 a topology may use (QEMU 10.0: q35 keeps slot 0 and 0x1f for
+#: itself, virt slot 0): each bridge, each device on a root port of its own, each device on
+#: the root complex, and dmalab's virtio-serial, virtio-iommu and bypass bus take one.
+ROOT_SLOTS = {"x86_64": 30, "aarch64": 31}
+#: Slots of one PCIe-to-PCI bridge.
+BRIDGE_SLOTS = 32
+#: Ids dmalab gives devices of its own; root ports are "rp-" and their device's or bridge's id.
+RESERVED_IDS = ("vser", "pxb-bypass")
+#: Bytes QEMU keeps per logged violation, transaction and IOVA -> PA segment (NcdmaViolation,
+#: NcdmaTransaction and NcdmaSegment in qemu-devices/ncdma.h); a device cache keeps its lines
+#: twice (the bytes and the snapshot of memory they are checked against).
+VIOLATION_BYTES, TRANSACTION_BYTES, SEGMENT_BYTES = 120, 72, 32
 
 
 @dataclass(frozen=True)
@@ -102,6 +127,12 @@ class NcdmaSpec:
             value = getattr(self, p.field)
             props[p.name] = ("on" if value else "off") if p.boolean else str(value)
         return props
+
+    def state_bytes(self) -> int:
+        """Host memory QEMU allocates for this device's cache and logs at realize."""
+        cache = 0 if self.coherent else 2 * self.cache_size
+        logs = self.vlog_size * VIOLATION_BYTES + self.xlog_size * TRANSACTION_BYTES
+        return cache + logs + self.xlog_size * self.xlog_segs * SEGMENT_BYTES
 
 
 @dataclass(frozen=True)
@@ -184,231 +215,36 @@ def load_topology(name_or_path: str | Path) -> Topology:
     return parse_topology(data, path)
 
 
-class _Fields:
-    """Typed access to one TOML table that names the offending field in every error."""
-
-    def __init__(self, path: Path, where: str, table: Any, known: tuple[str, ...]):
-        self.path = path
-        self.where = where
-        if not isinstance(table, Mapping):
-            self.fail(where, f"must be a table, not {_kind(table)}")
-        self.table = table
-        for key in table:
-            if key not in known:
-                self.fail(self.name(key), f"unknown field (expected one of: {', '.join(known)})")
-
-    def name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, name: str, problem: str) -> None:
-        raise BadInput(f"{self.path}: {name}: {problem}")
-
-    def get(self, key: str, kind: type, default: Any = None, *, required: bool = False) -> Any:
-        if key not in self.table:
-            if required:
-                self.fail(self.name(key), "missing")
-            return default
-        value = self.table[key]
-        # bool is an int in Python, never accept one for the other.
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-            self.fail(
-                self.name(key), f"must be {_LABELS.get(kind, kind.__name__)}, not {_kind(value)}"
-            )
-        return value
-
-    def integer(
-        self,
-        key: str,
-        default: int,
-        lo: int,
-        hi: int,
-        check: Callable[[int], str | None] | None = None,
-    ) -> int:
-        value = self.get(key, int, default)
-        if not lo <= value <= hi:
-            self.fail(self.name(key), f"must be in [{lo}, {hi}], not {value}")
-        if check and (problem := check(value)):
-            self.fail(self.name(key), problem)
-        return value
-
-    def choice(
-        self,
-        key: str,
-        choices: tuple[str, ...],
-        default: str | None = None,
-        *,
-        required: bool = False,
-    ) -> str:
-        value = self.get(key, str, default, required=required)
-        if value not in choices:
-            self.fail(self.name(key), f"must be one of {', '.join(choices)}, not {value!r}")
-        return value
-
-
-# Readable type names in messages ("an integer", not "int").
-_LABELS = {
-    int: "an integer",
-    bool: "true or false",
-    str: "a string",
-    list: "a list",
-    dict: "a table",
-    float: "a number",
-}
-
-
-def _kind(value: Any) -> str:
-    for kind, label in _LABELS.items():
-        if type(value) is kind:
-            return label
-    return type(value).__name__
-
-
-def _property(f: _Fields, name: str, check: Callable[[int], str | None] | None = None) -> int:
-    """An integer device property, with the default and range of spec.ncdma.PROPERTIES."""
-    p = ncdma_spec.PROPERTY[name]
-    return f.integer(name, p.default, p.lo, p.hi, check)
-
-
-def _power_of_two(value: int) -> str | None:
-    return None if value & (value - 1) == 0 else "must be a power of two"
-
-
 def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
-    top = _Fields(
-        path, "", data, ("name", "description", "machine", "iommu", "bridge", "device", "kernel")
-    )
-    name = top.get("name", str, path.stem)
+    src = Source(str(path))
+    top = Table(src, "", data, TOP_KEYS)
+    if "name" not in data and (problem := id_problem(path.stem)):
+        # The name becomes run directory and socket names: the file's name must do as one.
+        top.fail("name", f'missing, and the file name {problem}: give name = "..."')
+    name = top.identifier("name", path.stem)
     description = top.get("description", str, "")
-
-    m = _Fields(
-        path,
-        "machine",
-        data.get("machine", {}),
-        ("arch", "cpu", "memory", "smp", "accel", "coherency"),
+    if "\n" in description:
+        top.fail("description", "must be one line")
+    machine = _machine(Table(src, "machine", data.get("machine", {}), MACHINE_KEYS))
+    arch = machine.arch
+    iommu = (
+        _iommu(Table(src, "iommu", data["iommu"], IOMMU_KEYS), arch) if "iommu" in data else None
     )
-    arch = m.choice("arch", ARCHES, "x86_64")
-    cpus = CPUS[arch]
-    cpu = m.choice("cpu", cpus, cpus[0]) if cpus[0] else None
-    if cpu is None and "cpu" in m.table:
-        m.fail("machine.cpu", f"{arch} topologies use QEMU's default CPU model")
-    accel = m.choice("accel", ACCELS, "auto")
-    if arch != "x86_64" and accel == "kvm":
-        m.fail("machine.accel", f"kvm cannot run an {arch} guest on this host (use tcg or auto)")
-    coherency = m.choice("coherency", COHERENCIES, "coherent")
-    if coherency == "noncoherent" and arch != "aarch64":
-        m.fail(
-            "machine.coherency",
-            f"noncoherent DMA is modelled on aarch64 only ({arch}'s DMA API does no cache "
-            "maintenance)",
-        )
-    if coherency == "noncoherent" and accel == "kvm":
-        m.fail("machine.accel", "the CPU cache model of a noncoherent machine needs tcg")
-    machine = MachineSpec(
-        memory_mib=m.integer("memory", 512, 128, 16384),
-        smp=m.integer("smp", 1, 1, 64),
-        accel=accel,
-        arch=arch,
-        cpu=cpu,
-        coherency=coherency,
-    )
+    bridges = [
+        _bridge(Table(src, f"bridge[{n}]", raw, BRIDGE_KEYS), arch)
+        for n, raw in enumerate(top.array("bridge"))
+    ]
+    devices = [
+        _ncdma(Table(src, f"device[{n}]", raw, DEVICE_KEYS), iommu, machine.coherency)
+        for n, raw in enumerate(top.array("device"))
+    ]
+    k = Table(src, "kernel", data.get("kernel", {}), KERNEL_KEYS)
+    kernel_file, modules = kernel_files(k, path, arch)
+    kernel = KernelSpec(kernel=kernel_file, modules=modules, args=kernel_args(k))
 
-    iommu = None
-    if "iommu" in data:
-        i = _Fields(path, "iommu", data["iommu"], ("kind", "caching-mode", "intremap", "aw-bits"))
-        kind = i.choice("kind", IOMMU_KINDS, required=True)
-        if kind not in IOMMUS_BY_ARCH[arch]:
-            i.fail(
-                "iommu.kind",
-                f"{kind} does not exist on {arch} ({MACHINES[arch]} offers "
-                f"{', '.join(IOMMUS_BY_ARCH[arch])})",
-            )
-        if kind != "intel-iommu":
-            for key in ("caching-mode", "intremap", "aw-bits"):
-                if key in i.table:
-                    i.fail(i.name(key), f"only applies to intel-iommu, not {kind}")
-        iommu = IommuSpec(
-            kind=kind,
-            caching_mode=i.get("caching-mode", bool, True),
-            intremap=i.get("intremap", bool, True),
-            aw_bits=i.integer(
-                "aw-bits", 48, 39, 48, lambda v: None if v in (39, 48) else "must be 39 or 48"
-            ),
-        )
-
-    bridges = []
-    for n, raw in enumerate(_array(top, "bridge", data)):
-        b = _Fields(path, f"bridge[{n}]", raw, ("id", "kind"))
-        kind = b.choice("kind", BRIDGE_KINDS, "pci-bridge")
-        if kind == "pci-bridge" and arch != "x86_64":
-            b.fail(
-                b.name("kind"),
-                f"pci-bridge on {arch}: Linux's SMMUv3 and virtio-iommu drivers give devices "
-                'behind one no IOMMU group (their requester IDs alias); use "multifunction"',
-            )
-        bridges.append(BridgeSpec(id=_identifier(b, "id"), kind=kind))
-
-    devices = []
-    for n, raw in enumerate(_array(top, "device", data)):
-        d = _Fields(
-            path,
-            f"device[{n}]",
-            raw,
-            ("id", "kind", "bus", "iommu", *(p.name for p in ncdma_spec.PROPERTIES)),
-        )
-        d.choice("kind", ("ncdma",), "ncdma")
-        line = _property(d, "line-size", _power_of_two)
-        ways = _property(d, "cache-ways")
-        size = _property(
-            d,
-            "cache-size",
-            lambda v, unit=line * ways: (
-                None if v % unit == 0 else f"must be a multiple of line-size * cache-ways ({unit})"
-            ),
-        )
-        route = d.choice("iommu", ("yes", BYPASS), "yes")
-        if route == "yes" and iommu is None and "iommu" in d.table:
-            d.fail(d.name("iommu"), "the topology has no [iommu] table")
-        devices.append(
-            NcdmaSpec(
-                id=_identifier(d, "id"),
-                bus=d.get("bus", str, OWN_ROOT_PORT),
-                bypass_iommu=route == BYPASS,
-                # Below the CPU caches the findings are the CPU side's: no device cache
-                # unless asked for.
-                coherent=d.get(
-                    "coherent",
-                    bool,
-                    coherency == "noncoherent" or bool(_default("coherent")),
-                ),
-                line_size=line,
-                cache_size=size,
-                cache_ways=ways,
-                # The spec's ranges are the ones ncdma's realize checks: QEMU never refuses a
-                # checked topology.
-                iotlb_entries=_property(d, "iotlb-entries"),
-                max_xfer=_property(d, "max-xfer"),
-                vlog_size=_property(d, "vlog-size"),
-                xlog_size=_property(d, "xlog-size"),
-                xlog_segs=_property(d, "xlog-segs"),
-            )
-        )
-
-    k = _Fields(path, "kernel", data.get("kernel", {}), ("kernel", "modules", "args"))
-    args = k.get("args", list, [])
-    for n, word in enumerate(args):
-        if not isinstance(word, str) or not word or any(c.isspace() for c in word):
-            k.fail(f"kernel.args[{n}]", "must be one non-empty word without spaces")
-    kernel_file = k.get("kernel", str)
-    modules = k.get("modules", str)
-    if modules and not kernel_file:
-        k.fail("kernel.modules", "needs kernel.kernel too (a module tree goes with its kernel)")
-    kernel = KernelSpec(
-        kernel=_relative(path, kernel_file),
-        modules=_relative(path, modules),
-        args=tuple(args),
-    )
-
-    _check_references(path, arch, bridges, devices)
+    _check_references(src, arch, bridges, devices)
+    _check_slots(src, arch, iommu, bridges, devices)
+    _check_device_memory(src, machine, devices)
     return Topology(
         name=name,
         path=path,
@@ -421,59 +257,201 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
     )
 
 
-def _array(top: _Fields, key: str, data: Mapping[str, Any]) -> list[Any]:
-    value = data.get(key, [])
-    if not isinstance(value, list):
-        top.fail(key, f"must be an array of tables ([[{key}]]), not {_kind(value)}")
-    return value
+def _machine(m: Table) -> MachineSpec:
+    arch = m.choice("arch", ARCHES, "x86_64")
+    cpus = CPUS[arch]
+    cpu = m.choice("cpu", cpus, cpus[0]) if cpus[0] else None
+    if cpu is None and m.has("cpu"):
+        m.fail("cpu", f"{arch} topologies use QEMU's default CPU model")
+    accel = m.choice("accel", ACCELS, "auto")
+    if arch != "x86_64" and accel == "kvm":
+        m.fail("accel", f"kvm cannot run an {arch} guest on this host (use tcg or auto)")
+    coherency = m.choice("coherency", COHERENCIES, "coherent")
+    if coherency == "noncoherent" and arch != "aarch64":
+        m.fail(
+            "coherency",
+            f"noncoherent DMA is modelled on aarch64 only ({arch}'s DMA API does no cache "
+            "maintenance)",
+        )
+    return MachineSpec(
+        memory_mib=m.integer("memory", *MEMORY_MIB, 512),
+        smp=m.integer("smp", *SMP, 1),
+        accel=accel,
+        arch=arch,
+        cpu=cpu,
+        coherency=coherency,
+    )
 
 
-def _identifier(f: _Fields, key: str) -> str:
-    value = f.get(key, str, required=True)
-    if not value or not (value[0].isalpha() and all(c.isalnum() or c in "-_" for c in value)):
-        f.fail(f.name(key), f"{value!r} is not an id (a letter, then letters, digits, - or _)")
-    return value
+def _iommu(i: Table, arch: str) -> IommuSpec:
+    kind = i.choice("kind", IOMMU_KINDS)
+    if kind not in IOMMUS_BY_ARCH[arch]:
+        i.fail(
+            "kind",
+            f"{kind} does not exist on {arch} ({MACHINES[arch]} offers "
+            f"{', '.join(IOMMUS_BY_ARCH[arch])})",
+        )
+    if kind != "intel-iommu":
+        for key in ("caching-mode", "intremap", "aw-bits"):
+            if i.has(key):
+                i.fail(key, f"only applies to intel-iommu, not {kind}")
+    return IommuSpec(
+        kind=kind,
+        caching_mode=i.get("caching-mode", bool, True),
+        intremap=i.get("intremap", bool, True),
+        aw_bits=i.integer(
+            "aw-bits", *AW_BITS, 48, lambda v: None if v in AW_BITS else "must be 39 or 48"
+        ),
+    )
 
 
-def _relative(topology: Path, value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else topology.parent / path
+def _bridge(b: Table, arch: str) -> BridgeSpec:
+    kind = b.choice("kind", BRIDGE_KINDS, "pci-bridge")
+    if kind == "pci-bridge" and arch != "x86_64":
+        b.fail(
+            "kind",
+            f"pci-bridge on {arch}: Linux's SMMUv3 and virtio-iommu drivers give devices "
+            'behind one no IOMMU group (their requester IDs alias); use "multifunction"',
+        )
+    return BridgeSpec(id=b.identifier("id"), kind=kind)
+
+
+def _property(d: Table, name: str, check: Callable[[int], str | None] | None = None) -> int:
+    """An integer device property, with the default and range of spec.ncdma.PROPERTIES (the
+    ones ncdma's realize checks: QEMU never refuses a checked topology)."""
+    p = ncdma_spec.PROPERTY[name]
+    return d.integer(name, p.lo, p.hi, p.default, check)
+
+
+def _power_of_two(value: int) -> str | None:
+    return None if value & (value - 1) == 0 else "must be a power of two"
+
+
+def _ncdma(d: Table, iommu: IommuSpec | None, coherency: str) -> NcdmaSpec:
+    d.choice("kind", ("ncdma",), "ncdma")
+    line = _property(d, "line-size", _power_of_two)
+    ways = _property(d, "cache-ways")
+    unit = line * ways
+    size = _property(
+        d,
+        "cache-size",
+        lambda v: (
+            None if v % unit == 0 else f"must be a multiple of line-size * cache-ways ({unit})"
+        ),
+    )
+    route = d.choice("iommu", ("yes", BYPASS), "yes")
+    if route == "yes" and iommu is None and d.has("iommu"):
+        d.fail("iommu", "the topology has no [iommu] table")
+    return NcdmaSpec(
+        id=d.identifier("id"),
+        bus=d.get("bus", str, OWN_ROOT_PORT),
+        bypass_iommu=route == BYPASS,
+        # Below modelled CPU caches the findings are the CPU side's: no device cache unless
+        # asked for.
+        coherent=d.get("coherent", bool, coherency == "noncoherent" or bool(_default("coherent"))),
+        line_size=line,
+        cache_size=size,
+        cache_ways=ways,
+        iotlb_entries=_property(d, "iotlb-entries"),
+        max_xfer=_property(d, "max-xfer"),
+        vlog_size=_property(d, "vlog-size"),
+        xlog_size=_property(d, "xlog-size"),
+        xlog_segs=_property(d, "xlog-segs"),
+    )
 
 
 def _check_references(
-    path: Path, arch: str, bridges: list[BridgeSpec], devices: list[NcdmaSpec]
+    src: Source, arch: str, bridges: list[BridgeSpec], devices: list[NcdmaSpec]
 ) -> None:
     seen: dict[str, str] = {}
     for kind, items in (("bridge", bridges), ("device", devices)):
         for n, item in enumerate(items):
             if item.id in seen:
-                raise BadInput(
-                    f"{path}: {kind}[{n}].id: {item.id!r} is already used by a {seen[item.id]}"
-                )
+                src.fail(f"{kind}[{n}].id", f"{item.id!r} is already used by a {seen[item.id]}")
             seen[item.id] = kind
+    # dmalab names the root ports it adds after what sits on them (qemu_argv).
+    ported = [b.id for b in bridges] + [d.id for d in devices if d.bus == OWN_ROOT_PORT]
+    generated = {**dict.fromkeys(RESERVED_IDS, "dmalab's own"), **{f"rp-{i}": i for i in ported}}
+    for kind, items in (("bridge", bridges), ("device", devices)):
+        for n, item in enumerate(items):
+            if item.id in generated:
+                owner = generated[item.id]
+                what = (
+                    "a device of dmalab's own" if owner in RESERVED_IDS else f"{owner}'s root port"
+                )
+                src.fail(f"{kind}[{n}].id", f"{item.id!r} is the id dmalab gives {what}")
     names = {b.id for b in bridges}
-    for bridge in bridges:
+    for n, bridge in enumerate(bridges):
         members = [d for d in devices if d.bus == bridge.id]
-        if bridge.kind == "multifunction" and len(members) > MAX_FUNCTIONS:
-            raise BadInput(
-                f"{path}: bridge {bridge.id!r}: {len(members)} devices, but one multifunction "
-                f"slot has {MAX_FUNCTIONS} functions"
+        slots = MAX_FUNCTIONS if bridge.kind == "multifunction" else BRIDGE_SLOTS
+        if len(members) > slots:
+            what = "one multifunction slot has" if slots == MAX_FUNCTIONS else "a bridge has"
+            src.fail(
+                f"bridge[{n}]",
+                f"bridge {bridge.id!r}: {len(members)} devices, but {what} {slots} "
+                f"{'functions' if slots == MAX_FUNCTIONS else 'slots'}",
             )
     for n, dev in enumerate(devices):
-        if dev.bus not in (OWN_ROOT_PORT, ROOT_COMPLEX) and dev.bus not in names:
-            known = ", ".join([OWN_ROOT_PORT, ROOT_COMPLEX, *sorted(names)])
-            raise BadInput(
-                f"{path}: device[{n}].bus: no bridge {dev.bus!r} (expected one of: {known})"
+        _check_placement(src, f"device[{n}]", arch, dev, names)
+
+
+def _check_placement(src: Source, where: str, arch: str, dev: NcdmaSpec, bridges: set[str]) -> None:
+    if dev.bus not in (OWN_ROOT_PORT, ROOT_COMPLEX) and dev.bus not in bridges:
+        known = ", ".join([OWN_ROOT_PORT, ROOT_COMPLEX, *sorted(bridges)])
+        src.fail(f"{where}.bus", f"no bridge {dev.bus!r} (expected one of: {known})")
+    if dev.bypass_iommu and arch != "x86_64":
+        src.fail(
+            f"{where}.iommu",
+            f"bypass needs an extra root bus, which {arch}'s virt machine describes only "
+            "through ACPI, not the device tree dmalab boots with",
+        )
+    if dev.bypass_iommu and dev.bus != OWN_ROOT_PORT:
+        src.fail(
+            f"{where}.iommu",
+            'bypass needs bus = "root-port" (the device gets a root port on a root bus that '
+            "bypasses the IOMMU)",
+        )
+
+
+def _check_slots(
+    src: Source,
+    arch: str,
+    iommu: IommuSpec | None,
+    bridges: list[BridgeSpec],
+    devices: list[NcdmaSpec],
+) -> None:
+    """QEMU refuses a device when the root bus has no slot left for it."""
+    used = 1 + (iommu is not None and iommu.kind == "virtio-iommu")
+    used += any(d.bypass_iommu for d in devices)
+    places = [(f"bridge[{n}].id", True) for n in range(len(bridges))]
+    places += [
+        (f"device[{n}].bus", d.bus in (OWN_ROOT_PORT, ROOT_COMPLEX) and not d.bypass_iommu)
+        for n, d in enumerate(devices)
+    ]
+    for where, on_root in places:
+        used += on_root
+        if used > ROOT_SLOTS[arch]:
+            src.fail(
+                where,
+                f"no slot left on the root bus: {MACHINES[arch]}'s pcie.0 has "
+                f"{ROOT_SLOTS[arch]} for bridges, root ports and devices, dmalab's included "
+                "(put devices behind a bridge)",
             )
-        if dev.bypass_iommu and arch != "x86_64":
-            raise BadInput(
-                f"{path}: device[{n}].iommu: bypass needs an extra root bus, which {arch}'s "
-                "virt machine describes only through ACPI, not the device tree dmalab boots with"
-            )
-        if dev.bypass_iommu and dev.bus != OWN_ROOT_PORT:
-            raise BadInput(
-                f'{path}: device[{n}].iommu: bypass needs bus = "root-port" (the '
-                "device gets a root port on a root bus that bypasses the IOMMU)"
+
+
+def _check_device_memory(src: Source, machine: MachineSpec, devices: list[NcdmaSpec]) -> None:
+    """QEMU allocates each device's cache and logs beside the guest's RAM and copies them into
+    every snapshot: their sum may not exceed the memory the topology gives the guest."""
+    budget = machine.memory_mib << 20
+    total = 0
+    for n, dev in enumerate(devices):
+        total += dev.state_bytes()
+        if total > budget:
+            logs = dev.xlog_size * dev.xlog_segs * SEGMENT_BYTES
+            field = "xlog-segs" if logs >= dev.state_bytes() - logs else "cache-size"
+            src.fail(
+                f"device[{n}].{field}",
+                f"the devices' caches and logs need {-(-total >> 20)} MiB of QEMU's memory "
+                f"(cache-size * 2 + xlog-size * xlog-segs * {SEGMENT_BYTES} + ...), more than "
+                f"machine.memory ({machine.memory_mib} MiB)",
             )

@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.agent import Desc
@@ -25,6 +25,7 @@ from dmalab.scenarios.api import PAGE, Att, Buf, Run
 from dmalab.scenarios.declarations import CELL_TOPOLOGIES, POLICIES, Cell, Scenario, Variant
 from dmalab.spec import agent as spec
 from dmalab.spec import ncdma as hw
+from dmalab.spec.tables import NAME, Source, Table, id_problem, kind_label, shown
 
 ACTIONS = ("cpu", "map", "unmap", "dma-copy", "dma-fill", "check")
 DRIVER_ACTIONS = ("cpu", "map", "unmap")
@@ -43,9 +44,9 @@ FAULTS = tuple(spec.Faults.flags)
 DIRECTIONS = tuple(str(k) for k in spec.Direction.encmapping)
 STATUSES = tuple(str(k) for k in hw.Status.encmapping if str(k) != "PENDING")
 
-_TOP_KEYS = ("name", "seed", "title", "concurrent", "buffers", "actors", "step", "variant")
-_COMMON_STEP_KEYS = ("n", "action", "actor", "buffer", "only-in", "skip-in")
-_STEP_KEYS = {
+TOP_KEYS = ("name", "seed", "title", "concurrent", "buffers", "actors", "step", "variant")
+COMMON_STEP_KEYS = ("n", "action", "actor", "buffer", "only-in", "skip-in")
+STEP_KEYS = {
     "cpu": ("read", "write", "pattern", "sync", "label"),
     "map": ("direction",),
     "unmap": (),
@@ -53,108 +54,14 @@ _STEP_KEYS = {
     "dma-fill": ("to", "pattern", "status", "label"),
     "check": ("range", "equals", "pattern", "label"),
 }
-_VARIANT_KEYS = ("name", "expect", "steps", "about", "concurrent", "buffers", "actors", "cell")
-_CELL_KEYS = ("policy", "expect", "why", "steps", "on")
+VARIANT_KEYS = ("name", "expect", "steps", "about", "concurrent", "buffers", "actors", "cell")
+CELL_KEYS = ("policy", "expect", "why", "steps", "on")
+BUFFER_KEYS = ("pages", "bytes", "exporter", "flags", "faults")
+ACTOR_KEYS = ("device", "buffers", "flags", "faults")
+OVERRIDE_KEYS = ("flags", "faults")
+SPAN_KEYS = ("offset", "length")
 CELL_EXPECTATIONS = ("pass", "detected", "n/a")
-_LABELS = {
-    int: "an integer",
-    bool: "true or false",
-    str: "a string",
-    list: "a list",
-    dict: "a table",
-    float: "a number",
-}
 _TOML_ERROR = re.compile(r"(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-
-
-def _kind(value: Any) -> str:
-    return _LABELS.get(type(value), type(value).__name__)
-
-
-class _Source:
-    """The file being read: every error names it."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def fail(self, where: str, problem: str) -> NoReturn:
-        raise BadInput(f"{self.label}: {where}: {problem}")
-
-
-class _Table:
-    """Typed access to one TOML table; errors name the field (`step[3].actor`)."""
-
-    def __init__(self, src: _Source, where: str, value: Any, known: tuple[str, ...] | None) -> None:
-        """`known`: the fields the table may have (None: any, for tables keyed by names)."""
-        self.src = src
-        self.where = where
-        if not isinstance(value, dict):
-            src.fail(where, f"must be a table, not {_kind(value)}")
-        self.value: dict[str, Any] = value
-        for key in value:
-            if known is not None and key not in known:
-                self.fail(key, f"unknown field (expected one of: {', '.join(known)})")
-
-    def name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str, problem: str) -> NoReturn:
-        self.src.fail(self.name(key), problem)
-
-    def has(self, key: str) -> bool:
-        return key in self.value
-
-    def get(self, key: str, kind: type, default: Any = None, *, required: bool = False) -> Any:
-        if key not in self.value:
-            if required:
-                self.fail(key, "missing")
-            return default
-        value = self.value[key]
-        # bool is an int in Python: never take one for the other.
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-            self.fail(key, f"must be {_LABELS.get(kind, kind.__name__)}, not {_kind(value)}")
-        return value
-
-    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self.get(key, str, default, required=required)
-        if key in self.value and not value.strip():
-            self.fail(key, "must not be empty")
-        return value  # type: ignore[no-any-return]
-
-    def identifier(self, key: str, default: str | None = None) -> str:
-        value = self.text(key, default, required=default is None)
-        if not _ID.fullmatch(value):
-            self.fail(key, f"{value!r} is not a name (letters, digits, - and _)")
-        return value
-
-    def integer(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
-        value = self.get(key, int, default, required=default is None)
-        if not lo <= value <= hi:
-            self.fail(key, f"must be in [{lo}, {hi}], not {value}")
-        return value  # type: ignore[no-any-return]
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
-        value = self.get(key, str, default, required=default is None)
-        if value not in choices:
-            self.fail(key, f"must be one of {', '.join(choices)}, not {value!r}")
-        return value  # type: ignore[no-any-return]
-
-    def names(self, key: str, choices: tuple[str, ...], what: str) -> tuple[str, ...] | None:
-        """A list of names out of `choices` (flags, faults); None when the key is absent."""
-        if key not in self.value:
-            return None
-        out = []
-        for i, value in enumerate(self.get(key, list)):
-            if not isinstance(value, str):
-                self.src.fail(f"{self.name(key)}[{i}]", f"must be a string, not {_kind(value)}")
-            if value not in choices:
-                self.src.fail(
-                    f"{self.name(key)}[{i}]",
-                    f"unknown {what} {value!r} (known: {', '.join(choices)})",
-                )
-            out.append(value)
-        return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +190,7 @@ def parse_text(
     devices: Collection[str] | None = None,
     default_name: str | None = None,
 ) -> ScenarioFile:
-    src = _Source(label)
+    src = Source(label)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -295,10 +202,12 @@ def parse_text(
 
 
 def _parse(
-    src: _Source, data: dict[str, Any], devices: Collection[str] | None, default_name: str
+    src: Source, data: dict[str, Any], devices: Collection[str] | None, default_name: str
 ) -> ScenarioFile:
-    top = _Table(src, "", data, _TOP_KEYS)
-    name = top.identifier("name", default_name)
+    top = Table(src, "", data, TOP_KEYS)
+    if "name" not in data and (problem := id_problem(default_name, NAME)):
+        top.fail("name", f'missing, and the file name {problem}: give name = "..."')
+    name = top.identifier("name", default_name, NAME)
     seed = top.text("seed", "") or ""
     title = top.text("title", required=True)
     concurrent = top.get("concurrent", bool, False)
@@ -311,23 +220,23 @@ def _parse(
     return ScenarioFile(src.label, name, seed, title, concurrent, buffers, actors, steps, variants)
 
 
-def _device(t: _Table, key: str, devices: Collection[str] | None) -> str:
+def _device(t: Table, key: str, devices: Collection[str] | None) -> str:
     value = t.identifier(key)
     if devices is not None and value not in devices:
-        t.fail(key, f"unknown device {value!r} (known: {', '.join(sorted(devices))})")
+        t.fail(key, f"unknown device {value!r}; the topology has {', '.join(sorted(devices))}")
     return value
 
 
-def _buffers(src: _Source, top: _Table, devices: Collection[str] | None) -> dict[str, BufferDecl]:
-    tables = _Table(src, "buffers", top.get("buffers", dict, required=True), None)
+def _buffers(src: Source, top: Table, devices: Collection[str] | None) -> dict[str, BufferDecl]:
+    tables = Table(src, "buffers", top.get("buffers", dict, required=True), None)
     if not tables.value:
         top.fail("buffers", "declares no buffer (add a [buffers.NAME] table)")
     out = {}
     for name, raw in tables.value.items():
         where = f"buffers.{name}"
-        if not _ID.fullmatch(name):
-            src.fail(where, f"{name!r} is not a name (letters, digits, - and _)")
-        t = _Table(src, where, raw, ("pages", "bytes", "exporter", "flags", "faults"))
+        if problem := id_problem(name):
+            src.fail(where, problem)
+        t = Table(src, where, raw, BUFFER_KEYS)
         if t.has("pages") == t.has("bytes"):
             t.fail("pages", "give the size as pages = N or bytes = N (one of them)")
         if t.has("pages"):
@@ -345,25 +254,28 @@ def _buffers(src: _Source, top: _Table, devices: Collection[str] | None) -> dict
 
 
 def _actors(
-    src: _Source,
-    top: _Table,
+    src: Source,
+    top: Table,
     buffers: Mapping[str, BufferDecl],
     devices: Collection[str] | None,
 ) -> dict[str, ActorDecl]:
-    tables = _Table(src, "actors", top.get("actors", dict, required=True), None)
+    tables = Table(src, "actors", top.get("actors", dict, required=True), None)
     if not tables.value:
         top.fail("actors", 'declares no actor (e.g. A = "dma0")')
     out = {}
     used: dict[str, str] = {}
     for name, raw in tables.value.items():
         where = f"actors.{name}"
-        if not _ID.fullmatch(name):
-            src.fail(where, f"{name!r} is not a name (letters, digits, - and _)")
+        if problem := id_problem(name):
+            src.fail(where, problem)
         if isinstance(raw, str):
             raw = {"device": raw}
         elif not isinstance(raw, dict):
-            src.fail(where, f'must be a device id ("dma0") or a table, not {_kind(raw)}')
-        t = _Table(src, where, raw, ("device", "buffers", "flags", "faults"))
+            src.fail(
+                where,
+                f'must be a device id ("dma0") or a table, not {kind_label(raw)} ({shown(raw)})',
+            )
+        t = Table(src, where, raw, ACTOR_KEYS)
         device = _device(t, "device", devices)
         if device in used:
             # One attachment per (device, buffer), so the ledger can tell the owners apart.
@@ -380,28 +292,21 @@ def _actors(
     return out
 
 
-def _array(src: _Source, top: _Table, key: str) -> list[Any]:
-    value = top.value.get(key, [])
-    if not isinstance(value, list):
-        src.fail(key, f"must be an array of tables ([[{key}]]), not {_kind(value)}")
-    return value
-
-
-def _variant_names(src: _Source, top: _Table) -> list[str]:
+def _variant_names(src: Source, top: Table) -> list[str]:
     """The variants' names, read first so steps can refer to them."""
-    raws = _array(src, top, "variant")
+    raws = top.array("variant")
     if not raws:
         src.fail("variant", "missing: a scenario needs at least one [[variant]]")
     names: list[str] = []
     for i, raw in enumerate(raws):
-        name = _Table(src, f"variant[{i}]", raw, _VARIANT_KEYS).identifier("name")
+        name = Table(src, f"variant[{i}]", raw, VARIANT_KEYS).identifier("name")
         if name in names:
             src.fail(f"variant[{i}].name", f"{name!r} is already variant[{names.index(name)}]")
         names.append(name)
     return names
 
 
-def _span(t: _Table, key: str, buf: BufferDecl, *, required: bool = True) -> Span | None:
+def _span(t: Table, key: str, buf: BufferDecl, *, required: bool = True) -> Span | None:
     if not t.has(key):
         if required:
             t.fail(key, "missing")
@@ -409,7 +314,7 @@ def _span(t: _Table, key: str, buf: BufferDecl, *, required: bool = True) -> Spa
     raw = t.value[key]
     where = t.name(key)
     if isinstance(raw, dict):
-        r = _Table(t.src, where, raw, ("offset", "length"))
+        r = Table(t.src, where, raw, SPAN_KEYS)
         offset = r.integer("offset", 0, MAX_BUFFER)
         length = r.integer("length", 1, MAX_BUFFER)
         span = Span(offset, length, f"bytes {offset:#x}+{length:#x}")
@@ -431,7 +336,9 @@ def _span(t: _Table, key: str, buf: BufferDecl, *, required: bool = True) -> Spa
         span = Span(first * PAGE, (last - first + 1) * PAGE, text)
     else:
         t.src.fail(
-            where, f'must be a range ("page N", "pages N-M", "all" or a table), not {_kind(raw)}'
+            where,
+            f'must be a range ("page N", "pages N-M", "all" or a table), not {kind_label(raw)} '
+            f"({shown(raw)})",
         )
     if span.offset + span.length > buf.size:
         pages = buf.size // PAGE
@@ -443,36 +350,38 @@ def _span(t: _Table, key: str, buf: BufferDecl, *, required: bool = True) -> Spa
     return span
 
 
-def _pattern(t: _Table, default: int | None = None) -> int:
+def _pattern(t: Table, default: int | None = None) -> int:
     return t.integer("pattern", 0, (1 << 64) - 1, default)
 
 
 def _steps(
-    src: _Source,
-    top: _Table,
+    src: Source,
+    top: Table,
     buffers: Mapping[str, BufferDecl],
     actors: Mapping[str, ActorDecl],
     variants: list[str],
 ) -> tuple[StepDecl, ...]:
-    raws = _array(src, top, "step")
+    raws = top.array("step")
     if not raws:
         src.fail("step", "missing: a scenario needs at least one [[step]]")
     out: list[StepDecl] = []
     for i, raw in enumerate(raws):
         where = f"step[{i}]"
         if not isinstance(raw, dict):
-            src.fail(where, f"must be a table, not {_kind(raw)}")
+            src.fail(where, f"must be a table, not {kind_label(raw)}")
         action = raw.get("action")
         if action is None:
             src.fail(f"{where}.action", f"missing (one of: {', '.join(ACTIONS)})")
         if action not in ACTIONS:
-            src.fail(f"{where}.action", f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
-        known = _COMMON_STEP_KEYS + _STEP_KEYS[action]
+            src.fail(
+                f"{where}.action", f"unknown action {shown(action)} (known: {', '.join(ACTIONS)})"
+            )
+        known = COMMON_STEP_KEYS + STEP_KEYS[action]
         if action == "check":
             if "actor" in raw:
                 src.fail(f"{where}.actor", "a check is done by the host: leave actor out")
             known = tuple(k for k in known if k != "actor")
-        t = _Table(src, where, raw, known)
+        t = Table(src, where, raw, known)
         n = t.integer("n", 1, MAX_STEP)
         actor = "" if action == "check" else _actor(t, action, actors)
         # CPU accesses go through the buffer's own mapping: no attachment needed.
@@ -483,7 +392,7 @@ def _steps(
     return tuple(out)
 
 
-def _actor(t: _Table, action: str, actors: Mapping[str, ActorDecl]) -> str:
+def _actor(t: Table, action: str, actors: Mapping[str, ActorDecl]) -> str:
     raw = t.text("actor", required=True)
     role, _, name = raw.partition(" ")
     if role not in ("driver", "device") or name not in actors:
@@ -497,7 +406,7 @@ def _actor(t: _Table, action: str, actors: Mapping[str, ActorDecl]) -> str:
 
 
 def _buffer_name(
-    t: _Table, key: str, buffers: Mapping[str, BufferDecl], actor: ActorDecl | None
+    t: Table, key: str, buffers: Mapping[str, BufferDecl], actor: ActorDecl | None
 ) -> str:
     if not t.has(key):
         if len(buffers) > 1:
@@ -515,7 +424,7 @@ def _buffer_name(
     return name
 
 
-def _selection(t: _Table, variants: list[str]) -> tuple[frozenset[str] | None, frozenset[str]]:
+def _selection(t: Table, variants: list[str]) -> tuple[frozenset[str] | None, frozenset[str]]:
     if t.has("only-in") and t.has("skip-in"):
         t.fail("skip-in", "give only-in or skip-in, not both")
     lists = {}
@@ -523,13 +432,13 @@ def _selection(t: _Table, variants: list[str]) -> tuple[frozenset[str] | None, f
         if t.has(key):
             names = t.names(key, tuple(variants), "variant") or ()
             if not names:
-                t.fail(key, "must name at least one variant")
+                t.fail(key, "must name at least one variant, not []")
             lists[key] = frozenset(names)
     return lists.get("only-in"), lists.get("skip-in", frozenset())
 
 
 def _step(
-    t: _Table,
+    t: Table,
     index: int,
     n: int,
     action: str,
@@ -554,7 +463,7 @@ def _step(
             t.fail("write", "a cpu step needs read, write or both")
         pattern = _pattern(t, n)
         if t.has("pattern") and write is None:
-            t.fail("pattern", "only a CPU write uses a pattern")
+            t.fail("pattern", f"only a CPU write uses a pattern, not {t.value['pattern']!r}")
         sync = t.get("sync", bool, False)
         if not label:
             parts = [f"read {read.text}" if read else "", f"write {write.text}" if write else ""]
@@ -593,7 +502,7 @@ def _step(
 
 
 def _check_step(
-    t: _Table, common: dict[str, Any], buf: BufferDecl, label: str, many: bool
+    t: Table, common: dict[str, Any], buf: BufferDecl, label: str, many: bool
 ) -> StepDecl:
     """A `check` step: a range of the buffer against a coherent machine, a pattern or zeros."""
     buffer = common["buffer"]
@@ -620,16 +529,16 @@ def _check_step(
 
 
 def _overrides(
-    t: _Table, key: str, names: Collection[str], flags: tuple[str, ...], what: str
+    t: Table, key: str, names: Collection[str], flags: tuple[str, ...], what: str
 ) -> dict[str, dict[str, list[str]]]:
     """A variant's [variant.buffers.NAME] or [variant.actors.NAME]: flags and faults that
     replace the declared ones."""
-    tables = _Table(t.src, t.name(key), t.get(key, dict, {}), None)
+    tables = Table(t.src, t.name(key), t.get(key, dict, {}), None)
     out = {}
     for name, raw in tables.value.items():
         if name not in names:
             t.fail(f"{key}.{name}", f"unknown {what} {name!r} (known: {', '.join(names)})")
-        o = _Table(t.src, t.name(f"{key}.{name}"), raw, ("flags", "faults"))
+        o = Table(t.src, t.name(f"{key}.{name}"), raw, OVERRIDE_KEYS)
         entry = {}
         for field, choices in (("flags", flags), ("faults", FAULTS)):
             value = o.names(field, choices, "flag" if field == "flags" else "fault")
@@ -640,16 +549,16 @@ def _overrides(
 
 
 def _variants(
-    src: _Source,
-    top: _Table,
+    src: Source,
+    top: Table,
     buffers: Mapping[str, BufferDecl],
     actors: Mapping[str, ActorDecl],
     steps: tuple[StepDecl, ...],
     concurrent: bool,
 ) -> tuple[Variant, ...]:
     out = []
-    for i, raw in enumerate(_array(src, top, "variant")):
-        t = _Table(src, f"variant[{i}]", raw, _VARIANT_KEYS)
+    for i, raw in enumerate(top.array("variant")):
+        t = Table(src, f"variant[{i}]", raw, VARIANT_KEYS)
         name = t.identifier("name")
         expect = t.choice("expect", EXPECTATIONS)
         active = [s for s in steps if s.runs_in(name)]
@@ -669,13 +578,15 @@ def _variants(
     return tuple(out)
 
 
-def _detected_steps(t: _Table, variant: str, expect: str, numbers: list[int]) -> tuple[int, ...]:
+def _detected_steps(t: Table, variant: str, expect: str, numbers: list[int]) -> tuple[int, ...]:
     """The `steps` of a variant or a cell: steps that run in the variant, present exactly when
     `expect` is "detected"."""
     detected = t.get("steps", list, [])
     for j, n in enumerate(detected):
         if isinstance(n, bool) or not isinstance(n, int):
-            t.src.fail(f"{t.where}.steps[{j}]", f"must be a step number, not {_kind(n)}")
+            t.src.fail(
+                f"{t.where}.steps[{j}]", f"must be a step number, not {kind_label(n)} ({shown(n)})"
+            )
         if n not in numbers:
             t.fail(
                 "steps",
@@ -683,20 +594,21 @@ def _detected_steps(t: _Table, variant: str, expect: str, numbers: list[int]) ->
                 f"{', '.join(map(str, numbers))})",
             )
     if expect == "detected" and not detected:
-        t.fail("steps", "missing: a detected variant names the steps it must be caught at")
+        given = f", not {detected}" if t.has("steps") else ""
+        t.fail("steps", f"missing: a detected variant names the steps it must be caught at{given}")
     if expect == "pass" and detected:
-        t.fail("steps", "a pass variant must have no finding: leave steps out")
+        t.fail("steps", f"a pass variant must have no finding: leave steps out, not {detected}")
     if expect != "detected" and detected:
-        t.fail("steps", f"an {expect!r} cell names no steps: leave steps out")
+        t.fail("steps", f"an {expect!r} cell names no steps: leave steps out, not {detected}")
     return tuple(sorted(set(detected)))
 
 
-def _cells(variant: _Table, name: str, numbers: list[int]) -> tuple[Cell, ...]:
+def _cells(variant: Table, name: str, numbers: list[int]) -> tuple[Cell, ...]:
     """A variant's [[variant.cell]]: what it must show in other matrix cells, and why."""
     raws = variant.get("cell", list, [])
     cells: list[Cell] = []
     for k, raw in enumerate(raws):
-        t = _Table(variant.src, f"{variant.where}.cell[{k}]", raw, _CELL_KEYS)
+        t = Table(variant.src, f"{variant.where}.cell[{k}]", raw, CELL_KEYS)
         policy = t.choice("policy", tuple(POLICIES))
         expect = t.choice("expect", CELL_EXPECTATIONS)
         on = t.choice("on", CELL_TOPOLOGIES, "any")
@@ -709,11 +621,11 @@ def _cells(variant: _Table, name: str, numbers: list[int]) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-def _check_sequence(src: _Source, variant: str, active: list[StepDecl]) -> None:
+def _check_sequence(src: Source, variant: str, active: list[StepDecl]) -> None:
     """Within one variant: step numbers in order, one step per number (a check may share its
-    step's number), and maps and unmaps that pair up."""
+    step's number), and maps and unmaps that pair up, none left mapped at the end."""
     numbered: dict[int, StepDecl] = {}
-    mapped: dict[tuple[str, str], int] = {}
+    mapped: dict[tuple[str, str], StepDecl] = {}
     for last, s in zip([None, *active], active, strict=False):
         if last is not None and s.n < last.n:
             src.fail(
@@ -735,15 +647,23 @@ def _check_sequence(src: _Source, variant: str, active: list[StepDecl]) -> None:
                 src.fail(
                     f"step[{s.index}]",
                     f"driver {s.actor} maps {s.buffer!r} again in variant {variant!r} "
-                    f"(mapped at step {mapped[key]}, not unmapped since)",
+                    f"(mapped at step {mapped[key].n}, not unmapped since)",
                 )
-            mapped[key] = s.n
+            mapped[key] = s
         elif s.action == "unmap" and mapped.pop(key, None) is None:
             src.fail(
                 f"step[{s.index}]",
                 f"driver {s.actor} unmaps {s.buffer!r} in variant {variant!r}, "
                 "but has not mapped it",
             )
+    for s in mapped.values():
+        # The runner's teardown would unmap it after the last step, unseen by the table and
+        # its checks: the file says where the device gives the buffer back.
+        src.fail(
+            f"step[{s.index}]",
+            f"driver {s.actor} maps {s.buffer!r} at step {s.n} and never unmaps it in variant "
+            f"{variant!r} (add an unmap step)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
