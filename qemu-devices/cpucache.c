@@ -72,8 +72,7 @@ static void record(CpuCache *c, CpuCacheKind kind, const CpuCacheOrigin *o,
     e->seq = ++c->seq;
     e->kind = kind;
     pstrcpy(e->master, sizeof(e->master), o->master);
-    e->vcpu = o->vcpu;
-    e->pc = o->pc;
+    e->who = o->who;
     e->pa = line_pa;
     e->iova = UINT64_MAX;
     if (o->iova != UINT64_MAX && line_pa >= o->pa_base) {
@@ -142,9 +141,9 @@ static bool invalidate_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
 }
 
 bool cpucache_maintain(CpuCache *c, hwaddr pa, uint64_t len, CpuCacheMaint op,
-                       int vcpu, uint64_t pc)
+                       const CpuCacheWho *who)
 {
-    CpuCacheOrigin o = { .master = "cpu", .vcpu = vcpu, .pc = pc, .iova = UINT64_MAX };
+    CpuCacheOrigin o = { .master = "cpu", .who = *who, .iova = UINT64_MAX };
     bool untrapped = false;
     int64_t l, first, last;
 
@@ -217,13 +216,12 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
     }
 }
 
-void cpucache_io_origin(CpuCache *c, int *vcpu, uint64_t *pc)
+void cpucache_who(CpuCache *c, CPUState *cs, bool io, CpuCacheWho *who)
 {
-    *vcpu = -1;
-    *pc = 0;
-    if (current_cpu) {
-        *vcpu = current_cpu->cpu_index;
-        *pc = c->io_pc ? c->io_pc(current_cpu) : 0;
+    memset(who, 0, sizeof(*who));
+    who->vcpu = cs ? cs->cpu_index : -1;
+    if (cs && c->frames) {
+        c->frames(cs, io, who->frames, CPUCACHE_FRAMES);
     }
 }
 
@@ -264,7 +262,7 @@ static MemTxResult trap_read(void *opaque, hwaddr addr, uint64_t *data,
     if (addr + size > c->ram_size) {
         return MEMTX_DECODE_ERROR;
     }
-    cpucache_io_origin(c, &o.vcpu, &o.pc);
+    cpucache_who(c, current_cpu, true, &o.who);
     WITH_QEMU_LOCK_GUARD(&c->lock) {
         for (l = addr / CPUCACHE_LINE; l <= (addr + size - 1) / CPUCACHE_LINE; l++) {
             uint8_t *cpu = line_of(c->cpu_ptr, l), *dram = line_of(c->dram_ptr, l);
@@ -428,10 +426,28 @@ static bool visit_hex(Visitor *v, const char *name, const uint8_t *buf, Error **
     return visit_type_str(v, name, &str, errp);
 }
 
+static bool visit_frames(Visitor *v, CpuCacheWho *who, Error **errp)
+{
+    unsigned i;
+    bool ok = true;
+
+    if (!visit_start_list(v, "frames", NULL, 0, errp)) {
+        return false;
+    }
+    for (i = 0; ok && i < CPUCACHE_FRAMES && who->frames[i]; i++) {
+        ok = visit_type_uint64(v, NULL, &who->frames[i], errp);
+    }
+    if (ok) {
+        ok = visit_check_list(v, errp);
+    }
+    visit_end_list(v, NULL);
+    return ok;
+}
+
 static bool visit_event(Visitor *v, CpuCacheEvent *e, Error **errp)
 {
     char *kind = (char *)kind_names[e->kind], *master = e->master;
-    int64_t vcpu = e->vcpu, iova = e->iova == UINT64_MAX ? -1 : (int64_t)e->iova;
+    int64_t vcpu = e->who.vcpu, iova = e->iova == UINT64_MAX ? -1 : (int64_t)e->iova;
     uint64_t differing = e->differing;
     bool ok;
 
@@ -442,7 +458,8 @@ static bool visit_event(Visitor *v, CpuCacheEvent *e, Error **errp)
          visit_type_str(v, "kind", &kind, errp) &&
          visit_type_str(v, "master", &master, errp) &&
          visit_type_int(v, "vcpu", &vcpu, errp) &&
-         visit_type_uint64(v, "pc", &e->pc, errp) &&
+         visit_type_uint64(v, "pc", &e->who.frames[0], errp) &&
+         visit_frames(v, &e->who, errp) &&
          visit_type_uint64(v, "pa", &e->pa, errp) &&
          visit_type_int(v, "iova", &iova, errp) &&
          visit_type_uint64(v, "differing", &differing, errp) &&

@@ -37,11 +37,18 @@ typedef enum CpuCacheKind {
     CPUCACHE_NKINDS,
 } CpuCacheKind;
 
-/* Who made an access: a vCPU (and the guest PC), or a DMA master. */
+#define CPUCACHE_FRAMES 8
+
+/* A vCPU and where it was: the guest PC, the link register, then frame records. */
+typedef struct CpuCacheWho {
+    int32_t vcpu;           /* -1 when unknown */
+    uint64_t frames[CPUCACHE_FRAMES];   /* frames[0]: the PC; unused ones 0 */
+} CpuCacheWho;
+
+/* Who made an access: a vCPU, or a DMA master on behalf of the vCPU that rang it. */
 typedef struct CpuCacheOrigin {
     const char *master;     /* "cpu" or the device's id */
-    int vcpu;               /* -1 when unknown */
-    uint64_t pc;            /* guest PC, 0 when unknown */
+    CpuCacheWho who;
     uint64_t iova;          /* IOVA of @pa_base, UINT64_MAX when none */
     uint64_t pa_base;
 } CpuCacheOrigin;
@@ -50,8 +57,7 @@ typedef struct CpuCacheEvent {
     uint64_t seq;
     CpuCacheKind kind;
     char master[24];
-    int32_t vcpu;
-    uint64_t pc;
+    CpuCacheWho who;
     uint64_t pa;            /* the line */
     uint64_t iova;
     uint32_t differing;
@@ -59,8 +65,8 @@ typedef struct CpuCacheEvent {
     uint8_t actual[CPUCACHE_LINE];
 } CpuCacheEvent;
 
-/* Returns the guest PC of the access @cs is making through an I/O region. */
-typedef uint64_t (*CpuCacheIoPc)(CPUState *cs);
+/* Fills @frames with where @cs is (the I/O access in progress when @io). */
+typedef void (*CpuCacheFrames)(CPUState *cs, bool io, uint64_t *frames, int n);
 
 struct CpuCache {
     Object parent_obj;
@@ -69,7 +75,7 @@ struct CpuCache {
     MemoryRegion *ram;          /* the CPU copy */
     hwaddr ram_base;
     uint64_t ram_size;
-    CpuCacheIoPc io_pc;
+    CpuCacheFrames frames;
 
     MemoryRegion dram;
     MemoryRegion sync;
@@ -112,11 +118,11 @@ hwaddr cpucache_tlb_target(CpuCache *c, hwaddr pa, bool cacheable, bool fetch);
 hwaddr cpucache_guest_pa(CpuCache *c, hwaddr target);
 /* DC CVAC/CVAP/IVAC/CIVAC on [pa, pa + len). True when a page stopped being trapped. */
 bool cpucache_maintain(CpuCache *c, hwaddr pa, uint64_t len, CpuCacheMaint op,
-                       int vcpu, uint64_t pc);
+                       const CpuCacheWho *who);
 /* A noncoherent DMA master is about to access [pa, pa + len) of DRAM. */
 void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
                   bool is_write);
-/* The vCPU and guest PC of the I/O access in progress (for a doorbell). */
-void cpucache_io_origin(CpuCache *c, int *vcpu, uint64_t *pc);
+/* Where @cs is (NULL: no vCPU); with @io, at the I/O access in progress (a doorbell). */
+void cpucache_who(CpuCache *c, CPUState *cs, bool io, CpuCacheWho *who);
 
 #endif

@@ -20,6 +20,7 @@
 #include "hw/pci/pci.h"
 #include "hw/pci/pcie.h"
 #include "hw/pci/msix.h"
+#include "hw/core/cpu.h"
 #include "hw/qdev-properties.h"
 #include "migration/vmstate.h"
 #include "ncdma.h"
@@ -207,7 +208,7 @@ static void ncdma_cc_access(NcdmaState *s, uint64_t iova, uint64_t base, uint64_
                             uint64_t len, bool is_write)
 {
     CpuCacheOrigin o = {
-        .master = DEVICE(s)->id ?: "ncdma", .vcpu = s->cc_vcpu, .pc = s->cc_pc,
+        .master = DEVICE(s)->id ?: "ncdma", .who = s->cc_who,
         .iova = iova, .pa_base = base,
     };
 
@@ -322,7 +323,7 @@ static bool ncdma_is_memory(NcdmaState *s, uint64_t pa, uint64_t *len, bool is_w
     bool ram = false;
 
     /* Windows map exactly RAM: the common case costs a window lookup. */
-    if (physwin_get(&s->win, pa, &n, is_write)) {
+    if (physwin_peek(&s->win, pa, &n, is_write)) {
         *len = n;
         return true;
     }
@@ -772,7 +773,7 @@ static void ncdma_write32(NcdmaState *s, hwaddr addr, uint32_t val)
         } else {
             s->ring.tail = val;
             if (cpucache) {
-                cpucache_io_origin(cpucache, &s->cc_vcpu, &s->cc_pc);
+                cpucache_who(cpucache, current_cpu, true, &s->cc_who);
             }
             qemu_bh_schedule(s->bh);
         }

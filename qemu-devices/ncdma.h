@@ -13,6 +13,7 @@
 #include "qom/object.h"
 #include "ncdma-hw.h"
 #include "devcache.h"
+#include "cpucache.h"
 #include "devtlb.h"
 #include "dring.h"
 #include "physwin.h"
@@ -129,8 +130,7 @@ struct NcdmaState {
     int32_t cur_last_seg[2];  /* index of the last read and write segment of cur_tx */
 
     /* For the CPU cache model's reports: who rang the doorbell, recent translations */
-    int cc_vcpu;
-    uint64_t cc_pc;
+    CpuCacheWho cc_who;
     struct { uint64_t iova, pa, len; } cc_recent[2];
     unsigned cc_next;
 };

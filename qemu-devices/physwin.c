@@ -36,7 +36,7 @@ static bool is_direct_ram(PhysWin *w, uint64_t pa, bool is_write)
     return memory_access_is_direct(mr, is_write, MEMTXATTRS_UNSPECIFIED);
 }
 
-uint8_t *physwin_get(PhysWin *w, uint64_t pa, uint64_t *len, bool is_write)
+uint8_t *physwin_peek(PhysWin *w, uint64_t pa, uint64_t *len, bool is_write)
 {
     PhysWinSlot *s;
     hwaddr maplen;
@@ -75,10 +75,17 @@ found:
     if (is_write) {
         s->dirty_end = MAX(s->dirty_end, pa - s->pa + *len);
     }
-    if (w->observe) {
+    return s->ptr + (pa - s->pa);
+}
+
+uint8_t *physwin_get(PhysWin *w, uint64_t pa, uint64_t *len, bool is_write)
+{
+    uint8_t *p = physwin_peek(w, pa, len, is_write);
+
+    if (p && w->observe) {
         w->observe(w->opaque, pa, *len, is_write);
     }
-    return s->ptr + (pa - s->pa);
+    return p;
 }
 
 bool physwin_read(PhysWin *w, uint64_t pa, void *buf, uint64_t len)

@@ -37,6 +37,8 @@ void physwin_init(PhysWin *w, AddressSpace *as);
  * (*len may be shortened), NULL otherwise.  Valid until physwin_release().
  */
 uint8_t *physwin_get(PhysWin *w, uint64_t pa, uint64_t *len, bool is_write);
+/* physwin_get() for a question, not an access: the observer is not told. */
+uint8_t *physwin_peek(PhysWin *w, uint64_t pa, uint64_t *len, bool is_write);
 bool physwin_read(PhysWin *w, uint64_t pa, void *buf, uint64_t len);
 bool physwin_write(PhysWin *w, uint64_t pa, const void *buf, uint64_t len);
 /* Unmap every window, marking what was written dirty. */

@@ -66,7 +66,18 @@ async def test_seed_suite_holds_and_a_cached_mapping_is_caught_by_the_model(
     stale = [f for f in cached.evidence if "DEVICE_READ_STALE" in f]
     assert stale, cached.evidence
     assert "first at iova 0x" in stale[0] and "buf offset 0x0" in stale[0]
-    assert "vCPU 0 at pc 0xffff" in stale[0]
+    # the guest PC of the doorbell write, symbolized against the module, with its callers
+    assert "vCPU 0 at ncdma_ring_queue+0x" in stale[0] and "[ncdma] <- " in stale[0], stale[0]
+    assert "__arm64_sys_ioctl+0x" in stale[0], stale[0]
+    # Arnd's table through the real DMA API: the CPU's write while device A owns the buffer is
+    # read stale by the device, and device B's unmap invalidates the CPU's later write away,
+    # named down to the kernel function that did it.
+    table = rs["000-arnd-table", "table"]
+    by_step = {int(f.split()[1]): f for f in table.evidence if "_STALE" in f or "_LOST" in f}
+    assert "DEVICE_READ_STALE (dma0)" in by_step[5], table.evidence
+    lost = by_step[12]
+    assert "CPU_WRITE_LOST (cpu)" in lost and "dcache_inval_poc+0x" in lost, lost
+    assert "arch_sync_dma_for_cpu+0x" in lost and "unmap" in lost, lost
     # Where the kernel does the maintenance (a new mapping every cycle), the same cycles pass
     # and the model saw the cleans and invalidates of each map and unmap.
     uncached = rs["003-sgt-cache", "uncached"]

@@ -1,4 +1,5 @@
-"""Just enough of ELF64 (little-endian) to check a vmlinux, a module and a static program."""
+"""Just enough of ELF64 (little-endian) to check a vmlinux, a module and a static program, and
+to name a module's functions."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Iterator
 
 PT_INTERP = 3
 PT_NOTE = 4
+SHT_SYMTAB = 2
+STT_FUNC = 2
+SYM_SIZE = 24
 ELF_MAGIC = b"\x7fELF"
 
 
@@ -78,3 +82,35 @@ def section(data: bytes, wanted: str) -> bytes | None:
         if names[name : names.index(b"\0", name)].decode(errors="replace") == wanted:
             return data[offset : offset + size]
     return None
+
+
+def function_symbols(data: bytes) -> list[tuple[str, str, int, int]]:
+    """(name, section, value, size) of every function symbol (a module's, relocatable: the
+    value is the offset in its section)."""
+    _check(data)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    if shoff == 0 or shstrndx >= shnum:
+        return []
+    heads = []
+    for index in range(shnum):
+        base = shoff + index * shentsize
+        name, sh_type = struct.unpack_from("<II", data, base)
+        offset, size, link = struct.unpack_from("<QQI", data, base + 0x18)
+        heads.append((name, sh_type, offset, size, link))
+    _, _, str_offset, str_size, _ = heads[shstrndx]
+    names = data[str_offset : str_offset + str_size]
+
+    def text(table: bytes, at: int) -> str:
+        return table[at : table.index(b"\0", at)].decode(errors="replace")
+
+    out = []
+    for _, sh_type, offset, size, link in heads:
+        if sh_type != SHT_SYMTAB or link >= shnum:
+            continue
+        strtab = data[heads[link][2] : heads[link][2] + heads[link][3]]
+        for at in range(offset, offset + size - SYM_SIZE + 1, SYM_SIZE):
+            st_name, st_info, _, st_shndx, value, st_size = struct.unpack_from("<IBBHQQ", data, at)
+            if st_info & 0xF == STT_FUNC and 0 < st_shndx < shnum:
+                out.append((text(strtab, st_name), text(names, heads[st_shndx][0]), value, st_size))
+    return out

@@ -2,8 +2,9 @@
 
 QEMU's virt machine started with `x-noncoherent=on` has `/machine/cpucache`: its `counters`
 (detections by kind, cleans, invalidates, DMA bytes) and a bounded `log` of detections, each
-with the line's physical address, the IOVA when a device made the access, the bytes, the vCPU
-and the guest PC. `take()` returns the events not seen yet and drains them from QEMU's log.
+with the line's physical address, the IOVA when a device made the access, the bytes, the vCPU,
+the guest PC and a short backtrace (for a device's access: the doorbell write's). `take()`
+returns the events not seen yet and drains them from QEMU's log.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class CacheEvent:
     master: str  # "cpu" or the device's id
     vcpu: int  # -1: not known
     pc: int  # guest PC; 0: not known
+    frames: tuple[int, ...]  # the PC, the link register, then frame records' return addresses
     pa: int  # the line
     iova: int  # -1: not known
     differing: int
@@ -39,6 +41,7 @@ class CacheEvent:
             master=e["master"],
             vcpu=e["vcpu"],
             pc=e["pc"],
+            frames=tuple(e.get("frames", ())),
             pa=e["pa"],
             iova=e["iova"],
             differing=e["differing"],

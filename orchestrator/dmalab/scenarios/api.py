@@ -47,6 +47,7 @@ from dmalab.machine.agent import AgentError, Desc
 from dmalab.machine.compare_bytes import compare
 from dmalab.machine.cpucache import CacheEvent, CpuCacheModel
 from dmalab.machine.guest_trace import GuestTrace
+from dmalab.machine.ksyms import guest_symbols
 from dmalab.scenarios.codec import (
     DEFAULT_SEED,
     cookie_step,
@@ -511,11 +512,14 @@ class Run:
         groups: dict[tuple[str, str], list[CacheEvent]] = {}
         for e in await self.cpucache.take():
             groups.setdefault((e.kind, e.master), []).append(e)
+        syms = await guest_symbols(self.agent) if groups else None
         for (kind, master), es in groups.items():
             e = es[0]
             lines = f"{len(es)} lines, " if len(es) > 1 else ""
             iova = f"iova {e.iova:#x}, " if e.iova >= 0 else ""
-            by = f"vCPU {e.vcpu} at pc {e.pc:#x}" if e.vcpu >= 0 else "no vCPU"
+            by = "no vCPU"
+            if e.vcpu >= 0 and syms is not None:
+                by = f"vCPU {e.vcpu} at {syms.trace(list(e.frames) or [e.pc])}"
             self.find(
                 step,
                 kind,

@@ -1,0 +1,122 @@
+"""Guest code addresses as `function+0xoff [module]`, from what the running guest says.
+
+The kernel's functions come from the start of `/proc/kallsyms` (read as root through the agent,
+so KASLR is already applied; text symbols come first and fit in one 4 MiB read), a module's
+from its own .ko in the guest (its ELF symbol table) placed at `/sys/module/<m>/sections/.text`.
+Loaded once per agent connection: a restored snapshot is the same boot, with the same addresses.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import weakref
+from dataclasses import dataclass, field
+
+from dmalab.artifacts import elf
+from dmalab.machine.agent import AgentClient, AgentError
+
+KALLSYMS_READ = 4 << 20
+MODULE_READ = 4 << 20
+#: A kernel address further than this past its symbol is not in that function.
+MAX_FUNCTION = 1 << 20
+TEXT_KINDS = frozenset("TtWw")
+
+
+@dataclass
+class _Table:
+    addrs: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def add(self, pairs: list[tuple[int, str]]) -> None:
+        pairs.sort()
+        self.addrs = [a for a, _ in pairs]
+        self.names = [n for _, n in pairs]
+
+    def find(self, pc: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self.addrs, pc) - 1
+        if i < 0:
+            return None
+        return self.names[i], pc - self.addrs[i]
+
+
+@dataclass
+class _Module:
+    name: str
+    base: int
+    size: int
+    table: _Table
+
+
+class GuestSymbols:
+    """The guest kernel's and its modules' functions."""
+
+    def __init__(self) -> None:
+        self.kernel = _Table()
+        self.modules: list[_Module] = []
+
+    def name(self, pc: int) -> str:
+        """`function+0xoff [module]`, or the address when nothing covers it."""
+        for m in self.modules:
+            if m.base <= pc < m.base + m.size:
+                hit = m.table.find(pc)
+                return f"{hit[0]}+{hit[1]:#x} [{m.name}]" if hit else f"{pc:#x} [{m.name}]"
+        hit = self.kernel.find(pc)
+        if hit and hit[1] < MAX_FUNCTION:
+            return f"{hit[0]}+{hit[1]:#x}"
+        return f"{pc:#x}"
+
+    def trace(self, frames: list[int]) -> str:
+        """A short backtrace, innermost first (consecutive repeats folded)."""
+        names: list[str] = []
+        for pc in frames:
+            n = self.name(pc)
+            if not names or names[-1] != n:
+                names.append(n)
+        return " <- ".join(names)
+
+
+_loaded: weakref.WeakKeyDictionary[AgentClient, GuestSymbols] = weakref.WeakKeyDictionary()
+
+
+async def guest_symbols(agent: AgentClient) -> GuestSymbols:
+    """The symbols of the guest behind `agent` (read once per connection)."""
+    syms = _loaded.get(agent)
+    if syms is None:
+        syms = GuestSymbols()
+        # Addresses stay numbers: a finding never fails for want of a name.
+        with contextlib.suppress(AgentError, ValueError, OSError):
+            await _load(agent, syms)
+        _loaded[agent] = syms
+    return syms
+
+
+async def _load(agent: AgentClient, syms: GuestSymbols) -> None:
+    pairs = []
+    for line in (await agent.read_file("/proc/kallsyms", KALLSYMS_READ)).decode().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] in TEXT_KINDS and len(parts) == 3:
+            pairs.append((int(parts[0], 16), parts[2]))
+    if pairs and any(a for a, _ in pairs):  # all zero: kptr_restrict hides them
+        syms.kernel.add(pairs)
+    release = (await agent.read_file("/proc/sys/kernel/osrelease", 256)).decode().strip()
+    deps = (await agent.read_file(f"/lib/modules/{release}/modules.dep", 1 << 20)).decode()
+    paths = {
+        elf_path.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_"): elf_path
+        for elf_path in (line.split(":", 1)[0] for line in deps.splitlines() if ":" in line)
+    }
+    for line in (await agent.read_file("/proc/modules", 1 << 16)).decode().splitlines():
+        name, size = line.split()[:2]
+        if name in paths:
+            syms.modules.append(await _module(agent, release, name, int(size), paths[name]))
+
+
+async def _module(agent: AgentClient, release: str, name: str, size: int, path: str) -> _Module:
+    text = (await agent.read_file(f"/sys/module/{name}/sections/.text", 64)).decode()
+    base = int(text.strip(), 16)
+    ko = await agent.read_file(f"/lib/modules/{release}/{path}", MODULE_READ)
+    table = _Table()
+    table.add(
+        [(base + value, fn) for fn, sec, value, _ in elf.function_symbols(ko) if sec == ".text"]
+    )
+    return _Module(name, base, size, table)
