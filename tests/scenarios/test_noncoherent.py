@@ -93,3 +93,18 @@ async def test_a_coherent_virt_machine_has_no_model() -> None:
         assert not await CpuCacheModel(m.vm.qmp).probe()
         dt = await m.vm.qmp.execute("qom-get", {"path": "/machine", "property": "x-noncoherent"})
         assert dt is False
+
+
+async def test_two_vcpus_behind_virtio_iommu_see_the_same_findings() -> None:
+    # MTTCG: the DC ops run on two vCPU threads while ncdma's DMA runs in the main loop.
+    async with machine("arm64-noncoherent-virtio-iommu", accel="tcg") as m:
+        assert len(await m.vm.qmp.execute("query-cpus-fast")) == 2
+        rs = {r.variant: r for sc in (SEED_000, SEED_003) for r in await m.run(sc)}
+    for r in rs.values():
+        assert r.ok, (r.scenario, r.variant, r.outcome, r.evidence)
+    table = " | ".join(rs["table"].evidence)
+    assert "DEVICE_READ_STALE (dma0)" in table and "CPU_WRITE_LOST (cpu)" in table, table
+    assert rs["cached"].outcome == "detected"
+    assert rs["uncached"].outcome == "pass" and rs["uncached"].evidence == []
+    # virtio-iommu reports MAPs to the devices even though the DMA below it is noncoherent
+    assert rs["uncached"].note.startswith("IOMMU MAP events per map step (device): [2, 2")

@@ -331,7 +331,8 @@ def test_unknown_topology_name_lists_the_shipped_ones() -> None:
     result = CliRunner().invoke(main, ["topology", "check", "no-such-topology"])
     assert result.exit_code == 2
     assert (
-        "shipped: arm64-noncoherent, arm64-smmuv3, arm64-virtio-iommu, coherent, default, "
+        "shipped: arm64-noncoherent, arm64-noncoherent-virtio-iommu, arm64-smmuv3, "
+        "arm64-virtio-iommu, coherent, default, "
         "virtio-iommu" in result.stderr
     )
 
