@@ -276,114 +276,16 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
     )
     name = top.get("name", str, path.stem)
     description = top.get("description", str, "")
-
-    m = _Fields(path, "machine", data.get("machine", {}), ("arch", "cpu", "memory", "smp", "accel"))
-    arch = m.choice("arch", ARCHES, "x86_64")
-    cpus = CPUS[arch]
-    cpu = m.choice("cpu", cpus, cpus[0]) if cpus[0] else None
-    if cpu is None and "cpu" in m.table:
-        m.fail("machine.cpu", f"{arch} topologies use QEMU's default CPU model")
-    accel = m.choice("accel", ACCELS, "auto")
-    if arch != "x86_64" and accel == "kvm":
-        m.fail("machine.accel", f"kvm cannot run an {arch} guest on this host (use tcg or auto)")
-    machine = MachineSpec(
-        memory_mib=m.integer("memory", 512, 128, 16384),
-        smp=m.integer("smp", 1, 1, 64),
-        accel=accel,
-        arch=arch,
-        cpu=cpu,
-    )
-
-    iommu = None
-    if "iommu" in data:
-        i = _Fields(path, "iommu", data["iommu"], ("kind", "caching-mode", "intremap", "aw-bits"))
-        kind = i.choice("kind", IOMMU_KINDS, required=True)
-        if kind not in IOMMUS_BY_ARCH[arch]:
-            i.fail(
-                "iommu.kind",
-                f"{kind} does not exist on {arch} ({MACHINES[arch]} offers "
-                f"{', '.join(IOMMUS_BY_ARCH[arch])})",
-            )
-        if kind != "intel-iommu":
-            for key in ("caching-mode", "intremap", "aw-bits"):
-                if key in i.table:
-                    i.fail(i.name(key), f"only applies to intel-iommu, not {kind}")
-        iommu = IommuSpec(
-            kind=kind,
-            caching_mode=i.get("caching-mode", bool, True),
-            intremap=i.get("intremap", bool, True),
-            aw_bits=i.integer(
-                "aw-bits", 48, 39, 48, lambda v: None if v in (39, 48) else "must be 39 or 48"
-            ),
-        )
-
-    bridges = []
-    for n, raw in enumerate(_array(top, "bridge", data)):
-        b = _Fields(path, f"bridge[{n}]", raw, ("id", "kind"))
-        kind = b.choice("kind", BRIDGE_KINDS, "pci-bridge")
-        if kind == "pci-bridge" and arch != "x86_64":
-            b.fail(
-                b.name("kind"),
-                f"pci-bridge on {arch}: Linux's SMMUv3 and virtio-iommu drivers give devices "
-                'behind one no IOMMU group (their requester IDs alias); use "multifunction"',
-            )
-        bridges.append(BridgeSpec(id=_identifier(b, "id"), kind=kind))
-
-    devices = []
-    for n, raw in enumerate(_array(top, "device", data)):
-        d = _Fields(
-            path,
-            f"device[{n}]",
-            raw,
-            ("id", "kind", "bus", "iommu", *(p.name for p in ncdma_spec.PROPERTIES)),
-        )
-        d.choice("kind", ("ncdma",), "ncdma")
-        line = _property(d, "line-size", _power_of_two)
-        ways = _property(d, "cache-ways")
-        size = _property(
-            d,
-            "cache-size",
-            lambda v, unit=line * ways: (
-                None if v % unit == 0 else f"must be a multiple of line-size * cache-ways ({unit})"
-            ),
-        )
-        route = d.choice("iommu", ("yes", BYPASS), "yes")
-        if route == "yes" and iommu is None and "iommu" in d.table:
-            d.fail(d.name("iommu"), "the topology has no [iommu] table")
-        devices.append(
-            NcdmaSpec(
-                id=_identifier(d, "id"),
-                bus=d.get("bus", str, OWN_ROOT_PORT),
-                bypass_iommu=route == BYPASS,
-                coherent=d.get("coherent", bool, bool(_default("coherent"))),
-                line_size=line,
-                cache_size=size,
-                cache_ways=ways,
-                # The spec's ranges are the ones ncdma's realize checks: QEMU never refuses a
-                # checked topology.
-                iotlb_entries=_property(d, "iotlb-entries"),
-                max_xfer=_property(d, "max-xfer"),
-                vlog_size=_property(d, "vlog-size"),
-                xlog_size=_property(d, "xlog-size"),
-                xlog_segs=_property(d, "xlog-segs"),
-            )
-        )
-
-    k = _Fields(path, "kernel", data.get("kernel", {}), ("kernel", "modules", "args"))
-    args = k.get("args", list, [])
-    for n, word in enumerate(args):
-        if not isinstance(word, str) or not word or any(c.isspace() for c in word):
-            k.fail(f"kernel.args[{n}]", "must be one non-empty word without spaces")
-    kernel_file = k.get("kernel", str)
-    modules = k.get("modules", str)
-    if modules and not kernel_file:
-        k.fail("kernel.modules", "needs kernel.kernel too (a module tree goes with its kernel)")
-    kernel = KernelSpec(
-        kernel=_relative(path, kernel_file),
-        modules=_relative(path, modules),
-        args=tuple(args),
-    )
-
+    machine = _parse_machine(path, data)
+    arch = machine.arch
+    iommu = _parse_iommu(path, data, arch) if "iommu" in data else None
+    bridges = [
+        _parse_bridge(path, n, raw, arch) for n, raw in enumerate(_array(top, "bridge", data))
+    ]
+    devices = [
+        _parse_device(path, n, raw, iommu) for n, raw in enumerate(_array(top, "device", data))
+    ]
+    kernel = _parse_kernel(path, data)
     _check_references(path, arch, bridges, devices)
     return Topology(
         name=name,
@@ -394,6 +296,115 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
         bridges=tuple(bridges),
         devices=tuple(devices),
         kernel=kernel,
+    )
+
+
+def _parse_machine(path: Path, data: Mapping[str, Any]) -> MachineSpec:
+    m = _Fields(path, "machine", data.get("machine", {}), ("arch", "cpu", "memory", "smp", "accel"))
+    arch = m.choice("arch", ARCHES, "x86_64")
+    cpus = CPUS[arch]
+    cpu = m.choice("cpu", cpus, cpus[0]) if cpus[0] else None
+    if cpu is None and "cpu" in m.table:
+        m.fail("machine.cpu", f"{arch} topologies use QEMU's default CPU model")
+    accel = m.choice("accel", ACCELS, "auto")
+    if arch != "x86_64" and accel == "kvm":
+        m.fail("machine.accel", f"kvm cannot run an {arch} guest on this host (use tcg or auto)")
+    return MachineSpec(
+        memory_mib=m.integer("memory", 512, 128, 16384),
+        smp=m.integer("smp", 1, 1, 64),
+        accel=accel,
+        arch=arch,
+        cpu=cpu,
+    )
+
+
+def _parse_iommu(path: Path, data: Mapping[str, Any], arch: str) -> IommuSpec:
+    i = _Fields(path, "iommu", data["iommu"], ("kind", "caching-mode", "intremap", "aw-bits"))
+    kind = i.choice("kind", IOMMU_KINDS, required=True)
+    if kind not in IOMMUS_BY_ARCH[arch]:
+        i.fail(
+            "iommu.kind",
+            f"{kind} does not exist on {arch} ({MACHINES[arch]} offers "
+            f"{', '.join(IOMMUS_BY_ARCH[arch])})",
+        )
+    if kind != "intel-iommu":
+        for key in ("caching-mode", "intremap", "aw-bits"):
+            if key in i.table:
+                i.fail(i.name(key), f"only applies to intel-iommu, not {kind}")
+    return IommuSpec(
+        kind=kind,
+        caching_mode=i.get("caching-mode", bool, True),
+        intremap=i.get("intremap", bool, True),
+        aw_bits=i.integer(
+            "aw-bits", 48, 39, 48, lambda v: None if v in (39, 48) else "must be 39 or 48"
+        ),
+    )
+
+
+def _parse_bridge(path: Path, n: int, raw: Any, arch: str) -> BridgeSpec:
+    b = _Fields(path, f"bridge[{n}]", raw, ("id", "kind"))
+    kind = b.choice("kind", BRIDGE_KINDS, "pci-bridge")
+    if kind == "pci-bridge" and arch != "x86_64":
+        b.fail(
+            b.name("kind"),
+            f"pci-bridge on {arch}: Linux's SMMUv3 and virtio-iommu drivers give devices "
+            'behind one no IOMMU group (their requester IDs alias); use "multifunction"',
+        )
+    return BridgeSpec(id=_identifier(b, "id"), kind=kind)
+
+
+def _parse_device(path: Path, n: int, raw: Any, iommu: IommuSpec | None) -> NcdmaSpec:
+    d = _Fields(
+        path,
+        f"device[{n}]",
+        raw,
+        ("id", "kind", "bus", "iommu", *(p.name for p in ncdma_spec.PROPERTIES)),
+    )
+    d.choice("kind", ("ncdma",), "ncdma")
+    line = _property(d, "line-size", _power_of_two)
+    ways = _property(d, "cache-ways")
+    size = _property(
+        d,
+        "cache-size",
+        lambda v, unit=line * ways: (
+            None if v % unit == 0 else f"must be a multiple of line-size * cache-ways ({unit})"
+        ),
+    )
+    route = d.choice("iommu", ("yes", BYPASS), "yes")
+    if route == "yes" and iommu is None and "iommu" in d.table:
+        d.fail(d.name("iommu"), "the topology has no [iommu] table")
+    return NcdmaSpec(
+        id=_identifier(d, "id"),
+        bus=d.get("bus", str, OWN_ROOT_PORT),
+        bypass_iommu=route == BYPASS,
+        coherent=d.get("coherent", bool, bool(_default("coherent"))),
+        line_size=line,
+        cache_size=size,
+        cache_ways=ways,
+        # The spec's ranges are the ones ncdma's realize checks: QEMU never refuses a
+        # checked topology.
+        iotlb_entries=_property(d, "iotlb-entries"),
+        max_xfer=_property(d, "max-xfer"),
+        vlog_size=_property(d, "vlog-size"),
+        xlog_size=_property(d, "xlog-size"),
+        xlog_segs=_property(d, "xlog-segs"),
+    )
+
+
+def _parse_kernel(path: Path, data: Mapping[str, Any]) -> KernelSpec:
+    k = _Fields(path, "kernel", data.get("kernel", {}), ("kernel", "modules", "args"))
+    args = k.get("args", list, [])
+    for n, word in enumerate(args):
+        if not isinstance(word, str) or not word or any(c.isspace() for c in word):
+            k.fail(f"kernel.args[{n}]", "must be one non-empty word without spaces")
+    kernel_file = k.get("kernel", str)
+    modules = k.get("modules", str)
+    if modules and not kernel_file:
+        k.fail("kernel.modules", "needs kernel.kernel too (a module tree goes with its kernel)")
+    return KernelSpec(
+        kernel=_relative(path, kernel_file),
+        modules=_relative(path, modules),
+        args=tuple(args),
     )
 
 
