@@ -132,7 +132,7 @@ class Run:
         self.map_observer: dict[str, str] = {}
         self._seen_violations: dict[str, int] = {}
         #: Runs each actor's steps on its own in concurrent mode.
-        self.scheduler = StepScheduler()
+        self.scheduler = StepScheduler(probe=self._owner_waits)
         self._lock = asyncio.Lock()
         self._flags: list[tuple[Finding, Any]] = []
         self._unmapping: dict[tuple[str, str], asyncio.Event] = {}
@@ -354,7 +354,7 @@ class Run:
                 record.owners[att.buf.name] = self.ledger.owners(att.buf.name)
 
         record = StepRecord(step, actor, f"map ({att.label}, {direction})")
-        await self._issue(actor, record, body)
+        await self._issue(actor, record, body, releases=False)
 
     async def unmap(self, step: int, actor: str, att: Att) -> None:
         async def body() -> None:
@@ -409,7 +409,7 @@ class Run:
                     record.owners[name] = self.ledger.owners(name)
 
         record = StepRecord(step, actor, action)
-        await self._issue(actor, record, body)
+        await self._issue(actor, record, body, releases=False)
 
     async def action(
         self,
@@ -448,14 +448,29 @@ class Run:
     # Issuing, and what the host reads after every step
 
     async def _issue(
-        self, actor: str, record: StepRecord, body: Callable[[], Awaitable[None]]
+        self,
+        actor: str,
+        record: StepRecord,
+        body: Callable[[], Awaitable[None]],
+        *,
+        releases: bool = True,
     ) -> None:
+        """Run the step now, or in concurrent mode on its actor's chain; `releases`: its
+        completion may end an ownership (a map or a DMA step never does)."""
         self.records.append(record)
         if not self.concurrent:
             await body()
             return
-        self.scheduler.issue(actor, record.step, body)
+        self.scheduler.issue(actor, record.step, body, releases=releases)
         await self.scheduler.settle()
+
+    async def _owner_waits(self) -> int:
+        """The driver's EXCLUSIVE ownership waits begun so far, over every device: how the
+        scheduler learns that a step blocks in the guest."""
+        total = 0
+        for index in self.devices.values():
+            total += (await self.agent.stats(index)).driver.get("owner_waits", 0)
+        return total
 
     def _replied(self, step: int) -> None:
         """The guest answered the step: it is not blocked (the host's reads follow)."""

@@ -30,6 +30,7 @@ from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.booted import BootedMachine
 from dmalab.machine.devices import pci_names
+from dmalab.machine.guest_trace import GuestTrace
 from dmalab.machine.launch import topology_image
 from dmalab.machine.topology import Topology, load_topology
 from dmalab.provenance import dmalab_commit, image_info, machine_info, qemu_info
@@ -113,7 +114,10 @@ async def run_variant(
         steps=order,
         note="; ".join(x for x in (why, note) if x),
         machine=run.machine,
-        timing={"seconds": round(time.perf_counter() - start, 3)},
+        timing={
+            "seconds": round(time.perf_counter() - start, 3),
+            "wait_seconds": round(run.scheduler.wait_seconds, 3),
+        },
     )
 
 
@@ -152,9 +156,12 @@ class Machine:
     def save_seconds(self) -> float:
         return self.booted.save_seconds
 
-    async def map_devices(self, vm: Any) -> None:
-        """Match the guest's devices to the topology's (before the snapshot is saved)."""
+    async def prepare(self, vm: Any) -> None:
+        """Before the snapshot is saved: match the guest's devices to the topology's, and switch
+        the guest kernel's trace events on (every variant's `Run.start` then finds them on,
+        instead of paying for the switch each time)."""
         self.devices, self.shared = await device_map(vm)
+        await GuestTrace(vm.agent).start()
 
     async def run_one(
         self, sc: Scenario, v: Variant, *, policy: str = "base", seed: int = DEFAULT_SEED,
@@ -211,7 +218,7 @@ async def machine(
     topo = loaded or load_topology(topology)
     m = Machine(topo)
     async with BootedMachine(
-        topo, setup=m.map_devices, accel=accel, artifacts_dir=artifacts_dir, **boot_options
+        topo, setup=m.prepare, accel=accel, artifacts_dir=artifacts_dir, **boot_options
     ) as booted:
         m.booted = booted
         yield m
