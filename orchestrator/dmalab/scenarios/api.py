@@ -175,16 +175,19 @@ class Run:
         return [*flags, *(f for f in self.policy_flags if f not in flags)]
 
     async def start(self) -> None:
-        for qid in self.devices:
-            dev = self.vm.device(qid)
-            await dev.reset_stats()
-            await self.agent.stats(self.devices[qid], reset=True)
-            self._counters[qid] = await dev.counters()
-            self._seen_violations[qid] = 0
-            iommu = await dev.iommu()
-            counts = iommu.get("events") and not iommu.get("degraded")
-            self.map_observer[qid] = "device" if counts else "guest"
+        # Every device at once: their QMP and agent round trips overlap.
+        await asyncio.gather(*(self._start_device(qid) for qid in self.devices))
         await self.trace.start()
+
+    async def _start_device(self, qid: str) -> None:
+        dev = self.vm.device(qid)
+        await dev.reset_stats()
+        await self.agent.stats(self.devices[qid], reset=True)
+        self._counters[qid] = await dev.counters()
+        self._seen_violations[qid] = 0
+        iommu = await dev.iommu()
+        counts = iommu.get("events") and not iommu.get("degraded")
+        self.map_observer[qid] = "device" if counts else "guest"
 
     def map_events(self, step: int, device: str) -> int:
         """IOMMU MAP events at `step` for `device`, from its observer (`map_observer`): the
@@ -488,13 +491,16 @@ class Run:
     async def _after(self, step: int, record: StepRecord) -> None:
         self._order += 1
         record.order = self._order
-        for event in await self.trace.take():
+        # The guest's trace (agent) and every device's counters (QMP) asked for at once.
+        events, *counters = await asyncio.gather(
+            self.trace.take(), *(self.vm.device(qid).counters() for qid in self.devices)
+        )
+        for event in events:
             record.kernel_events[event.name] = record.kernel_events.get(event.name, 0) + 1
             if len(record.kernel) < KERNEL_LINES:
                 record.kernel.append(event.line)
-        for qid in self.devices:
+        for qid, now in zip(self.devices, counters, strict=True):
             dev = self.vm.device(qid)
-            now = await dev.counters()
             before = self._counters[qid]
             delta = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
             if delta:
