@@ -1,6 +1,6 @@
 """pytest plugin: a booted machine per topology for each test, back in its just-booted state.
 
-A thin layer over `dmalab.machine`: `launch.boot` boots, `Snapshots` brings the machine back.
+A thin layer over `dmalab.machine.booted.BootedMachine`: it boots, saves and restores.
 docs/pytest-plugin.md has the whole story and an example. In short:
 
 ```python
@@ -41,12 +41,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 if TYPE_CHECKING:
+    from dmalab.machine.booted import BootedMachine
     from dmalab.machine.topology import Topology
-    from dmalab.machine.vm import Vm
 
 T = TypeVar("T")
 ACCELS = ("auto", "tcg", "kvm")
-BOOTED = "booted"
 CONSOLE_TAIL_LINES = 40
 _ARTIFACT_FILES = ("console.log", "qemu.log", "qmp-events.jsonl", "argv.json")
 _MACHINES = pytest.StashKey["Machines"]()
@@ -56,16 +55,12 @@ class Machine:
     """A booted topology as a test sees it: `vm` (a `dmalab.machine.vm.Vm`), `topology`, and
     `run`/`arun` to await the Vm's coroutines on the machine's own loop."""
 
-    def __init__(
-        self, owner: Machines, topology: Topology, vm: Vm, stack: contextlib.AsyncExitStack
-    ):
-        from dmalab.machine.snapshot import Snapshots
-
+    def __init__(self, owner: Machines, booted: BootedMachine) -> None:
         self._owner = owner
-        self.topology = topology
-        self.vm = vm
-        self.snapshots = Snapshots(vm)
-        self._stack = stack
+        self.booted = booted
+        self.topology = booted.topology
+        self.vm = booted.vm
+        self.snapshots = booted.snapshots
 
     def run(self, awaitable: Awaitable[T], timeout: float | None = 120.0) -> T:
         """Await `awaitable` on the machine's loop and return its result (from a plain test)."""
@@ -75,11 +70,6 @@ class Machine:
         """The same from an async test, whatever loop it runs on."""
         future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), self._owner.loop)
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-
-    @property
-    def healthy(self) -> bool:
-        process = self.vm.process
-        return self.vm.failure is None and process is not None and process.returncode is None
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
@@ -112,9 +102,9 @@ class Machines:
         topology = load_topology(spec)
         key = topology.path.resolve()
         machine = self._booted.get(key)
-        if machine is not None and machine.healthy:
+        if machine is not None and machine.booted.healthy:
             try:
-                self.call(machine.snapshots.restore(BOOTED), 120)
+                self.call(machine.booted.fresh(), 120)
                 return machine
             except Exception:
                 pass  # boot it again below
@@ -125,30 +115,23 @@ class Machines:
         return machine
 
     async def _boot(self, topology: Topology) -> Machine:
-        from dmalab.machine import launch
+        from dmalab.machine.booted import BootedMachine
 
-        stack = contextlib.AsyncExitStack()
-        vm = await stack.enter_async_context(
-            launch.boot(
-                topology,
-                accel=self.accel,
-                artifacts_dir=self.artifacts / "machines",
-                name=f"pytest-{topology.name}",
-                boot_timeout=240,
-            )
+        booted = BootedMachine(
+            topology,
+            accel=self.accel,
+            artifacts_dir=self.artifacts / "machines",
+            name=f"pytest-{topology.name}",
+            boot_timeout=240,
         )
-        machine = Machine(self, topology, vm, stack)
-        try:
-            await machine.snapshots.save(BOOTED)
-        except BaseException:
-            await stack.aclose()
-            raise
-        return machine
+        await booted.start()
+        await booted.fresh()  # the first test gets it as booted
+        return Machine(self, booted)
 
     def stop(self, key: Path) -> None:
         machine = self._booted.pop(key)
         with contextlib.suppress(Exception):
-            self.call(machine._stack.aclose(), 60)
+            self.call(machine.booted.close(), 60)
 
     def close(self) -> None:
         for key in list(self._booted):

@@ -254,11 +254,14 @@ async def test_a_failing_job_shuts_every_machine_down(monkeypatch: pytest.Monkey
 def test_bench_suite_report(monkeypatch: pytest.MonkeyPatch) -> None:
     from dmalab.bench import suite as bench
 
-    def one(jobs: int, accel: Any, out: Path, log: Any) -> dict[str, Any]:
+    def one(spec: Any, out: Path, log: Any) -> dict[str, Any]:
+        jobs = spec.jobs
         doc = {"results": [{"variant": "v", "timing": {"seconds": jobs}, "machine": {}}]}
-        return {"jobs": jobs, "wall_s": 30.0 / jobs + (40 if jobs == 1 else 0),
+        return {"jobs": jobs, "baseline": spec.checkout is not None,
+                "wall_s": 30.0 / jobs + (40 if jobs == 1 else 0) + (5 if spec.checkout else 0),
                 "suite_wall_s": 29.0 / jobs, "exit_code": 0, "last_stderr_line": "",
                 "results": 1, "machines": [{"topology": "default", "boot_seconds": 2.5}],
+                "breakdown": bench.breakdown(doc, 30.0), "exclusive": bench.exclusive_cost(doc),
                 "_doc": doc}  # fmt: skip
 
     monkeypatch.setattr(bench, "_one", one)
@@ -268,8 +271,38 @@ def test_bench_suite_report(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [(t["name"], t["pass"]) for t in report["targets"]] == [
         ("wall_j1_s", False), ("wall_j2_s", True),
     ]  # fmt: skip
-    assert report["all_targets_pass"] is False
+    assert report["all_targets_pass"] is False and report["vs_baseline"] == {}
     table = bench.render_table(report)
-    assert "| dmalab run -j 2 | 15.0 | 14.5 | default 2.5 | 0 |" in table
+    assert "| dmalab run -j 2 | 15.0 | 14.5 | 0.00 |" in table
     assert "target wall_j1_s <= 60: 70.0 MISSED" in table
     json.dumps(report)
+
+    with_base = bench.run(arch="x86_64", baseline=Path("/elsewhere"))
+    assert [(r["jobs"], r["baseline"]) for r in with_base["runs"]] == [
+        (1, True), (1, False), (2, True), (2, False),
+    ]  # fmt: skip
+    assert with_base["vs_baseline"] == {"j1": round(70 / 75, 3), "j2": round(15 / 20, 3)}
+    assert [t["target"] for t in with_base["targets"]] == ["<= 15", "<= 10"]
+    assert "-j 1: 0.933x the baseline's wall time" in bench.render_table(with_base)
+
+
+def test_bench_suite_breakdown_says_where_the_time_went() -> None:
+    from dmalab.bench import suite as bench
+
+    doc = {
+        "timing": {"wall_seconds": 10.0, "report_seconds": 0.5,
+                   "machines": [{"boot_seconds": 1.5, "snapshot_seconds": 0.3}] * 2},
+        "results": [
+            {"variant": "table", "timing": {"seconds": 0.2, "wait_seconds": 0.0,
+                                            "restore_seconds": 0.0}},
+            {"variant": "exclusive", "timing": {"seconds": 0.4, "wait_seconds": 0.1,
+                                                "restore_seconds": 0.15}},
+        ],
+    }  # fmt: skip
+    assert bench.breakdown(doc, 11.0) == {
+        "boot_s": 3.0, "snapshot_save_s": 0.6, "restore_s": 0.15, "steps_s": 0.5,
+        "waits_s": 0.1, "report_s": 0.5, "other_s": 0.5,
+    }  # fmt: skip
+    assert bench.exclusive_cost(doc) == {
+        "variants": 1, "seconds": 0.55, "wait_seconds": 0.1, "share_of_variants": 0.667,
+    }  # fmt: skip

@@ -46,7 +46,7 @@ def test_a_topology_is_named_by_its_name_not_its_file(tmp_path: Path) -> None:
     copy.parent.mkdir()
     shutil.copy(topology_path("default"), copy)
     topo = load_topology(copy)
-    machine = Machine(SimpleNamespace(topology=topo), str(copy))
+    machine = Machine(topo)
     assert machine.topology == topo.name == "default"
 
 

@@ -48,8 +48,13 @@ class FakeAgent:
         self.written[path] = data
 
     async def read_file(self, path: str, max_len: int = 0) -> bytes:
-        assert path.endswith("/trace")
-        return self.trace.encode()
+        if "/events/dma/" in path:
+            raise AgentError("READ_FILE", 2, f"open {path}")
+        if path.endswith("/trace"):
+            return self.trace.encode()
+        # The kernel rounds the buffer size up to whole pages.
+        value = {"4096": "4099"}.get(self.written.get(path, "0"), self.written.get(path, "0"))
+        return f"{value}\n".encode()
 
 
 def test_take_returns_each_event_once_even_at_equal_timestamps() -> None:
@@ -67,5 +72,25 @@ def test_take_returns_each_event_once_even_at_equal_timestamps() -> None:
         agent.trace += f"{twin}\n{later}\n"  # a third event at 1.400000, then a later one
         assert [(e.time, e.name) for e in await trace.take()] == [(1.4, "map"), (2.0, "unmap")]
         assert await trace.take() == []
+
+    asyncio.run(scenario())
+
+
+def test_a_second_start_finds_everything_on_and_writes_nothing() -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        assert await GuestTrace(agent).start() == ["iommu/map", "iommu/unmap"]
+        first = dict(agent.written)
+        agent.written = dict(first)
+        writes: list[str] = []
+        write = agent.write_file
+
+        async def counted(path: str, data: str) -> None:
+            writes.append(path)
+            await write(path, data)
+
+        agent.write_file = counted  # type: ignore[method-assign]
+        assert await GuestTrace(agent).start() == ["iommu/map", "iommu/unmap"]
+        assert writes == [] and agent.written == first
 
     asyncio.run(scenario())

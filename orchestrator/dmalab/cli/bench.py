@@ -169,21 +169,42 @@ def qemu(as_json: bool, output: Path | None, check: bool) -> None:
 
 @command.command("suite", short_help="Wall time of the built-in suite, -j 1 against -j 2.")
 @output_options(
-    "Print the full results (machine, both runs, speed-up, targets) as JSON instead of the table."
+    "Print the full results (machine, every run, where its time went, speed-up, targets) as "
+    "JSON instead of the table."
 )
 @click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
 @click.option("--accel", type=ACCEL, help="Override the topologies' accelerator.")
-def suite(as_json: bool, output: Path | None, check: bool, accel: str | None) -> None:
-    """Run `dmalab run` (the whole built-in suite on the shipped topologies) with -j 1, then
-    with -j 2, and report each one's wall time against the 60 s target, the speed-up, and
-    whether both wrote the same results.
+@click.option(
+    "--arch", type=click.Choice(sorted(suite_bench.TARGETS_S)), default="all", show_default=True,
+    help="Run only this architecture's topologies (dmalab run --arch).",
+)  # fmt: skip
+@click.option(
+    "--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
+    help="Also run the suite from this dmalab checkout (its orchestrator/), each run right "
+    "before the same run of this one, and give the ratios.",
+)  # fmt: skip
+def suite(
+    as_json: bool,
+    output: Path | None,
+    check: bool,
+    accel: str | None,
+    arch: str,
+    baseline: Path | None,
+) -> None:
+    """Run `dmalab run` (the whole built-in suite on the shipped topologies, or one
+    architecture's) with -j 1, then with -j 2, and report each one's wall time against its
+    target, where the time went (boots, snapshots, restores, steps, waits, reports, the
+    exclusive variants), the speed-up, and whether all runs wrote the same results.
     """
     from dmalab.artifacts.image import ensure_image
 
+    if baseline is not None and not (baseline / "orchestrator" / "dmalab").is_dir():
+        raise BadInput(f"--baseline: {baseline} is not a dmalab checkout (no orchestrator/dmalab)")
     progress = Progress()
     ensure_qemu(progress)
     ensure_image()
     report = suite_bench.run(
-        accel=accel, log=progress.note, command=shlex.join(["dmalab", *sys.argv[1:]])
-    )
+        arch=arch, accel=accel, baseline=baseline, log=progress.note,
+        command=shlex.join(["dmalab", *sys.argv[1:]]),
+    )  # fmt: skip
     _finish(report, suite_bench.render_table(report), as_json, output, check)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,19 +305,28 @@ def _scenarios(only: tuple[str, ...], files: tuple[Path, ...], devices: set[str]
 
 
 def _write(doc: dict[str, Any], out: list[Any], results: Path) -> list[Path]:
-    """results.json, junit.xml and report.html in `results`; the files written."""
-    from dmalab.scenarios.report import write_doc, write_junit
+    """results.json, junit.xml and report.html in `results`, in that order, each whole or
+    absent; the files written. results.json says how long rendering the other two took
+    (`timing.report_seconds`)."""
+    from dmalab.artifacts.cache import write_atomic
+    from dmalab.scenarios.report import render_junit, write_doc
 
-    results.mkdir(parents=True, exist_ok=True)
-    write_doc(doc, results / "results.json")
-    write_junit(out, results / "junit.xml")
-    written = [results / "results.json", results / "junit.xml"]
+    start = time.perf_counter()
+    junit = render_junit(out)
     try:
-        from dmalab.scenarios.html import write_html
+        from dmalab.scenarios.html import render_html
     except ModuleNotFoundError as exc:
         click.echo(f"dmalab: report.html not written: {exc}", err=True)
+        html = None
     else:
-        write_html(doc, results / "report.html")
+        html = render_html(doc)
+    doc.setdefault("timing", {})["report_seconds"] = round(time.perf_counter() - start, 3)
+    results.mkdir(parents=True, exist_ok=True)
+    write_doc(doc, results / "results.json")
+    write_atomic(results / "junit.xml", junit)
+    written = [results / "results.json", results / "junit.xml"]
+    if html is not None:
+        write_atomic(results / "report.html", html.encode())
         written.append(results / "report.html")
     return written
 

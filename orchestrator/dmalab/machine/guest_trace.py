@@ -8,7 +8,8 @@ call, each with the device's PCI name. Linux 6.12's dma-iommu maps a scatterlist
 `iommu/map` event per physically contiguous piece (`iommu_map_sg` calls `iommu_map_nosync` per
 piece) and unmaps it with one `iommu/unmap` for the whole IOVA range.
 
-`GuestTrace.start()` switches the events on; `take()` returns the events recorded since the
+`GuestTrace.start()` switches the events on (a machine restored from a snapshot taken after a
+start has them on already: then it only checks); `take()` returns the events recorded since the
 previous call. The trace buffer is never cleared (the agent has no O_TRUNC open): events are told
 apart by their timestamps, so each `take()` reads the whole buffer, a few KiB per scenario step.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,20 +77,34 @@ class GuestTrace:
         self._lock = asyncio.Lock()  # concurrent steps take in turn
 
     async def start(self) -> list[str]:
-        """Switch the events on (idempotent); returns the groups this kernel has."""
+        """Switch the events on (idempotent); returns the groups this kernel has.
+
+        What is already in place is left alone: writing a tracefs switch costs the guest tens of
+        milliseconds even when nothing changes, and a machine restored from a snapshot taken
+        after a start has everything on already."""
         self.enabled = []
         for group in EVENTS:
             try:
-                await self.agent.write_file(f"{TRACING}/events/{group}/enable", "1")
+                if not await self._reads(f"events/{group}/enable", lambda v: v == "1"):
+                    await self.agent.write_file(f"{TRACING}/events/{group}/enable", "1")
             except AgentError as exc:
                 if exc.name != "ENOENT":  # absent: an older kernel; observe what it has
                     raise
                 continue
             self.enabled.append(group)
         if self.enabled:
-            await self.agent.write_file(f"{TRACING}/buffer_size_kb", str(BUFFER_KB))
+            # The kernel rounds the size up to whole pages: at least BUFFER_KB will do.
+            if not await self._reads(
+                "buffer_size_kb", lambda v: v.isdigit() and int(v) >= BUFFER_KB
+            ):
+                await self.agent.write_file(f"{TRACING}/buffer_size_kb", str(BUFFER_KB))
             await self.take()  # what happened before the start is not the first step's
         return self.enabled
+
+    async def _reads(self, name: str, ok: Callable[[str], bool]) -> bool:
+        """Whether the tracefs file `name` holds what `ok` accepts."""
+        value = await self.agent.read_file(f"{TRACING}/{name}", 64)
+        return ok(value.decode(errors="replace").strip())
 
     async def take(self) -> list[TraceEvent]:
         """The events recorded since the previous call."""

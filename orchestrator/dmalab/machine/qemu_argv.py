@@ -69,7 +69,6 @@ def qemu_argv(
         "-m",
         f"{m.memory_mib}M",
     ]
-    iommu = topology.iommu
     if ram_fd is not None:
         machine.append("memory-backend=ram")
         argv += [
@@ -85,8 +84,17 @@ def qemu_argv(
     argv[0:0] = ["-machine", ",".join(machine)]
 
     # The vIOMMU must exist before any device it translates.
+    argv += _iommu_args(topology)
+    argv += _pci_args(topology)
+    argv += _agent_and_boot_args(boot, agent=agent)
+    return argv
+
+
+def _iommu_args(topology: Topology) -> list[str]:
+    """The -device of the topology's vIOMMU, if it is one of its own (not the machine's)."""
+    iommu = topology.iommu
     if iommu and iommu.kind == "intel-iommu":
-        argv += [
+        return [
             "-device",
             _props(
                 "intel-iommu",
@@ -95,9 +103,14 @@ def qemu_argv(
                 aw_bits=iommu.aw_bits,
             ),
         ]
-    elif iommu and iommu.kind == "virtio-iommu":
-        argv += ["-device", _props("virtio-iommu-pci", bus="pcie.0")]
+    if iommu and iommu.kind == "virtio-iommu":
+        return ["-device", _props("virtio-iommu-pci", bus="pcie.0")]
+    return []
 
+
+def _pci_args(topology: Topology) -> list[str]:
+    """The bypass root bus, the bridges and root ports, and the ncdma devices behind them."""
+    argv: list[str] = []
     chassis = iter(range(1, 256))
     if any(d.bypass_iommu for d in topology.devices):
         argv += [
@@ -127,7 +140,13 @@ def qemu_argv(
             argv += _device(dev, chassis, f"rp-{dev.bus}", slot)
         else:
             argv += _device(dev, chassis)
+    return argv
 
+
+def _agent_and_boot_args(boot: Boot, *, agent: bool) -> list[str]:
+    """The agent's virtio-serial port (with `agent`), the console, the kernel and its command
+    line."""
+    argv: list[str] = []
     if agent:
         argv += [
             "-device",
@@ -135,7 +154,8 @@ def qemu_argv(
             "-device",
             _props("virtserialport", bus="vser.0", chardev=AGENT_CHARDEV, name=AGENT_PORT_NAME),
         ]
-    argv += [
+    return [
+        *argv,
         "-serial",
         f"chardev:{CONSOLE_CHARDEV}",
         "-kernel",
@@ -145,7 +165,6 @@ def qemu_argv(
         "-append",
         boot.cmdline,
     ]
-    return argv
 
 
 def _machine(topology: Topology) -> tuple[list[str], list[str]]:

@@ -138,7 +138,7 @@ class Run:
         self.map_observer: dict[str, str] = {}
         self._seen_violations: dict[str, int] = {}
         #: Runs each actor's steps on its own in concurrent mode.
-        self.scheduler = StepScheduler()
+        self.scheduler = StepScheduler(probe=self._owner_waits)
         self._lock = asyncio.Lock()
         self._flags: list[tuple[Finding, Any]] = []
         self._unmapping: dict[tuple[str, str], asyncio.Event] = {}
@@ -181,19 +181,22 @@ class Run:
         return [*flags, *(f for f in self.policy_flags if f not in flags)]
 
     async def start(self) -> None:
-        for qid in self.devices:
-            dev = self.vm.device(qid)
-            await dev.reset_stats()
-            await self.agent.stats(self.devices[qid], reset=True)
-            self._counters[qid] = await dev.counters()
-            self._seen_violations[qid] = 0
-            iommu = await dev.iommu()
-            counts = iommu.get("events") and not iommu.get("degraded")
-            self.map_observer[qid] = "device" if counts else "guest"
+        # Every device at once: their QMP and agent round trips overlap.
+        await asyncio.gather(*(self._start_device(qid) for qid in self.devices))
         await self.trace.start()
         if await self.cpucache.probe():
             await self.cpucache.take()  # what came before the variant is not its finding
             self._counters[CPU_CACHE] = await self.cpucache.counters()
+
+    async def _start_device(self, qid: str) -> None:
+        dev = self.vm.device(qid)
+        await dev.reset_stats()
+        await self.agent.stats(self.devices[qid], reset=True)
+        self._counters[qid] = await dev.counters()
+        self._seen_violations[qid] = 0
+        iommu = await dev.iommu()
+        counts = iommu.get("events") and not iommu.get("degraded")
+        self.map_observer[qid] = "device" if counts else "guest"
 
     def map_events(self, step: int, device: str) -> int:
         """IOMMU MAP events at `step` for `device`, from its observer (`map_observer`): the
@@ -363,7 +366,7 @@ class Run:
                 record.owners[att.buf.name] = self.ledger.owners(att.buf.name)
 
         record = StepRecord(step, actor, f"map ({att.label}, {direction})")
-        await self._issue(actor, record, body)
+        await self._issue(actor, record, body, releases=False)
 
     async def unmap(self, step: int, actor: str, att: Att) -> None:
         async def body() -> None:
@@ -418,7 +421,7 @@ class Run:
                     record.owners[name] = self.ledger.owners(name)
 
         record = StepRecord(step, actor, action)
-        await self._issue(actor, record, body)
+        await self._issue(actor, record, body, releases=False)
 
     async def action(
         self,
@@ -457,14 +460,29 @@ class Run:
     # Issuing, and what the host reads after every step
 
     async def _issue(
-        self, actor: str, record: StepRecord, body: Callable[[], Awaitable[None]]
+        self,
+        actor: str,
+        record: StepRecord,
+        body: Callable[[], Awaitable[None]],
+        *,
+        releases: bool = True,
     ) -> None:
+        """Run the step now, or in concurrent mode on its actor's chain; `releases`: its
+        completion may end an ownership (a map or a DMA step never does)."""
         self.records.append(record)
         if not self.concurrent:
             await body()
             return
-        self.scheduler.issue(actor, record.step, body)
+        self.scheduler.issue(actor, record.step, body, releases=releases)
         await self.scheduler.settle()
+
+    async def _owner_waits(self) -> int:
+        """The driver's EXCLUSIVE ownership waits begun so far, over every device: how the
+        scheduler learns that a step blocks in the guest."""
+        total = 0
+        for index in self.devices.values():
+            total += (await self.agent.stats(index)).driver.get("owner_waits", 0)
+        return total
 
     def _replied(self, step: int) -> None:
         """The guest answered the step: it is not blocked (the host's reads follow)."""
@@ -482,13 +500,16 @@ class Run:
     async def _after(self, step: int, record: StepRecord) -> None:
         self._order += 1
         record.order = self._order
-        for event in await self.trace.take():
+        # The guest's trace (agent) and every device's counters (QMP) asked for at once.
+        events, *counters = await asyncio.gather(
+            self.trace.take(), *(self.vm.device(qid).counters() for qid in self.devices)
+        )
+        for event in events:
             record.kernel_events[event.name] = record.kernel_events.get(event.name, 0) + 1
             if len(record.kernel) < KERNEL_LINES:
                 record.kernel.append(event.line)
-        for qid in self.devices:
+        for qid, now in zip(self.devices, counters, strict=True):
             dev = self.vm.device(qid)
-            now = await dev.counters()
             before = self._counters[qid]
             delta = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
             if delta:

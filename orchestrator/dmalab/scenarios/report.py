@@ -175,6 +175,11 @@ def _steps(steps: Sequence[int]) -> str:
 
 
 def write_junit(results: Sequence[Result], path: Path) -> None:
+    """junit.xml (`render_junit`)."""
+    write_atomic(path, render_junit(results))
+
+
+def render_junit(results: Sequence[Result]) -> bytes:
     """One `testsuite` per topology (per topology and policy in a matrix run), one `testcase`
     per variant, classname `<topology name>[.<policy>].<scenario>`; `failure` whose message says
     what was found and whose text is the evidence, `skipped` for n/a."""
@@ -205,4 +210,4 @@ def write_junit(results: Sequence[Result], path: Path) -> None:
             out = ET.SubElement(case, "system-out")
             out.text = "\n".join([f"verdict: {verdict_text(r)}", *r.evidence, r.note])
     ET.indent(suites)
-    write_atomic(path, ET.tostring(suites, encoding="utf-8", xml_declaration=True))
+    return ET.tostring(suites, encoding="utf-8", xml_declaration=True)

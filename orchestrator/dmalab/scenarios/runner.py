@@ -3,10 +3,10 @@
 `run_suite(topologies, scenarios)` returns a `SuiteRun`: a `Result` per (topology, policy,
 scenario, variant) in that canonical order, the run's `meta` (what it ran and what produced it:
 QEMU build, guest image, accelerator, host, dmalab commit) and its wall times. Results name a
-topology by its `name`; `meta` maps each name to the file it came from. Each machine is
-booted with `launch.boot`, the guest's `/dev/ncdmaN` are matched to the topology's device ids by
-PCI address, devices that share an IOMMU group are noted (seed 004), and the state right after
-boot is saved; every variant starts from it, so results depend neither on the order nor on which
+topology by its `name`; `meta` maps each name to the file it came from. Each machine is a
+`machine.booted.BootedMachine`: booted, the guest's `/dev/ncdmaN` matched to the topology's device
+ids by PCI address, devices that share an IOMMU group noted (seed 004), and the state right after
+that saved; every variant starts from it, so results depend neither on the order nor on which
 machine ran them (but for what the guest's physical page layout decides: docs/scenarios.md,
 "Determinism"). That is what lets `jobs` machines run at once with the same results. Wall times
 go to `timing` only.
@@ -28,9 +28,10 @@ from typing import Any
 from dmalab.artifacts.image import ImageBuild
 from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
 from dmalab.errors import BadInput, CheckFailed
+from dmalab.machine.booted import BootedMachine
 from dmalab.machine.devices import pci_names
-from dmalab.machine.launch import boot, topology_image
-from dmalab.machine.snapshot import Snapshots
+from dmalab.machine.guest_trace import GuestTrace
+from dmalab.machine.launch import topology_image
 from dmalab.machine.topology import Topology, load_topology
 from dmalab.provenance import dmalab_commit, image_info, machine_info, qemu_info
 from dmalab.scenarios.api import Run
@@ -113,32 +114,55 @@ async def run_variant(
         steps=order,
         note="; ".join(x for x in (why, note) if x),
         machine=run.machine,
-        timing={"seconds": round(time.perf_counter() - start, 3)},
+        timing={
+            "seconds": round(time.perf_counter() - start, 3),
+            "wait_seconds": round(run.scheduler.wait_seconds, 3),
+        },
     )
 
 
 class Machine:
-    """A booted topology with its post-boot snapshot: `await m.run(scenario)` runs every variant,
-    each from the snapshot."""
+    """A topology's machine for the scenarios: the booted machine and its post-boot snapshot
+    (`machine.booted.BootedMachine`, in `booted` once entered) and what the scenarios need to
+    know of it. `await m.run(scenario)` runs every variant, each from the snapshot."""
 
-    def __init__(self, vm: Any, topology: str) -> None:
-        self.vm = vm
-        topo = getattr(vm, "topology", None)
+    def __init__(self, topology: Topology) -> None:
         # Results name the topology, never the file it came from (that goes to `meta`).
-        self.topology = topo.name if isinstance(topo, Topology) else topology
-        self.snaps = Snapshots(vm)
+        self.topology = topology.name
+        self.coherent = all_coherent(topology)
+        self.platform = topology.machine.coherency
+        self.arch = topology.arch
         self.devices: dict[str, int] = {}
         self.shared: tuple[str, str] | None = None
-        self.coherent = isinstance(topo, Topology) and all_coherent(topo)
-        self.platform = topo.machine.coherency if isinstance(topo, Topology) else "coherent"
-        self.arch = topo.arch if isinstance(topo, Topology) else "x86_64"
-        self.boot_seconds = 0.0
-        self.save_seconds = 0.0
-        self._dirty = False  # a variant ran since the snapshot was taken or restored
+        self._booted: BootedMachine | None = None
 
-    async def prepare(self) -> None:
-        self.devices, self.shared = await device_map(self.vm)
-        self.save_seconds = await self.snaps.save("booted")
+    @property
+    def booted(self) -> BootedMachine:
+        assert self._booted is not None, "the machine is not booted"
+        return self._booted
+
+    @booted.setter
+    def booted(self, booted: BootedMachine) -> None:
+        self._booted = booted
+
+    @property
+    def vm(self) -> Any:
+        return self.booted.vm
+
+    @property
+    def boot_seconds(self) -> float:
+        return self.booted.boot_seconds
+
+    @property
+    def save_seconds(self) -> float:
+        return self.booted.save_seconds
+
+    async def prepare(self, vm: Any) -> None:
+        """Before the snapshot is saved: match the guest's devices to the topology's, and switch
+        the guest kernel's trace events on (every variant's `Run.start` then finds them on,
+        instead of paying for the switch each time)."""
+        self.devices, self.shared = await device_map(vm)
+        await GuestTrace(vm.agent).start()
 
     async def run_one(
         self, sc: Scenario, v: Variant, *, policy: str = "base", seed: int = DEFAULT_SEED,
@@ -154,10 +178,7 @@ class Machine:
             r = _skipped(sc, v, self.topology, skip, label)
             r.arch = self.arch
             return r
-        restore_s = 0.0
-        if self._dirty:
-            restore_s = await self.snaps.restore("booted")
-        self._dirty = True
+        restore_s = await self.booted.fresh()
         r = await run_variant(run, sc, expect, steps, why)
         r.policy = label
         r.arch = self.arch
@@ -193,15 +214,14 @@ async def machine(
     """Boot `topology` (a shipped name or a file; `loaded` if already read) and yield it with
     its snapshot saved; the machine is shut down on the way out, whatever happened.
     `boot_options` go to `launch.boot` (qemu, image)."""
-    t0 = time.perf_counter()
     if name:
         boot_options["name"] = name
-    async with boot(
-        loaded or topology, accel=accel, artifacts_dir=artifacts_dir, **boot_options
-    ) as vm:
-        m = Machine(vm, topology)
-        m.boot_seconds = time.perf_counter() - t0
-        await m.prepare()
+    topo = loaded or load_topology(topology)
+    m = Machine(topo)
+    async with BootedMachine(
+        topo, setup=m.prepare, accel=accel, artifacts_dir=artifacts_dir, **boot_options
+    ) as booted:
+        m.booted = booted
         yield m
 
 

@@ -75,57 +75,68 @@ def _property_lines(props: tuple[ncdma.DeviceProperty, ...]) -> list[str]:
     return [line + " \\" for line in lines[:-1]] + lines[-1:]
 
 
+_TOP = (
+    "/* SPDX-License-Identifier: GPL-2.0-or-later */",
+    "/*",
+    " * ncdma hardware interface: PCI identity, BAR0 registers, descriptors, counters.",
+    " * Generated from orchestrator/dmalab/spec/ncdma.py by `dmalab spec header`: do not edit.",
+    " * Everything is little-endian.",
+    " */",
+    "#ifndef NCDMA_HW_H",
+    "#define NCDMA_HW_H",
+    "",
+    "#ifdef __KERNEL__",
+    "#include <linux/types.h>",
+    "#else",
+    "#include <stdint.h>",
+    "#endif",
+    "",
+)
+_BOTTOM = (
+    "",
+    "#ifndef __KERNEL__",
+    '_Static_assert(sizeof(struct ncdma_desc) == NCDMA_DESC_SIZE, "descriptor size");',
+    "#endif",
+    "",
+    "#endif /* NCDMA_HW_H */",
+    "",
+)
+#: The spec's constants the header defines, as NCDMA_<name>.
+_CONSTANTS = (
+    "PCI_VENDOR_ID", "PCI_DEVICE_ID", "PCI_REVISION", "REGS_BAR", "MSIX_BAR", "REGS_BAR_SIZE",
+    "MSIX_VECTORS", "VEC_COMPLETION", "VEC_ERROR", "ID_MAGIC", "VERSION", "DESC_SIZE",
+    "RING_ALIGN", "RING_MIN_ENTRIES", "RING_MAX_ENTRIES", "DESC_FLAGS_VALID", "COUNTERS_OFFSET",
+)  # fmt: skip
+#: Enum prefix in C, enum in the spec.
+_ENUMS = (
+    ("NCDMA_OP", ncdma.Opcode),
+    ("NCDMA_DESC_F", ncdma.DescFlags),
+    ("NCDMA_ST", ncdma.Status),
+    ("NCDMA_CTRL", ncdma.Ctrl),
+    ("NCDMA_STATUS", ncdma.DevStatus),
+    ("NCDMA_RING_ERR", ncdma.RingError),
+    ("NCDMA_CAP", ncdma.Caps),
+    ("NCDMA_IRQ", ncdma.IrqStatus),
+    ("NCDMA_VIOL", ncdma.ViolationKind),
+)
+
+
+def _counter_lines() -> list[str]:
+    names = ncdma.COUNTER_NAMES
+    return [
+        "",
+        "/* Counters, in this order, at NCDMA_COUNTERS_OFFSET and over QMP */",
+        f"#define NCDMA_NR_COUNTERS {len(names)}",
+        *(f"#define NCDMA_CNT_{name.upper()} {i}" for i, name in enumerate(names)),
+        "#define NCDMA_COUNTER_LIST(X) " + " ".join(f"X({name})" for name in names),
+    ]
+
+
 def generate() -> str:
     n = ncdma
-    out: list[str] = [
-        "/* SPDX-License-Identifier: GPL-2.0-or-later */",
-        "/*",
-        " * ncdma hardware interface: PCI identity, BAR0 registers, descriptors, counters.",
-        " * Generated from orchestrator/dmalab/spec/ncdma.py by `dmalab spec header`: do not edit.",
-        " * Everything is little-endian.",
-        " */",
-        "#ifndef NCDMA_HW_H",
-        "#define NCDMA_HW_H",
-        "",
-        "#ifdef __KERNEL__",
-        "#include <linux/types.h>",
-        "#else",
-        "#include <stdint.h>",
-        "#endif",
-        "",
-    ]
-    for const in (
-        "PCI_VENDOR_ID",
-        "PCI_DEVICE_ID",
-        "PCI_REVISION",
-        "REGS_BAR",
-        "MSIX_BAR",
-        "REGS_BAR_SIZE",
-        "MSIX_VECTORS",
-        "VEC_COMPLETION",
-        "VEC_ERROR",
-        "ID_MAGIC",
-        "VERSION",
-        "DESC_SIZE",
-        "RING_ALIGN",
-        "RING_MIN_ENTRIES",
-        "RING_MAX_ENTRIES",
-        "DESC_FLAGS_VALID",
-        "COUNTERS_OFFSET",
-    ):
-        out.append(f"#define NCDMA_{const} 0x{getattr(n, const):x}")
-    enums = (
-        ("NCDMA_OP", n.Opcode),
-        ("NCDMA_DESC_F", n.DescFlags),
-        ("NCDMA_ST", n.Status),
-        ("NCDMA_CTRL", n.Ctrl),
-        ("NCDMA_STATUS", n.DevStatus),
-        ("NCDMA_RING_ERR", n.RingError),
-        ("NCDMA_CAP", n.Caps),
-        ("NCDMA_IRQ", n.IrqStatus),
-        ("NCDMA_VIOL", n.ViolationKind),
-    )
-    out += _enum_blocks(enums)
+    out = list(_TOP)
+    out += [f"#define NCDMA_{const} 0x{getattr(n, const):x}" for const in _CONSTANTS]
+    out += _enum_blocks(_ENUMS)
     out += ["", "/* BAR0 register offsets */"]
     width = max(len(k) for k in n.REG)
     out += [f"#define NCDMA_REG_{k:<{width}} 0x{v:03x}" for k, v in n.REG.items()]
@@ -134,28 +145,12 @@ def generate() -> str:
         "/* Descriptor: one ring entry */",
         *_struct_block("ncdma_desc", "NCDMA_DESC", n.Descriptor),
     ]
-    out += [
-        "",
-        "/* Counters, in this order, at NCDMA_COUNTERS_OFFSET and over QMP */",
-        f"#define NCDMA_NR_COUNTERS {len(n.COUNTER_NAMES)}",
-    ]
-    out += [f"#define NCDMA_CNT_{name.upper()} {i}" for i, name in enumerate(n.COUNTER_NAMES)]
-    out.append(
-        "#define NCDMA_COUNTER_LIST(X) " + " ".join(f"X({name})" for name in n.COUNTER_NAMES)
-    )
+    out += _counter_lines()
     out += [
         "",
         "/* -device ncdma properties: X(TYPE, name, field, default, min, max) (QEMU's device) */",
         "#define NCDMA_PROPERTIES(X) \\",
         *_property_lines(n.PROPERTIES),
     ]
-    out += [
-        "",
-        "#ifndef __KERNEL__",
-        '_Static_assert(sizeof(struct ncdma_desc) == NCDMA_DESC_SIZE, "descriptor size");',
-        "#endif",
-        "",
-        "#endif /* NCDMA_HW_H */",
-        "",
-    ]
+    out += _BOTTOM
     return "\n".join(out)
