@@ -250,7 +250,7 @@ def _report(
     as_json: bool, output: Path | None,
 ) -> None:  # fmt: skip
     """The table (or the JSON), the summary, the files, the verdict."""
-    from dmalab.scenarios.report import render_matrix, render_table
+    from dmalab.scenarios.report import render_matrix, render_table, write_results_dir
 
     machines = run.timing["machines"]
     shard = f", shard {runs.shard}" if runs.shard else ""
@@ -259,7 +259,9 @@ def _report(
                f"(-j {jobs}, seed {seed}{shard})")  # fmt: skip
     lines = [summary]
     if results:
-        lines.append("results: " + ", ".join(map(str, _write(doc, run.results, results))))
+        lines.append(
+            "results: " + ", ".join(map(str, write_results_dir(doc, run.results, results)))
+        )
     bad = [r for r in run.results if not r.ok]
     if not bad:
         lines.append("verdict: PASS")
@@ -299,24 +301,6 @@ def _scenarios(only: tuple[str, ...], files: tuple[Path, ...]) -> list[Any]:
             raise BadInput(f"scenario {sc.name!r} given twice (names must be unique in a run)")
         seen.add(sc.name)
     return chosen
-
-
-def _write(doc: dict[str, Any], out: list[Any], results: Path) -> list[Path]:
-    """results.json, junit.xml and report.html in `results`; the files written."""
-    from dmalab.scenarios.report import write_doc, write_junit
-
-    results.mkdir(parents=True, exist_ok=True)
-    write_doc(doc, results / "results.json")
-    write_junit(out, results / "junit.xml")
-    written = [results / "results.json", results / "junit.xml"]
-    try:
-        from dmalab.scenarios.html import write_html
-    except ModuleNotFoundError as exc:
-        click.echo(f"dmalab: report.html not written: {exc}", err=True)
-    else:
-        write_html(doc, results / "report.html")
-        written.append(results / "report.html")
-    return written
 
 
 def _demo() -> None:

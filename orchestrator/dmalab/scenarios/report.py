@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -206,3 +207,21 @@ def write_junit(results: Sequence[Result], path: Path) -> None:
             out.text = "\n".join([f"verdict: {verdict_text(r)}", *r.evidence, r.note])
     ET.indent(suites)
     write_atomic(path, ET.tostring(suites, encoding="utf-8", xml_declaration=True))
+
+
+def write_results_dir(
+    doc: dict[str, Any], results: Sequence[Result], directory: Path
+) -> list[Path]:
+    """results.json (`doc`), junit.xml and report.html in `directory`; the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_doc(doc, directory / "results.json")
+    write_junit(results, directory / "junit.xml")
+    written = [directory / "results.json", directory / "junit.xml"]
+    try:
+        from dmalab.scenarios.html import write_html
+    except ModuleNotFoundError as exc:
+        print(f"dmalab: report.html not written: {exc}", file=sys.stderr)
+    else:
+        write_html(doc, directory / "report.html")
+        written.append(directory / "report.html")
+    return written
