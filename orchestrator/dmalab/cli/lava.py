@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from dmalab.cli import Group
+from dmalab.cli.completion import complete_topology
 from dmalab.cli.options import emit
-from dmalab.cli.params import OUTPUT_FILE
+from dmalab.cli.params import OUTPUT_DIR, OUTPUT_FILE
 
 
 @click.group("lava", cls=Group, short_help="LAVA results and jobs (docs/lava.md).")
@@ -55,3 +56,92 @@ def results_command(results: Path, suite: str, as_yaml: bool, output: Path | Non
     lava_results.record(all_cases, tools)
     failed = sum(c.result == "fail" for c in all_cases[:-1])
     click.echo(f"recorded {len(all_cases)} LAVA test cases ({failed} failed)", err=True)
+
+
+@command.command("job", short_help="Write LAVA jobs: one per shard, and a guest smoke job.")
+@click.option("--shards", "count", type=click.IntRange(1, 999), default=1, show_default=True,
+              help="Split the run into this many jobs (dmalab run --shard I/N).")  # fmt: skip
+@click.option("--output", "out_dir", type=OUTPUT_DIR, required=True, metavar="DIR",
+              help="Write the jobs here, one YAML file each.")  # fmt: skip
+@click.option("--image", metavar="NAME",
+              help="The runner image (default: localhost/dmalab-runner:<commit>, as `dmalab "
+              "build runner-image` tags it).")  # fmt: skip
+@click.option(
+    "--pull",
+    is_flag=True,
+    help="LAVA pulls --image from its registry (default: the image is on the worker).",
+)
+@click.option("--minutes", type=click.IntRange(1, 24 * 60), default=60, show_default=True,
+              help="Each shard's test timeout; the job's is 15 minutes more.")  # fmt: skip
+@click.option("--name", default="dmalab", show_default=True, help="Prefix of the job names.")
+@click.option("--smoke", "smoke_topologies", multiple=True, metavar="TOPOLOGY",
+              default=("default",), show_default=True, shell_complete=complete_topology,
+              help="Also write a guest smoke job on the qemu device type for this topology "
+              "(repeatable; --no-smoke for none).")  # fmt: skip
+@click.option("--no-smoke", is_flag=True, help="Write no smoke job.")
+@click.option(
+    "--kernel-url",
+    metavar="URL",
+    help="The smoke job's kernel (default: file:// of the built guest image's).",
+)
+@click.option(
+    "--initrd-url",
+    metavar="URL",
+    help="The smoke job's initramfs (default: file:// of the built guest image's).",
+)
+@click.option("--check", is_flag=True,
+              help="Validate every job with LAVA's own schema (Debian's lava-common, fetched "
+              "into the cache).")  # fmt: skip
+@click.option("--submit", is_flag=True, help="Submit the jobs with `lavacli jobs submit`.")
+@click.option("--identity", metavar="NAME", help="With --submit: lavacli's identity.")
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- RUN OPTIONS]")
+def job_command(
+    count: int, out_dir: Path, image: str | None, pull: bool, minutes: int, name: str,
+    smoke_topologies: tuple[str, ...], no_smoke: bool, kernel_url: str | None,
+    initrd_url: str | None, check: bool, submit: bool, identity: str | None,
+    run_args: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Write LAVA job definitions into DIR: `shard-I-of-N.yaml` for I = 1..N, each running
+    `dmalab run --shard I/N [RUN OPTIONS]` in the runner image on LAVA's docker device type and
+    recording the results with `dmalab lava results`; and `smoke-TOPOLOGY.yaml`, a job on
+    LAVA's qemu device type that boots dmalab's QEMU (first on the worker's PATH) with the
+    topology's devices and vIOMMU and the guest image, and checks that every ncdma device
+    probed and passes its self-test. Prints the files written (and with --submit the job ids).
+
+    RUN OPTIONS after `--` go to every shard's `dmalab run`, e.g. `-- --matrix -k revoke`.
+    Merge the shards' results.json files with `dmalab report --merge` (docs/lava.md).
+    """
+    from dmalab.lava import jobs as lava_jobs
+    from dmalab.lava.job_files import smoke_jobs, write_jobs
+
+    if identity and not submit:
+        raise click.UsageError("--identity goes with --submit")
+    if (kernel_url or initrd_url) and no_smoke:
+        raise click.UsageError("--kernel-url and --initrd-url go with a smoke job")
+    shard = lava_jobs.ShardJobs(
+        count=count, image=image or default_image(), local=not pull, run_args=run_args,
+        minutes=minutes, name=name,
+    )  # fmt: skip
+    jobs = {f"shard-{i}-of-{count}.yaml": lava_jobs.shard_job(i, shard)
+            for i in range(1, count + 1)}  # fmt: skip
+    if not no_smoke:
+        jobs.update(smoke_jobs(smoke_topologies, name, kernel_url, initrd_url))
+    if check:
+        from dmalab.lava.schema import validate_jobs
+
+        validate_jobs(jobs)
+    files = write_jobs(jobs, out_dir)
+    lines = [str(f) for f in files]
+    if submit:
+        from dmalab.lava.submit import submit as submit_jobs
+
+        ids = submit_jobs(files, identity)
+        lines = [f"{f} {i}" for f, i in zip(files, ids, strict=False)]
+    emit("\n".join(lines), None)
+
+
+def default_image() -> str:
+    """The runner image `dmalab build runner-image` tags for this checkout."""
+    from dmalab.artifacts.runner_image import image_name
+
+    return image_name()
