@@ -64,7 +64,7 @@ def test_one_docker_job_per_shard(job_set: dict[str, dict[str, Any]]) -> None:
 
 def test_smoke_jobs_boot_dmalab_qemu_with_the_topology(job_set: dict[str, dict[str, Any]]) -> None:
     x86, arm = job_set["smoke-default.yaml"], job_set["smoke-arm64-smmuv3.yaml"]
-    assert x86["context"]["arch"] == "amd64" and arm["context"]["arch"] == "arm64"
+    assert x86["context"]["arch"] == "x86_64" and arm["context"]["arch"] == "aarch64"
     for job, topology in ((x86, "default"), (arm, "arm64-smmuv3")):
         context = job["context"]
         assert context["no_kvm"] is True and context["netdevice"] == "none"

@@ -9,7 +9,7 @@ import click
 from dmalab.cli import Group
 from dmalab.cli.completion import complete_topology
 from dmalab.cli.options import emit
-from dmalab.cli.params import OUTPUT_DIR, OUTPUT_FILE
+from dmalab.cli.params import INPUT_FILE, OUTPUT_DIR, OUTPUT_FILE
 
 
 @click.group("lava", cls=Group, short_help="LAVA results and jobs (docs/lava.md).")
@@ -145,3 +145,43 @@ def default_image() -> str:
     from dmalab.artifacts.runner_image import image_name
 
     return image_name()
+
+
+@command.command("run-job", short_help="Run a LAVA job here with LAVA's own dispatcher.")
+@click.argument("job_file", type=INPUT_FILE, metavar="JOB")
+@click.option(
+    "--output-dir",
+    "out_dir",
+    type=OUTPUT_DIR,
+    required=True,
+    metavar="DIR",
+    help="The dispatcher's log (lava-run.log), device.yaml and results go here.",
+)
+@click.option("--timeout", type=click.IntRange(1, 24 * 3600), default=3600, show_default=True,
+              help="Seconds before the dispatcher is stopped.")  # fmt: skip
+def run_job_command(job_file: Path, out_dir: Path, timeout: int) -> None:
+    """Run JOB (e.g. a smoke job `dmalab lava job` wrote) on this machine with LAVA's own
+    dispatcher, `lava-run`, from Debian's packages unpacked into the cache and a venv of its
+    dependencies (made the first time), with no LAVA server: the device configuration is
+    rendered from LAVA's device-type template with the job's context, and dmalab's QEMU goes
+    first on PATH. Prints each test case the job's test shell recorded and the job's result.
+
+    Exit 0 when the job completed and every test case passed, 1 otherwise.
+    """
+    from dmalab.artifacts.lava_dispatcher import ensure_dispatcher
+    from dmalab.artifacts.progress import Progress
+    from dmalab.artifacts.qemu import ensure_qemu
+    from dmalab.errors import CheckFailed
+    from dmalab.lava.local_run import run_job
+
+    dispatcher = ensure_dispatcher(lambda m: click.echo(m, err=True))
+    qemu = ensure_qemu(Progress())
+    click.echo(f"lava-run {job_file} ...", err=True)
+    done = run_job(dispatcher, job_file, out_dir, qemu, timeout=timeout)
+    lines = [f"{c.get('definition', '?')}.{c.get('case', '?')}: {c.get('result', '?')}"
+             for c in done.cases]  # fmt: skip
+    lines.append(f"job: {done.job_result} in {done.seconds:.1f} s ({done.log})")
+    emit("\n".join(lines), None)
+    if not done.ok:
+        why = done.error or "a test case failed" if done.cases else "no test case recorded"
+        raise CheckFailed(f"lava job {job_file}: {why} (see {done.log})")

@@ -32,7 +32,8 @@ def smoke_jobs(
             topology=topo,
             kernel_url=kernel_url or image.kernel.resolve().as_uri(),
             initrd_url=initrd_url or image.initramfs.resolve().as_uri(),
-            cmdline=image.cmdline_for(topo.iommu_kind, *topo.kernel.args),
+            # LAVA waits for the kernel's "Linux version" banner, a notice `quiet` hides.
+            cmdline=image.cmdline_for(topo.iommu_kind, *topo.kernel.args, "loglevel=6"),
             firmware_dirs=tuple(str(d) for d in qemu.firmware_dirs),
             name=name,
         )
@@ -41,7 +42,8 @@ def smoke_jobs(
 
 
 def dump(job: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(job), sort_keys=False, default_flow_style=False, width=100)
+    # No folding: each test shell command stays on one line, as written.
+    return yaml.safe_dump(dict(job), sort_keys=False, default_flow_style=False, width=1 << 16)
 
 
 def write_jobs(jobs: Mapping[str, Mapping[str, Any]], out_dir: Path) -> list[Path]:

@@ -126,11 +126,6 @@ def shard_job(index: int, jobs: ShardJobs) -> dict[str, Any]:
     return job
 
 
-def lava_arch(arch: str) -> str:
-    """LAVA's name (the qemu device type's `arch`) of a QEMU guest architecture."""
-    return {"x86_64": "amd64", "aarch64": "arm64"}[arch]
-
-
 def smoke_options(topology: Topology, firmware_dirs: list[str]) -> list[str]:
     """`context.extra_options`: the topology's QEMU command line as dmalab builds it, without
     the agent port and what LAVA's qemu device type gives itself, each option with its value
@@ -208,7 +203,6 @@ def smoke_job(s: SmokeJob) -> dict[str, Any]:
     """The guest-side smoke job on the qemu device type (TCG: `no_kvm`)."""
     topo = s.topology
     devices = len(topo.devices)
-    arch = lava_arch(topo.arch)
     return {
         "device_type": "qemu",
         "job_name": f"{s.name} guest smoke {topo.name} ({topo.arch})",
@@ -220,7 +214,9 @@ def smoke_job(s: SmokeJob) -> dict[str, Any]:
             "connection": _minutes(2),
         },
         "context": {
-            "arch": arch,
+            # QEMU's names, which LAVA's template takes too: its validation runs
+            # qemu-system-<arch> --version, and there is no qemu-system-amd64.
+            "arch": topo.arch,
             "no_kvm": True,
             "netdevice": "none",
             "memory": topo.machine.memory_mib,
