@@ -54,8 +54,9 @@ def test_one_docker_job_per_shard(job_set: dict[str, dict[str, Any]]) -> None:
     for i, job in enumerate(shards, 1):
         run = steps(job)[1]
         assert f"--shard {i}/8" in run and "--matrix -k 'revoke or 003'" in run
-        assert run.endswith("--results /tmp/dmalab-results || true")
-        assert steps(job)[2].startswith("dmalab lava results /tmp/dmalab-results")
+        where = f'"/dmalab-results/${{DMALAB_COMMIT:-unknown}}/shard-{i}-of-8"'
+        assert run.endswith(f"--results {where} || true")
+        assert steps(job)[2].startswith(f"dmalab lava results {where} ||")
         deploy = job["actions"][0]["deploy"]
         assert deploy["image"]["local"] is True
         assert deploy["image"]["name"].startswith("localhost/dmalab-runner:")

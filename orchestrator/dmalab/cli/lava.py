@@ -159,27 +159,35 @@ def default_image() -> str:
 )
 @click.option("--timeout", type=click.IntRange(1, 24 * 3600), default=3600, show_default=True,
               help="Seconds before the dispatcher is stopped.")  # fmt: skip
-def run_job_command(job_file: Path, out_dir: Path, timeout: int) -> None:
+@click.option("--volume", "volumes", multiple=True, metavar="HOST:CONTAINER",
+              help="For the docker device type: a volume for the container, as a lab's device "
+              "dictionary gives it (docker_volumes); repeatable.")  # fmt: skip
+def run_job_command(job_file: Path, out_dir: Path, timeout: int, volumes: tuple[str, ...]) -> None:
     """Run JOB (e.g. a smoke job `dmalab lava job` wrote) on this machine with LAVA's own
     dispatcher, `lava-run`, from Debian's packages unpacked into the cache and a venv of its
     dependencies (made the first time), with no LAVA server: the device configuration is
     rendered from LAVA's device-type template with the job's context, and dmalab's QEMU goes
-    first on PATH. Prints each test case the job's test shell recorded and the job's result.
+    first on PATH (for the docker device type, a `docker` that runs podman). Prints each test
+    case the job's test shell recorded (DEFINITION[.SET].CASE: RESULT) and the job's result.
 
     Exit 0 when the job completed and every test case passed, 1 otherwise.
     """
     from dmalab.artifacts.lava_dispatcher import ensure_dispatcher
     from dmalab.artifacts.progress import Progress
     from dmalab.artifacts.qemu import ensure_qemu
-    from dmalab.errors import CheckFailed
+    from dmalab.errors import BadInput, CheckFailed
     from dmalab.lava.local_run import run_job
 
     dispatcher = ensure_dispatcher(lambda m: click.echo(m, err=True))
     qemu = ensure_qemu(Progress())
     click.echo(f"lava-run {job_file} ...", err=True)
-    done = run_job(dispatcher, job_file, out_dir, qemu, timeout=timeout)
-    lines = [f"{c.get('definition', '?')}.{c.get('case', '?')}: {c.get('result', '?')}"
-             for c in done.cases]  # fmt: skip
+    bad = [v for v in volumes if ":" not in v or not v.startswith("/")]
+    if bad:
+        raise BadInput(f"--volume: {bad[0]!r} is not HOST:CONTAINER with an absolute HOST path")
+    device_vars = {"docker_volumes": list(volumes)} if volumes else None
+    done = run_job(dispatcher, job_file, out_dir, qemu, timeout=timeout, device_vars=device_vars)
+    lines = [".".join(str(c[k]) for k in ("definition", "set", "case") if k in c)
+             + f": {c.get('result', '?')}" for c in done.cases]  # fmt: skip
     lines.append(f"job: {done.job_result} in {done.seconds:.1f} s ({done.log})")
     emit("\n".join(lines), None)
     if not done.ok:

@@ -23,8 +23,9 @@ from dmalab.machine.qemu_argv import Boot, qemu_argv
 from dmalab.machine.topology import Topology
 from dmalab.spec import agent as agent_spec
 
-#: Where a shard job's results go inside the container.
-RESULTS_DIR = "/tmp/dmalab-results"
+#: Where shard jobs keep their results inside the container: RESULTS_ROOT/<commit>/shard-I-of-N,
+#: so a volume a lab mounts there collects every shard's directory for `dmalab report --merge`.
+RESULTS_ROOT = "/dmalab-results"
 #: The runner image's shell prompt: root on LAVA's container hostname, `lava`.
 DOCKER_PROMPT = "root@lava:"
 #: The guest's busybox shell prompt.
@@ -76,12 +77,13 @@ class ShardJobs:
 def shard_steps(index: int, jobs: ShardJobs) -> list[str]:
     """The test shell's commands for shard `index` of `jobs.count`. A run that fails still has
     its results recorded; a run that wrote none records a failed verdict."""
-    run = ["dmalab", "run", "--accel", "tcg", "--shard", f"{index}/{jobs.count}",
-           *jobs.run_args, "--results", RESULTS_DIR]  # fmt: skip
+    # $DMALAB_COMMIT: the runner image's commit (left to the shell to expand).
+    results = f'"{RESULTS_ROOT}/${{DMALAB_COMMIT:-unknown}}/shard-{index}-of-{jobs.count}"'
+    run = ["dmalab", "run", "--accel", "tcg", "--shard", f"{index}/{jobs.count}", *jobs.run_args]
     return [
         "dmalab doctor",
-        f"{shlex.join(run)} || true",
-        f"dmalab lava results {RESULTS_DIR} || lava-test-case dmalab-verdict --result fail",
+        f"{shlex.join(run)} --results {results} || true",
+        f"dmalab lava results {results} || lava-test-case dmalab-verdict --result fail",
     ]
 
 

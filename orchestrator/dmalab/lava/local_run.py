@@ -3,7 +3,9 @@ device configuration lava-server would render from a device dictionary is render
 LAVA's device-type template, and the test cases are read from the dispatcher's log.
 
 For the qemu device type dmalab's QEMU goes first on PATH: LAVA's template names the binary
-`qemu-system-<arch>` and its validation runs it with --version.
+`qemu-system-<arch>` and its validation runs it with --version. For the docker device type a
+`docker` that runs podman with dmalab's containers.conf goes first (artifacts/runner_image.py):
+the dispatcher calls `docker run ... IMAGE bash` and drives the shell in it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 
 from dmalab.artifacts.lava_dispatcher import Dispatcher
 from dmalab.artifacts.qemu import QemuBuild
+from dmalab.artifacts.runner_image import podman_env
 from dmalab.errors import BadInput, EnvironmentProblem
 
 #: The dispatcher's own address: given, so it does not look up a network interface.
@@ -75,21 +78,27 @@ def render_device(dispatcher: Dispatcher, device_type: str, context: Mapping[str
 
 def run_job(
     dispatcher: Dispatcher, job_file: Path, out_dir: Path, qemu: QemuBuild, *,
-    job_id: int = 1, timeout: float = 3600,
+    job_id: int = 1, timeout: float = 3600, device_vars: Mapping[str, Any] | None = None,
 ) -> JobRun:  # fmt: skip
-    """Run the job in `job_file`; the dispatcher's log and its results go into out_dir."""
+    """Run the job in `job_file`; the dispatcher's log and its results go into out_dir.
+    `device_vars` are the device dictionary's variables (e.g. `docker_volumes`), which the
+    job's context may not set."""
     job = yaml.safe_load(job_file.read_text())
     if not isinstance(job, dict) or "device_type" not in job:
         raise BadInput(f"{job_file}: not a LAVA job (no device_type)")
     out_dir.mkdir(parents=True, exist_ok=True)
     device = out_dir / "device.yaml"
-    device.write_text(render_device(dispatcher, job["device_type"], job.get("context") or {}))
+    variables = {**(job.get("context") or {}), **(device_vars or {})}
+    device.write_text(render_device(dispatcher, job["device_type"], variables))
     (out_dir / "dispatcher.yaml").write_text(DISPATCHER_CONFIG)
     log = out_dir / "lava-run.log"
     with tempfile.TemporaryDirectory(prefix="dmalab-lava-bin.") as tmp:
         for arch, binary in qemu.binaries.items():
             (Path(tmp) / f"qemu-system-{arch}").symlink_to(binary)
-        env = {**os.environ, "PATH": f"{tmp}:{os.environ.get('PATH', '')}"}
+        env = {**podman_env(), "PATH": f"{tmp}:{os.environ.get('PATH', '')}"}
+        docker = Path(tmp) / "docker"
+        docker.write_text('#!/bin/sh\nexec podman "$@"\n')
+        docker.chmod(0o755)
         argv = [*dispatcher.lava_run(), "--job-id", str(job_id), "--output-dir", str(out_dir),
                 "--device", str(device), "--dispatcher", str(out_dir / "dispatcher.yaml"),
                 str(job_file)]  # fmt: skip

@@ -26,7 +26,9 @@ from dmalab.scenarios.verdicts import FAIL, verdict
 
 #: The case that says whether the whole run passed.
 VERDICT_CASE = "dmalab-verdict"
-MAP_UNITS = "MAP events"
+#: Units are one word: LAVA's test shell signal splits its parameters on spaces.
+MAP_UNITS = "map_events"
+FAILED_UNITS = "failed"
 #: LAVA's export fields (lava_results_app.utils.testcase_export_fields), in its order.
 EXPORT_FIELDS = (
     "job", "suite", "result", "measurement", "unit", "duration", "timeout", "logged", "level",
@@ -88,7 +90,7 @@ def cases(results: Sequence[Mapping[str, Any]]) -> list[Case]:
         )
     out = [c for group in sets.values() for c in group]
     overall = "fail" if failed or not results else "pass"
-    out.append(Case(VERDICT_CASE, overall, None, failed, "failed results", overall.upper()))
+    out.append(Case(VERDICT_CASE, overall, None, failed, FAILED_UNITS, overall.upper()))
     return out
 
 
@@ -142,8 +144,9 @@ def record(all_cases: Sequence[Case], tools: tuple[str, str]) -> None:
 
 
 def _call(tool: str, *args: str) -> None:
+    # LAVA's helpers signal on stdout (the test shell's console): it must reach LAVA.
     try:
-        proc = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([tool, *args], stderr=subprocess.PIPE, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         raise EnvironmentProblem(f"{tool} {' '.join(args)}: {exc}") from None
     if proc.returncode != 0:
