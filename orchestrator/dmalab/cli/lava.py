@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -185,11 +186,14 @@ def run_job_command(job_file: Path, out_dir: Path, timeout: int, volumes: tuple[
     if bad:
         raise BadInput(f"--volume: {bad[0]!r} is not HOST:CONTAINER with an absolute HOST path")
     device_vars = {"docker_volumes": list(volumes)} if volumes else None
-    done = run_job(dispatcher, job_file, out_dir, qemu, timeout=timeout, device_vars=device_vars)
+    # The dispatcher's working directory is /var/lib/lava/dispatcher/tmp/<job id>: one per run.
+    job_id = os.getpid()
+    done = run_job(dispatcher, job_file, out_dir, qemu, timeout=timeout, device_vars=device_vars,
+                   job_id=job_id)  # fmt: skip
     lines = [".".join(str(c[k]) for k in ("definition", "set", "case") if k in c)
              + f": {c.get('result', '?')}" for c in done.cases]  # fmt: skip
     lines.append(f"job: {done.job_result} in {done.seconds:.1f} s ({done.log})")
     emit("\n".join(lines), None)
     if not done.ok:
-        why = done.error or "a test case failed" if done.cases else "no test case recorded"
+        why = done.error or ("a test case failed" if done.cases else "no test case recorded")
         raise CheckFailed(f"lava job {job_file}: {why} (see {done.log})")

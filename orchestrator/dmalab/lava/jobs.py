@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dmalab.machine.qemu_argv import Boot, qemu_argv
@@ -132,7 +133,8 @@ def smoke_options(topology: Topology, firmware_dirs: list[str]) -> list[str]:
     """`context.extra_options`: the topology's QEMU command line as dmalab builds it, without
     the agent port and what LAVA's qemu device type gives itself, each option with its value
     as one entry (LAVA appends them verbatim)."""
-    argv = qemu_argv(topology, Boot(_Placeholder(), _Placeholder(), ""), accel="tcg", agent=False)
+    # LAVA gives the kernel, initrd and command line (the deploy's image_arg): dropped below.
+    argv = qemu_argv(topology, Boot(Path("KERNEL"), Path("INITRD"), ""), accel="tcg", agent=False)
     pairs: list[str] = [f"-L {d}" for d in firmware_dirs]
     i = 0
     while i < len(argv):
@@ -151,13 +153,6 @@ def smoke_options(topology: Topology, firmware_dirs: list[str]) -> list[str]:
     # LAVA always adds a NIC; dmalab's QEMU is built without its boot ROMs.
     pairs.append("-global virtio-net-pci.romfile=")
     return pairs
-
-
-class _Placeholder(str):
-    """Stands for the kernel and initrd paths LAVA fills in."""
-
-    def __new__(cls) -> _Placeholder:
-        return super().__new__(cls, "LAVA")
 
 
 def selftest_request(dev: int) -> bytes:
