@@ -9,6 +9,11 @@
 # QEMU's own build dependencies are installed by `dmalab build` itself.
 
 DMALAB_SETUP_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev make zstd git ca-certificates)
+# The runner image (docs/lava.md) is built with Debian's podman (rootful, runc) and mmdebstrap.
+DMALAB_SETUP_PACKAGES+=(podman runc mmdebstrap uidmap fuse-overlayfs slirp4netns)
+# LAVA's dispatcher, run from its unpacked packages (docs/lava.md): cpio for the ramdisk overlay,
+# libmagic for python-magic.
+DMALAB_SETUP_PACKAGES+=(cpio libmagic1)
 
 dmalab_missing_packages() {
     local pkg status

@@ -35,6 +35,13 @@ def _python() -> Finding:
 
 
 def _packages() -> Finding:
+    if os.environ.get(image.PREBUILT_VAR) and qemu.find_qemu() is not None:
+        # Prebuilt QEMU and images (the runner image): nothing will be built here.
+        missing = qemu.missing_packages(qemu.FIRMWARE_PACKAGES)
+        if not missing:
+            return Finding("debian packages", True, "run-time packages (prebuilt QEMU and images)")
+        return Finding("debian packages", False, f"missing: {' '.join(missing)}",
+                       f"apt-get install {' '.join(missing)}")  # fmt: skip
     names = (
         *qemu.BUILD_PACKAGES,
         *qemu.FIRMWARE_PACKAGES,
@@ -90,7 +97,7 @@ def _image() -> Finding:
     found = []
     for arch in guest_code.CROSS:
         try:
-            builds = image.work_dir(arch) / "builds"
+            builds = image.builds_dir(arch)
         except DmalabError as exc:
             return Finding(
                 "guest image", False, str(exc), "set DMALAB_CACHE to a writable directory"

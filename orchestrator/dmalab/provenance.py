@@ -75,7 +75,10 @@ def image_info(image: ImageBuild) -> dict[str, str]:
 
 def dmalab_commit() -> str:
     """The commit of the checkout dmalab runs from (`-dirty` with uncommitted changes), or
-    "unknown" outside a git checkout."""
+    "unknown" outside a git checkout; $DMALAB_COMMIT where a copy without git says which (the
+    runner image records its checkout's)."""
+    if os.environ.get("DMALAB_COMMIT"):
+        return os.environ["DMALAB_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "-C", str(repo_root()), "describe", "--always", "--dirty", "--abbrev=40"],

@@ -26,7 +26,7 @@ from pathlib import Path
 from dmalab.artifacts import debian_kernel, guest_code, guest_kernel, initramfs, kmod
 from dmalab.artifacts.cache import cache_root, locked, repo_root, tree_hash
 from dmalab.artifacts.guest_kernel import KernelSource, Progress, phase
-from dmalab.errors import BadInput
+from dmalab.errors import BadInput, EnvironmentProblem
 
 HOST_ARCH = "x86_64"
 #: Bump when the image or manifest changes in a way the inputs do not show.
@@ -139,6 +139,8 @@ def ensure_image(
         raise BadInput("modules given without kernel: pass the kernel they belong to as well")
     if arch not in guest_kernel.BOOT_FILE:
         raise BadInput(f"arch {arch!r}: expected one of {', '.join(guest_kernel.BOOT_FILE)}")
+    if kernel is None and os.environ.get(PREBUILT_VAR):
+        return prebuilt_image(arch)
     checkout = repo_root()
     job = _Job(
         progress=progress,
@@ -160,6 +162,26 @@ def ensure_image(
     verb = "built" if fresh else "up to date"
     progress(f"{verb} in {time.monotonic() - started:.1f} s: {build.manifest.parent}")
     return build
+
+
+#: A directory of finished images, `<arch>/<key>/manifest.json` (the runner image has one):
+#: used as they are, nothing is resolved, fetched or built.
+PREBUILT_VAR = "DMALAB_GUEST_IMAGES"
+
+
+def builds_dir(arch: str) -> Path:
+    """Where the finished images of `arch` are: the cache's, or those of $DMALAB_GUEST_IMAGES."""
+    prebuilt = os.environ.get(PREBUILT_VAR)
+    return Path(prebuilt) / arch if prebuilt else work_dir(arch) / "builds"
+
+
+def prebuilt_image(arch: str) -> ImageBuild:
+    """The newest image of `arch` under $DMALAB_GUEST_IMAGES."""
+    manifests = sorted(builds_dir(arch).glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    if not manifests:
+        where = f"{PREBUILT_VAR}={os.environ.get(PREBUILT_VAR)}"
+        raise EnvironmentProblem(f"{where}: no {arch} image (<arch>/<key>/{MANIFEST})")
+    return ImageBuild.load(manifests[-1])
 
 
 def _ensure(job: _Job) -> tuple[ImageBuild, bool]:

@@ -129,9 +129,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from dmalab.cli import bench, build, doctor, fuzz, report, run, shell, spec, topology, up
+    from dmalab.cli import bench, build, doctor, fuzz, lava, report, run, shell, spec, topology, up
 
-    for module in (bench, build, doctor, fuzz, report, run, spec, topology, up, shell):
+    for module in (bench, build, doctor, fuzz, report, run, spec, topology, up, shell, lava):
         main.add_command(module.command)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -253,7 +252,7 @@ def _report(
     as_json: bool, output: Path | None,
 ) -> None:  # fmt: skip
     """The table (or the JSON), the summary, the files, the verdict."""
-    from dmalab.scenarios.report import render_matrix, render_table
+    from dmalab.scenarios.report import render_matrix, render_table, write_results_dir
 
     machines = run.timing["machines"]
     shard = f", shard {runs.shard}" if runs.shard else ""
@@ -262,7 +261,9 @@ def _report(
                f"(-j {jobs}, seed {seed}{shard})")  # fmt: skip
     lines = [summary]
     if results:
-        lines.append("results: " + ", ".join(map(str, _write(doc, run.results, results))))
+        lines.append(
+            "results: " + ", ".join(map(str, write_results_dir(doc, run.results, results)))
+        )
     bad = [r for r in run.results if not r.ok]
     if not bad:
         lines.append("verdict: PASS")
@@ -302,33 +303,6 @@ def _scenarios(only: tuple[str, ...], files: tuple[Path, ...], devices: set[str]
             raise BadInput(f"scenario {sc.name!r} given twice (names must be unique in a run)")
         seen.add(sc.name)
     return chosen
-
-
-def _write(doc: dict[str, Any], out: list[Any], results: Path) -> list[Path]:
-    """results.json, junit.xml and report.html in `results`, in that order, each whole or
-    absent; the files written. results.json says how long rendering the other two took
-    (`timing.report_seconds`)."""
-    from dmalab.artifacts.cache import write_atomic
-    from dmalab.scenarios.report import render_junit, write_doc
-
-    start = time.perf_counter()
-    junit = render_junit(out)
-    try:
-        from dmalab.scenarios.html import render_html
-    except ModuleNotFoundError as exc:
-        click.echo(f"dmalab: report.html not written: {exc}", err=True)
-        html = None
-    else:
-        html = render_html(doc)
-    doc.setdefault("timing", {})["report_seconds"] = round(time.perf_counter() - start, 3)
-    results.mkdir(parents=True, exist_ok=True)
-    write_doc(doc, results / "results.json")
-    write_atomic(results / "junit.xml", junit)
-    written = [results / "results.json", results / "junit.xml"]
-    if html is not None:
-        write_atomic(results / "report.html", html.encode())
-        written.append(results / "report.html")
-    return written
 
 
 def _demo() -> None:

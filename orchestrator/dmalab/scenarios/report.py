@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -211,3 +213,29 @@ def render_junit(results: Sequence[Result]) -> bytes:
             out.text = "\n".join([f"verdict: {verdict_text(r)}", *r.evidence, r.note])
     ET.indent(suites)
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
+
+
+def write_results_dir(
+    doc: dict[str, Any], results: Sequence[Result], directory: Path
+) -> list[Path]:
+    """results.json (`doc`), junit.xml and report.html in `directory`, each whole or absent;
+    the files written. results.json says how long rendering the other two took
+    (`timing.report_seconds`)."""
+    start = time.perf_counter()
+    junit = render_junit(results)
+    try:
+        from dmalab.scenarios.html import render_html
+    except ModuleNotFoundError as exc:
+        print(f"dmalab: report.html not written: {exc}", file=sys.stderr)
+        html = None
+    else:
+        html = render_html(doc)
+    doc.setdefault("timing", {})["report_seconds"] = round(time.perf_counter() - start, 3)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_doc(doc, directory / "results.json")
+    write_atomic(directory / "junit.xml", junit)
+    written = [directory / "results.json", directory / "junit.xml"]
+    if html is not None:
+        write_atomic(directory / "report.html", html.encode())
+        written.append(directory / "report.html")
+    return written

@@ -8,8 +8,8 @@ means against the expectation, is `dmalab.scenarios.verdicts.verdict`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -88,6 +88,16 @@ def as_json(results: Sequence[Result], *, timing: bool = True) -> list[dict[str,
             d.pop("policy")
         out.append(d if timing else comparable(d))
     return out
+
+
+def from_json(d: Mapping[str, Any]) -> Result:
+    """A Result back from its JSON (`as_json`), e.g. to write junit.xml for merged shards; keys
+    this version does not know are ignored."""
+    known = {f.name for f in fields(Result)} - {"steps"}
+    step_known = {f.name for f in fields(StepRecord)}
+    steps = [StepRecord(**{k: v for k, v in s.items() if k in step_known})
+             for s in d.get("steps") or ()]  # fmt: skip
+    return Result(**{k: v for k, v in d.items() if k in known}, steps=steps)
 
 
 def comparable(result: dict[str, Any]) -> dict[str, Any]:
