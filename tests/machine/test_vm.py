@@ -16,7 +16,7 @@ import pytest
 from dmalab.machine.agent import AgentConnectionLost, Desc
 from dmalab.machine.compare_bytes import assert_same
 from dmalab.machine.guestmem import iova_segments
-from dmalab.machine.process import QemuDied
+from dmalab.machine.process import QemuDied, QemuStartFailed
 from dmalab.machine.vm import BootTimeout, GuestFailed, Vm
 from dmalab.spec import agent as aspec
 
@@ -177,6 +177,23 @@ async def test_panic_is_a_clear_error(
     assert list(run_base.iterdir()) == []
     (kept,) = artifacts.iterdir()
     assert b"Kernel panic" in (kept / "console.log").read_bytes()
+
+
+async def test_a_qemu_that_does_not_start_says_why(
+    make_vm: Callable[..., Vm], leaks: Any, run_base: Path, artifacts: Path
+) -> None:
+    # QEMU refuses its command line: the reason reaches the caller, nothing is left running
+    vm = make_vm()
+    original = vm._argv
+    vm._argv = lambda fd: [*original(fd), "-no-such-option"]
+    with pytest.raises(QemuStartFailed, match="no-such-option"):
+        async with vm:
+            pass
+    assert vm.process is None
+    assert list(run_base.iterdir()) == []
+    assert leaks.memfds() == set()
+    (kept,) = artifacts.iterdir()
+    assert "no-such-option" in (kept / "qemu.log").read_text()
 
 
 async def test_hung_guest_times_out(make_vm: Callable[..., Vm], leaks: Any, run_base: Path) -> None:

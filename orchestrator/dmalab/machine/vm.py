@@ -308,7 +308,7 @@ class Vm:
             )
         ram_fd = self.ram.fd if self.ram is not None else None
         channels = ["console"] + (["agent"] if self._want_agent else [])
-        self.process = QemuProcess(
+        process = QemuProcess(
             [*self._qemu_base, *self._argv(ram_fd)],
             name=self.name,
             channels=channels,
@@ -317,7 +317,10 @@ class Vm:
             pass_fds=[ram_fd] if ram_fd is not None else [],
             user_qmp=self._user_qmp,
         )
-        await self.process.__aenter__()
+        # A process whose start failed has cleaned up after itself and says why: it is not
+        # ours to stop (stopping it again would hide that reason).
+        await process.__aenter__()
+        self.process = process
         self.console = Console(self.run_dir / CONSOLE_LOG)
         self._console_sock = self.process.channel("console")
         self._tasks.append(asyncio.create_task(self._read_console(), name=f"{self.name}-console"))
