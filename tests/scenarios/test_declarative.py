@@ -363,7 +363,8 @@ MISTAKES = [
                   'policy = "exclusive"', 'expect = "pass"', 'why = "w"', 'on = "coherent"'),
      "variant[1].cell[1].on", "exclusive on coherent topologies is already cell[0] (on any)"),
     (_LOST, _cell('policy = "base"', 'expect = "pass"', 'why = "w"', 'on = "both"'),
-     "variant[1].cell[0].on", "must be one of any, coherent, noncoherent, not 'both'"),
+     "variant[1].cell[0].on",
+     "must be one of any, coherent, noncoherent, noncoherent-platform, not 'both'"),
     (_LOST, _cell('policy = "base"', 'expect = "pass"', 'why = "w"', "when = 1"),
      "variant[1].cell[0].when", "unknown field (expected one of: policy, expect, why, steps, on)"),
 ]  # fmt: skip

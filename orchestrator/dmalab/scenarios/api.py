@@ -131,8 +131,9 @@ class Run:
         self._order = 0
         self._counters: dict[str, dict[str, int]] = {}
         self.trace = GuestTrace(vm.agent)
-        #: The CPU cache model of a noncoherent machine (`present` False elsewhere).
-        self.cpucache = CpuCacheModel(vm.qmp)
+        #: The CPU cache model of a noncoherent machine (`present` False elsewhere; set when
+        #: the variant starts).
+        self.cpucache: CpuCacheModel | None = None
         #: Who counts IOMMU MAP events, per device: "device" (its vIOMMU sends MAP
         #: notifications) or "guest" (the kernel's iommu/map trace events).
         self.map_observer: dict[str, str] = {}
@@ -184,6 +185,7 @@ class Run:
         # Every device at once: their QMP and agent round trips overlap.
         await asyncio.gather(*(self._start_device(qid) for qid in self.devices))
         await self.trace.start()
+        self.cpucache = CpuCacheModel(self.vm.qmp)
         if await self.cpucache.probe():
             await self.cpucache.take()  # what came before the variant is not its finding
             self._counters[CPU_CACHE] = await self.cpucache.counters()
@@ -519,11 +521,12 @@ class Run:
                 violations = await dev.violations()
                 self._violations(step, qid, violations[self._seen_violations[qid] :])
                 self._seen_violations[qid] = len(violations)
-        if self.cpucache.present:
+        if self.cpucache is not None and self.cpucache.present:
             await self._cpu_cache(step, record)
 
     async def _cpu_cache(self, step: int, record: StepRecord) -> None:
         """The CPU cache model's counts in the step, and one finding per (kind, master)."""
+        assert self.cpucache is not None
         now = await self.cpucache.counters()
         before = self._counters[CPU_CACHE]
         delta = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
