@@ -172,6 +172,11 @@ bool cpucache_maintain(CpuCache *c, hwaddr pa, uint64_t len, CpuCacheMaint op,
     return untrapped;
 }
 
+static void flush_work(CPUState *cs, run_on_cpu_data data)
+{
+    tlb_flush(cs);
+}
+
 void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
                   bool is_write)
 {
@@ -205,13 +210,14 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
         }
     }
     /*
-     * Cacheable reads of the page must now take the trapping view. The flush
-     * reaches other vCPUs as queued work, which runs when they are kicked out
-     * of their translation blocks: before they take the DMA's interrupt.
+     * Cacheable reads of the page must now take the trapping view. A vCPU's
+     * TLB is its own thread's to flush: the flush is queued work, which runs
+     * when the vCPU is kicked out of its translation blocks, before it takes
+     * the DMA's interrupt.
      */
     if (newly_trapped) {
         CPU_FOREACH(cs) {
-            tlb_flush(cs);
+            async_run_on_cpu(cs, flush_work, RUN_ON_CPU_NULL);
         }
     }
 }
