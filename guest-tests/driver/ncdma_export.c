@@ -21,6 +21,7 @@
 #include <linux/vmalloc.h>
 
 #include "ncdma.h"
+#include "ncdma_compat.h"
 
 /* A DMA mapping of the pages, shared by the attachments of one IOMMU domain (SHARE_DOMAIN). */
 struct ncdma_xmap {

@@ -60,22 +60,39 @@ def _counts(length: int) -> list[int]:
     return [*range(1, 10), 16, length - 1, length, length + 1, 3 * length]
 
 
+NO_KERNEL: list[str | None] = [None]
+TWO_KERNELS: list[str | None] = ["debian:6.12", "debian:6.1"]
 RUN_LISTS = {
-    "dmalab run": (SHIPPED, ["base"]),
-    "dmalab run --matrix": (MATRIX_TOPOLOGIES, list(POLICIES)),
-    **{f"dmalab run -t {t}": ((t,), ["base"]) for t in shipped_topologies()},
-    **{f"dmalab run --matrix -t {t}": ((t,), list(POLICIES)) for t in shipped_topologies()},
+    "dmalab run": (SHIPPED, ["base"], NO_KERNEL),
+    "dmalab run --matrix": (MATRIX_TOPOLOGIES, list(POLICIES), NO_KERNEL),
+    **{f"dmalab run -t {t}": ((t,), ["base"], NO_KERNEL) for t in shipped_topologies()},
+    **{
+        f"dmalab run --matrix -t {t}": ((t,), list(POLICIES), NO_KERNEL)
+        for t in shipped_topologies()
+    },
+    # the kernel axis: --kernel debian:6.12 --kernel debian:6.1
+    "dmalab run --matrix --arch aarch64 --kernel x2": (
+        [t for t in SHIPPED if t.startswith("arm64")],
+        list(POLICIES),
+        TWO_KERNELS,
+    ),
+    "dmalab run --matrix -t arm64-noncoherent --kernel x2": (
+        ("arm64-noncoherent",),
+        list(POLICIES),
+        TWO_KERNELS,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", RUN_LISTS)
 def test_shards_of_every_shipped_run_list_are_disjoint_and_cover_it(name: str) -> None:
-    topologies, policies = RUN_LISTS[name]
-    items = plan(topologies, SUITE, policies)
-    assert len(items) == len(topologies) * len(policies) * sum(len(s.variants) for s in SUITE)
-    assert len({(i.topology, i.policy, i.scenario.name, i.variant.name) for i in items}) == len(
-        items
-    )
+    topologies, policies, kernels = RUN_LISTS[name]
+    items = plan(topologies, SUITE, policies, kernels)
+    variants = sum(len(s.variants) for s in SUITE)
+    assert len(items) == len(topologies) * len(kernels) * len(policies) * variants
+    assert len(
+        {(i.topology, i.kernel, i.policy, i.scenario.name, i.variant.name) for i in items}
+    ) == len(items)
     assert_split(items, _counts(len(items)))
     # With -k first, then the shard: still a split of what -k chose.
     chosen = select(items, lambda i: i.names, keyword="not exclusive")

@@ -1,9 +1,12 @@
-"""Debian's packages for the guest: the newest 6.12 kernel of bookworm-backports and
-bookworm-security (image, headers, kbuild) and busybox-static, fetched with the private apt and
-unpacked into the cache, never installed on the host.
+"""Debian's packages for the guest: the newest kernel of a series (6.12 by default, from
+bookworm-backports and bookworm-security; 6.1, bookworm's own) with its headers and kbuild, and
+busybox-static, fetched with the private apt and unpacked into the cache, never installed on the
+host.
 
 Old point releases leave the archive when new ones land, so the version is resolved at build time
-and recorded in the image's manifest.
+and recorded in the image's manifest. Debian names a 6.12 backport's ABI `6.12.117+deb12` and
+its kbuild package after it (`linux-kbuild-6.12.117+deb12`); bookworm's 6.1 has ABIs such as
+`6.1.0-57` and one `linux-kbuild-6.1` package whose version must be the kernel's.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from debian.deb822 import Deb822
 
 from dmalab.artifacts.apt import AptRepo, binary_repo
 from dmalab.artifacts.cache import write_atomic
-from dmalab.errors import EnvironmentProblem
+from dmalab.errors import BadInput, EnvironmentProblem
 
 SUITES = ("bookworm", "bookworm-backports", "bookworm-security")
 #: Guest architecture (QEMU's name) -> Debian's architecture and kernel flavour.
 DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 HOST_ARCH = "amd64"
-_ABI = r"6\.12\.[0-9]+\+deb12"
+#: The series `debian` means (the default image's kernel), and the series the archive holds.
+DEFAULT_SERIES = "6.12"
+SERIES = ("6.1", "6.12")
 # Each role is one package; {abi} is the kernel's ABI name, e.g. 6.12.117+deb12, {flavour} the
 # Debian architecture.
 ROLES = {
@@ -43,11 +48,18 @@ HOST_ROLES = ("kbuild",)
 BUSYBOX = "busybox-static"
 
 
-def _patterns(flavour: str) -> tuple[str, ...]:
+def abi_pattern(series: str) -> str:
+    """A regular expression (POSIX ERE, which apt reads, and Python alike) for the ABI names of
+    a kernel series: 6.12.117+deb12, 6.1.0-57."""
+    return re.escape(series) + r"(\.[0-9]+\+deb[0-9]+|\.0-[0-9]+)"
+
+
+def _patterns(flavour: str, series: str) -> tuple[str, ...]:
+    abi = abi_pattern(series)
     return (
-        f"^linux-image-{_ABI}-{flavour}-unsigned$",
-        f"^linux-headers-{_ABI}-({flavour}|common)$",
-        f"^linux-kbuild-{_ABI}$",
+        f"^linux-image-{abi}-{flavour}-unsigned$",
+        f"^linux-headers-{abi}-({flavour}|common)$",
+        f"^linux-kbuild-{abi}$",
         f"^{BUSYBOX}$",
     )
 
@@ -128,33 +140,51 @@ def _lists_fingerprint(apt: AptRepo) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()
 
 
-def resolve(arch: str, cache: Path, on_query: Callable[[], None] = lambda: None) -> Resolution:
-    """The newest kernel ABI with all its packages in the indexes, and busybox-static, for the
-    guest architecture `arch`.
+def memo_file(cache: Path, series: str = DEFAULT_SERIES) -> Path:
+    """Where the resolution of `series` is kept (the default series keeps its old name)."""
+    return cache / ("resolution.json" if series == DEFAULT_SERIES else f"resolution-{series}.json")
+
+
+def resolve(
+    arch: str,
+    cache: Path,
+    on_query: Callable[[], None] = lambda: None,
+    series: str = DEFAULT_SERIES,
+) -> Resolution:
+    """The newest kernel ABI of `series` with all its packages in the indexes, and
+    busybox-static, for the guest architecture `arch`.
 
     The answer is cached against the index files, so a warm build does not run apt-cache."""
+    if series not in SERIES:
+        raise BadInput(f"Debian kernel series {series!r}: expected one of {', '.join(SERIES)}")
     flavour = DEBIAN_ARCH[arch]
     guest, host = repo(arch), repo("x86_64")
     apts = [guest] if guest == host else [guest, host]
     fingerprint = "".join(_lists_fingerprint(a) for a in apts)
-    memo = cache / "resolution.json"
+    memo = memo_file(cache, series)
     if memo.is_file():
         saved = json.loads(memo.read_text())
         if saved.get("fingerprint") == fingerprint:
             return Resolution.from_json(saved["resolution"])
     on_query()
-    found = {a.name: _index(a, _patterns(flavour)) for a in apts}
+    found = {a.name: _index(a, _patterns(flavour, series)) for a in apts}
     abis = {
         m.group(1)
         for name in found[guest.name]
-        if (m := re.fullmatch(rf"linux-image-({_ABI})-{flavour}-unsigned", name))
+        if (m := re.fullmatch(rf"linux-image-({abi_pattern(series)})-{flavour}-unsigned", name))
     }
+    shared_kbuild = _all_versions(repo_for(arch, "kbuild"), f"linux-kbuild-{series}")
     for abi in sorted(abis, key=_abi_key, reverse=True):
         packages = {}
         for role, pattern in ROLES.items():
             index = found[repo_for(arch, role).name]
             if (name := pattern.format(abi=abi, flavour=flavour)) in index:
                 packages[role] = index[name]
+        if "kbuild" not in packages and "image" in packages:
+            # One kbuild package for the series: the version built with this kernel.
+            version = packages["image"].version
+            if version in shared_kbuild:
+                packages["kbuild"] = shared_kbuild[version]
         if len(packages) == len(ROLES) and BUSYBOX in found[guest.name]:
             packages["busybox"] = found[guest.name][BUSYBOX]
             resolution = Resolution(abi, packages, flavour)
@@ -164,7 +194,7 @@ def resolve(arch: str, cache: Path, on_query: Callable[[], None] = lambda: None)
             )
             return resolution
     raise EnvironmentProblem(
-        f"no complete Debian 6.12 {flavour} kernel (image, headers, kbuild) or no {BUSYBOX} in "
+        f"no complete Debian {series} {flavour} kernel (image, headers, kbuild) or no {BUSYBOX} in "
         f"{', '.join(SUITES)}: check the apt sources in /etc/apt"
     )
 
@@ -174,6 +204,19 @@ def _index(apt: AptRepo, patterns: tuple[str, ...]) -> dict[str, Package]:
     return {
         s["Package"]: Package(s["Package"], s["Version"], s["SHA256"], int(s["Size"]))
         for s in _stanzas(text)
+    }
+
+
+def _all_versions(apt: AptRepo, name: str) -> dict[str, Package]:
+    """Every version of package `name` in the index (none when it is not there)."""
+    try:
+        text = apt.run("apt-cache", "show", name)
+    except EnvironmentProblem:
+        return {}
+    return {
+        s["Version"]: Package(s["Package"], s["Version"], s["SHA256"], int(s["Size"]))
+        for s in _stanzas(text)
+        if s["Package"] == name
     }
 
 

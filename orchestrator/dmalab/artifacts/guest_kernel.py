@@ -114,17 +114,27 @@ def _refresh(progress: Progress, apt: AptRepo, max_age_s: float) -> None:
         progress(f"apt index refresh failed, going on with the cached index ({exc})")
 
 
-def resolution(progress: Progress, work: Path, arch: str = "x86_64") -> debian_kernel.Resolution:
+def resolution(
+    progress: Progress,
+    work: Path,
+    arch: str = "x86_64",
+    series: str = debian_kernel.DEFAULT_SERIES,
+) -> debian_kernel.Resolution:
     refresh_index(progress, arch)
     return debian_kernel.resolve(
-        arch, work, lambda: progress("resolving the newest Debian 6.12 kernel ...")
+        arch, work, lambda: progress(f"resolving the newest Debian {series} kernel ..."), series
     )
 
 
-def debian(progress: Progress, work: Path, arch: str = "x86_64") -> KernelSource:
-    """Debian's newest 6.12 kernel for `arch`; downloads and unpacking happen only when a build
-    needs them."""
-    resolved = resolution(progress, work, arch)
+def debian(
+    progress: Progress,
+    work: Path,
+    arch: str = "x86_64",
+    series: str = debian_kernel.DEFAULT_SERIES,
+) -> KernelSource:
+    """Debian's newest kernel of `series` for `arch`; downloads and unpacking happen only when a
+    build needs them."""
+    resolved = resolution(progress, work, arch, series)
     release = resolved.release
     debs_dir, unpacked = work / "debs", work / "unpacked"
     image_pkg = resolved.packages["image"]

@@ -122,6 +122,7 @@ class _Job:
     kernel: Path | None
     modules: Path | None
     arch: str
+    series: str  # the Debian kernel series, without a user's kernel
 
 
 def ensure_image(
@@ -129,14 +130,18 @@ def ensure_image(
     kernel: Path | None = None,
     modules: Path | None = None,
     arch: str = "x86_64",
+    series: str | None = None,
 ) -> ImageBuild:
     """Build the guest image for `arch` (x86_64 or aarch64) unless an identical one is cached.
 
     kernel and modules bring a user's own kernel (x86: a bzImage or vmlinux built with
     CONFIG_PVH=y; arm64: an Image) and its lib/modules/<release> tree (whose build/ then provides
-    the headers for ncdma.ko)."""
+    the headers for ncdma.ko). `series` picks Debian's kernel series instead of the default
+    (`debian_kernel.SERIES`: "6.12", "6.1"), the newest package of it."""
     if modules is not None and kernel is None:
         raise BadInput("modules given without kernel: pass the kernel they belong to as well")
+    if series is not None and kernel is not None:
+        raise BadInput("a Debian kernel series and a kernel file: give one of them")
     if arch not in guest_kernel.BOOT_FILE:
         raise BadInput(f"arch {arch!r}: expected one of {', '.join(guest_kernel.BOOT_FILE)}")
     if kernel is None and os.environ.get(PREBUILT_VAR):
@@ -150,6 +155,7 @@ def ensure_image(
         kernel=kernel,
         modules=modules,
         arch=arch,
+        series=series or debian_kernel.DEFAULT_SERIES,
     )
     started = time.monotonic()
     with locked(job.work / "lock"):
@@ -188,7 +194,7 @@ def _ensure(job: _Job) -> tuple[ImageBuild, bool]:
     if job.kernel is not None:
         source = guest_kernel.user(job.progress, job.work, job.kernel, job.modules, job.arch)
     else:
-        source = guest_kernel.debian(job.progress, job.work, job.arch)
+        source = guest_kernel.debian(job.progress, job.work, job.arch, job.series)
     inputs: dict[str, object] = {
         "format": FORMAT,
         "arch": job.arch,
@@ -423,9 +429,19 @@ def _prune(work: Path, source: KernelSource) -> None:
             shutil.rmtree(old, ignore_errors=True)
     if source.source != "debian":
         return
-    current = {f"{p.name}_{p.version}" for p in source.packages.values()}
-    current |= {p.deb_name for p in source.packages.values()}
-    current.add(f"linux-headers-{source.release}_{source.packages['headers'].version}")
+    # Every series' current kernel stays: a run over two kernels uses both.
+    kept = [(source.release, source.packages)]
+    for series in debian_kernel.SERIES:
+        memo = debian_kernel.memo_file(work, series)
+        if memo.is_file():
+            r = debian_kernel.Resolution.from_json(json.loads(memo.read_text())["resolution"])
+            kept.append((r.release, r.packages))
+    current: set[str] = set()
+    for release, packages in kept:
+        current |= {f"{p.name}_{p.version}" for p in packages.values()}
+        current |= {p.deb_name for p in packages.values()}
+        if "headers" in packages:
+            current.add(f"linux-headers-{release}_{packages['headers'].version}")
     for place in (work / "unpacked", work / "debs"):
         for entry in place.iterdir() if place.is_dir() else ():
             if entry.name in current:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dmalab.artifacts import image
-from dmalab.artifacts.guest_kernel import kernel_arch
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ARCHES, ensure_qemu
 from dmalab.cli.options import kernel_options
 from dmalab.cli.params import OUTPUT_FILE
+from dmalab.errors import BadInput
+
+if TYPE_CHECKING:
+    from dmalab.artifacts.kernel_choice import KernelChoice
 
 
 @click.command("build", short_help="Build QEMU and the guest image (cached).")
@@ -40,7 +44,7 @@ from dmalab.cli.params import OUTPUT_FILE
     help="With runner-image: also write the image to FILE as an OCI archive (podman load -i).",
 )  # fmt: skip
 def command(
-    what: str, refresh: bool, kernel: Path | None, modules: Path | None, arches: str,
+    what: str, refresh: bool, kernel: KernelChoice | None, modules: Path | None, arches: str,
     export: Path | None,
 ) -> None:  # fmt: skip
     """Build QEMU with the ncdma devices and the guest image, or find them in the cache.
@@ -62,8 +66,12 @@ def command(
         return
     if export is not None:
         raise click.UsageError("--export goes with runner-image")
-    if kernel is not None and arches == "all":
-        arches = kernel_arch(kernel) or "x86_64"  # a file of neither kind fails in the build
+    if kernel is not None:
+        kernel = kernel.with_modules(modules)
+    elif modules is not None:
+        raise BadInput("--modules: give --kernel too (the kernel the modules belong to)")
+    if kernel is not None and kernel.file is not None and arches == "all":
+        arches = kernel.arch or "x86_64"  # a file of neither kind fails in the build
     chosen = ARCHES if arches == "all" else (arches,)
     progress = Progress()
     if what in ("qemu", "all"):
@@ -74,13 +82,14 @@ def command(
                 click.echo(str(qemu.binary_for(arch)))
     if what in ("image", "all"):
         for arch in chosen:
-            build = image.ensure_image(kernel=kernel, modules=modules, arch=arch)
+            build = image.ensure_image(arch=arch) if kernel is None else kernel.image(arch)
             click.echo(str(build.manifest))
 
 
 def _runner_image(
-    kernel: Path | None, modules: Path | None, arches: str, refresh: bool, export: Path | None
-) -> None:
+    kernel: KernelChoice | None, modules: Path | None, arches: str, refresh: bool,
+    export: Path | None,
+) -> None:  # fmt: skip
     from dmalab.artifacts import runner_image
 
     if kernel is not None or modules is not None or arches != "all" or refresh:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dmalab.artifacts.guest_kernel import kernel_arch
 from dmalab.artifacts.image import ensure_image
+from dmalab.artifacts.kernel_choice import KernelChoice, kernel_axis
 from dmalab.artifacts.progress import Progress
 from dmalab.artifacts.qemu import ensure_qemu
 from dmalab.cli.completion import complete_policy, complete_topology
@@ -19,7 +19,6 @@ from dmalab.cli.options import (
     emit_json,
     kernel_options,
     output_options,
-    own_image,
     shard_option,
 )
 from dmalab.cli.params import ACCEL, INPUT_FILE, OUTPUT_DIR
@@ -79,8 +78,9 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
 @shard_option("the run list (after -k)", "The parts do not depend on -j or --seed.")
 @click.option(
     "--list", "list_only", is_flag=True,
-    help="Print the run items (topology, scenario, variant, policy), one a line, and run "
-    "nothing. Honours -t, -s, --scenario-file, --matrix, --policy, -k and --shard.",
+    help="Print the run items (topology, scenario, variant, policy, and the kernel when "
+    "--kernel is given), one a line, and run nothing. Honours -t, -s, --scenario-file, "
+    "--matrix, --policy, --kernel, -k and --shard.",
 )  # fmt: skip
 @click.option(
     "-j", "--jobs", "jobs_text", metavar="N",
@@ -105,7 +105,7 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
     help="Write results.json, junit.xml and report.html into this directory.",
 )  # fmt: skip
 @click.option("--accel", type=ACCEL, help="Override the topology's accelerator.")
-@kernel_options
+@kernel_options(repeatable=True)
 @output_options(
     "Print results.json's document instead of the table (with --list: the items as a JSON "
     "list); the summary and the verdict go to stderr."
@@ -125,7 +125,7 @@ def command(
     policies: tuple[str, ...],
     results: Path | None,
     accel: str | None,
-    kernel: Path | None,
+    kernel: tuple[KernelChoice, ...],
     modules: Path | None,
     as_json: bool,
     output: Path | None,
@@ -147,32 +147,37 @@ def command(
     jobs = _integer("-j/--jobs", jobs_text, 1, 64) or 1
     seed = _integer("--seed", seed_text, 0, MAX_SEED)
     seed = DEFAULT_SEED if seed is None else seed
-    if kernel is not None and arch == "all" and not topologies:
-        arch = kernel_arch(kernel) or "x86_64"  # your kernel runs on its own architecture
-    runs = _run_list(topologies, arch, only, files, matrix, policies, keyword, shard)
+    kernels = kernel_axis(kernel, modules)
+    file_arches = {k.arch or "x86_64" for k in kernels if k.file is not None}
+    if file_arches and arch == "all" and not topologies:
+        arch = min(file_arches)  # your kernel runs on its own architecture
+    runs = _run_list(topologies, arch, only, files, matrix, policies, keyword, shard,
+                     [k.label for k in kernels])  # fmt: skip
     if list_only:
         _list(runs.items, as_json, output)
         return
     arches = list(dict.fromkeys(runs.arches[i.topology] for i in runs.items))
-    if kernel is not None and len(arches) > 1:
-        raise BadInput(
-            f"--kernel: the run's topologies are {' and '.join(arches)}; a kernel is for one "
-            "architecture: choose it with --arch or -t"
-        )
+    for k in kernels:
+        if k.file is not None and any(a != (k.arch or "x86_64") for a in arches):
+            raise BadInput(
+                f"--kernel: the run's topologies are {' and '.join(arches)}; {k.file} is for "
+                f"{k.arch or 'x86_64'} only: choose the topologies with --arch or -t"
+            )
     progress = Progress()
     ensure_qemu(progress)
-    image = own_image(kernel, modules, *arches[:1])
-    for each in arches if image is None else ():
-        ensure_image(lambda m: click.echo(m, err=True), arch=each)
+    say = lambda m: click.echo(f"image: {m}", err=True)  # noqa: E731
+    images = {k.label: {a: k.image(a, say) for a in arches} for k in kernels}
+    for each in arches if not kernels else ():
+        ensure_image(say, arch=each)
     run = asyncio.run(
         run_suite(runs.topologies, runs.scenarios, policies=runs.policies, seed=seed, jobs=jobs,
-                  accel=accel, on_result=_live, items=runs.items,
-                  image=image)
+                  accel=accel, on_result=_live, items=runs.items, kernels=images or None)
     )  # fmt: skip
     doc = run.doc()
     doc["meta"].update(runs.meta())
-    if image is not None:
-        doc["meta"]["kernel"] = {"file": str(kernel), "release": image.kernel_release}
+    if len(kernels) == 1 and kernels[0].file is not None:
+        built = next(iter(images[kernels[0].label].values()))
+        doc["meta"]["kernel"] = {"file": str(kernels[0].file), "release": built.kernel_release}
     _report(run, doc, runs, jobs, seed, results, as_json, output)
 
 
@@ -187,6 +192,7 @@ class RunList:
     coherent: dict[str, bool]
     arches: dict[str, str]  # topology -> guest architecture
     items: list[Item]
+    kernels: list[str]  # the kernel axis: labels, in the order given (empty: no axis)
     keyword: str | None
     shard: Shard | None
 
@@ -199,6 +205,7 @@ class RunList:
 def _run_list(
     topologies: tuple[str, ...], arch: str, only: tuple[str, ...], files: tuple[Path, ...],
     matrix: bool, policies: tuple[str, ...], keyword: str | None, shard: Shard | None,
+    kernels: list[str] | None = None,
 ) -> RunList:  # fmt: skip
     """The run list the options give, checked before anything is built or booted."""
     from dmalab.machine.topology import load_topology
@@ -220,31 +227,35 @@ def _run_list(
     # Results name topologies by name (bad files failed above, before anything is built).
     coherent = {loaded[t].name: all_coherent(loaded[t]) for t in topos}
     arches = {t: loaded[t].arch for t in topos}
-    every = plan(topos, scenarios, chosen or ["base"])
+    kernels = kernels or []
+    every = plan(topos, scenarios, chosen or ["base"], kernels or [None])
     matching = select(every, lambda i: i.names, keyword=keyword)
     if keyword is not None and not matching:
         raise BadInput(f"-k: {keyword!r} matches none of the {len(every)} run items")
     items = shard.take(matching) if shard is not None else matching
-    return RunList(topos, scenarios, chosen, coherent, arches, items, keyword, shard)
+    return RunList(topos, scenarios, chosen, coherent, arches, items, kernels, keyword, shard)
 
 
 def _list(items: list[Item], as_json: bool, output: Path | None) -> None:
-    """`--list`: the items, one a line (or a JSON list)."""
-    rows = [(i.topology, i.scenario.name, i.variant.name, i.policy) for i in items]
+    """`--list`: the items, one a line (or a JSON list); the kernel last, when there is one."""
+    kernel = any(i.kernel is not None for i in items)
+    keys = ("topology", "scenario", "variant", "policy", *(("kernel",) if kernel else ()))
+    rows = [(i.topology, i.scenario.name, i.variant.name, i.policy,
+             *((i.kernel or "",) if kernel else ())) for i in items]  # fmt: skip
     if as_json:
-        keys = ("topology", "scenario", "variant", "policy")
         emit_json([dict(zip(keys, row, strict=True)) for row in rows], output)
         return
-    widths = [max((len(row[c]) for row in rows), default=0) for c in range(3)]
-    lines = [" ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=False)) + f" {row[3]}"
+    widths = [max((len(row[c]) for row in rows), default=0) for c in range(len(keys) - 1)]
+    lines = [" ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=False)) + f" {row[-1]}"
              for row in rows]  # fmt: skip
     emit("\n".join(lines), output) if lines else click.echo("no run items", err=True)
 
 
 def _live(r: Any) -> None:
     policy = f" {r.policy:<10}" if r.policy is not None else ""
-    click.echo(f"  {r.topology:<13}{policy} {r.scenario:<18} {r.variant:<24} {r.outcome}",
-               err=True)  # fmt: skip
+    kernel = f" {r.kernel:<12}" if r.kernel is not None else ""
+    click.echo(f"  {r.topology:<13}{kernel}{policy} {r.scenario:<18} {r.variant:<24} "
+               f"{r.outcome}", err=True)  # fmt: skip
 
 
 def _report(
@@ -276,7 +287,9 @@ def _report(
         emit("\n\n".join([table, *lines]), output)
     if bad:
         names = [
-            f"{r.scenario}/{r.topology}/{r.variant}" + (f"[{r.policy}]" if r.policy else "")
+            f"{r.scenario}/{r.topology}/{r.variant}"
+            + (f"[{r.policy}]" if r.policy else "")
+            + (f"@{r.kernel}" if r.kernel else "")
             for r in bad
         ]
         more = f" and {len(names) - FAILURES_NAMED} more" if len(names) > FAILURES_NAMED else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from dmalab.artifacts.image import ImageBuild
+from dmalab.artifacts.kernel_choice import KernelChoice
 from dmalab.cli.completion import complete_topology
 from dmalab.cli.options import kernel_options, own_image
 from dmalab.cli.params import ACCEL, INPUT_DIR
@@ -184,7 +185,7 @@ def command(
     run_dir: Path | None,
     agent: bool,
     accel: str | None,
-    kernel: Path | None,
+    kernel: KernelChoice | None,
     modules: Path | None,
 ) -> None:
     """Boot TOPOLOGY and open its serial console in raw mode (Ctrl-] quits and shuts it down),

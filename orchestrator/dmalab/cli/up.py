@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from dmalab.artifacts.image import ImageBuild
+from dmalab.artifacts.kernel_choice import KernelChoice
 from dmalab.cli import signals
 from dmalab.cli.completion import complete_topology
 from dmalab.cli.options import emit, kernel_options, output_options, own_image
@@ -146,7 +147,7 @@ async def _serve(vm: Vm, stop: asyncio.Event, as_json: bool, output: Path | None
 def command(
     topology: str,
     accel: str | None,
-    kernel: Path | None,
+    kernel: KernelChoice | None,
     modules: Path | None,
     as_json: bool,
     output: Path | None,

@@ -1,6 +1,7 @@
 """Two results.json files compared result by result: what got worse, what changed.
 
-Results are matched by (scenario, topology, variant) plus "policy" when a result has one.
+Results are matched by (scenario, topology, variant) plus "policy" and "kernel" when a result
+has them.
 `timing`, `machine` and the guest kernel's trace lines are never compared: wall times and
 physical addresses differ from run to run while everything else is deterministic (the kernel's
 event counts included). Per-result keys this module does not know are
@@ -94,23 +95,30 @@ class Key:
     topology: str
     variant: str
     policy: str | None = None
+    kernel: str | None = None
 
     def __str__(self) -> str:
         text = f"{self.scenario}/{self.topology}/{self.variant}"
-        return f"{text} [policy {self.policy}]" if self.policy is not None else text
+        text += f" [policy {self.policy}]" if self.policy is not None else ""
+        return f"{text} [kernel {self.kernel}]" if self.kernel is not None else text
 
     def as_json(self) -> dict[str, str]:
         out = {"scenario": self.scenario, "topology": self.topology, "variant": self.variant}
-        return out | ({"policy": self.policy} if self.policy is not None else {})
+        out |= {"policy": self.policy} if self.policy is not None else {}
+        return out | ({"kernel": self.kernel} if self.kernel is not None else {})
+
+
+def _optional(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 def result_key(r: dict[str, Any]) -> Key:
-    policy = r.get("policy")
-    if policy is not None and not isinstance(policy, str):
-        policy = json.dumps(policy, sort_keys=True)
     return Key(
-        str(r.get("scenario", "?")), str(r.get("topology", "?")), str(r.get("variant", "?")), policy
-    )
+        str(r.get("scenario", "?")), str(r.get("topology", "?")), str(r.get("variant", "?")),
+        _optional(r.get("policy")), _optional(r.get("kernel")),
+    )  # fmt: skip
 
 
 def _by_key(doc: dict[str, Any]) -> dict[Key, dict[str, Any]]:
@@ -119,7 +127,8 @@ def _by_key(doc: dict[str, Any]) -> dict[Key, dict[str, Any]]:
         key = result_key(r)
         n = 2
         while key in out:  # the same variant twice in one file: keep both, numbered
-            key = Key(key.scenario, key.topology, f"{result_key(r).variant}#{n}", key.policy)
+            variant = f"{result_key(r).variant}#{n}"
+            key = Key(key.scenario, key.topology, variant, key.policy, key.kernel)
             n += 1
         out[key] = r
     return out

@@ -257,14 +257,17 @@ def _cell_text(r: dict[str, Any]) -> str:
 
 
 def _matrix_grid(results: Sequence[dict[str, Any]]) -> str:
-    """Scenario/variant rows against topology x policy columns; only for --matrix runs."""
+    """Scenario/variant rows against topology x policy columns (topology x kernel x policy
+    when results name kernels); only for --matrix runs."""
     if not any("policy" in r for r in results):
         return ""
     cols: list[tuple[str, str]] = []
     rows: list[tuple[str, str]] = []
     cells: dict[tuple[tuple[str, str], tuple[str, str]], tuple[int, dict[str, Any]]] = {}
     for i, r in enumerate(results):
-        col = (str(r.get("topology", "?")), _plain(r.get("policy") or "-"))
+        where = str(r.get("topology", "?"))
+        where += f" {_plain(r['kernel'])}" if r.get("kernel") is not None else ""
+        col = (where, _plain(r.get("policy") or "-"))
         row = (str(r.get("scenario", "?")), str(r.get("variant", "?")))
         cols += [col] if col not in cols else []
         rows += [row] if row not in rows else []
@@ -296,7 +299,9 @@ def _matrix_grid(results: Sequence[dict[str, Any]]) -> str:
 
 def _verdict_table(results: Sequence[dict[str, Any]]) -> str:
     policy = any("policy" in r for r in results)
-    head = ["scenario", "topology", "variant", *(["policy"] if policy else [])]
+    kernel = any("kernel" in r for r in results)
+    head = ["scenario", "topology", *(["kernel"] if kernel else []), "variant"]
+    head += ["policy"] if policy else []
     head += ["expectation", "verdict", "expected steps", "detected steps", "key counters", "s"]
     head += ["note"]
     rows = []
@@ -305,6 +310,7 @@ def _verdict_table(results: Sequence[dict[str, Any]]) -> str:
         cells = [
             escape(str(r.get("scenario", "?"))),
             escape(str(r.get("topology", "?"))),
+            *([escape(_plain(r.get("kernel") or ""))] if kernel else []),
             f'<a href="#r{i}">{escape(str(r.get("variant", "?")))}</a>',
             *([escape(_plain(r.get("policy") or ""))] if policy else []),
             escape(str(r.get("expectation", "?"))),
@@ -371,6 +377,8 @@ def _map_events_plot(results: Sequence[dict[str, Any]]) -> str:
         if variant not in ("cached", "uncached"):
             continue
         panel = str(r.get("topology", "?"))
+        if r.get("kernel") is not None:
+            panel += f" {_plain(r['kernel'])}"
         if "policy" in r:
             panel += f" (policy {_plain(r['policy'])})"
         panels.setdefault(panel, {})[str(variant)] = map_events_per_cycle(r)
@@ -410,10 +418,13 @@ def _map_events_plot(results: Sequence[dict[str, Any]]) -> str:
 def violation_totals(
     results: Sequence[dict[str, Any]],
 ) -> dict[tuple[str, str], dict[str, int]]:
-    """(topology, expectation) -> violation kind -> the devices' counters summed over results."""
+    """(topology [kernel], expectation) -> violation kind -> the devices' counters summed over
+    results."""
     totals: dict[tuple[str, str], dict[str, int]] = {}
     for r in results:
-        group = (str(r.get("topology", "?")), str(r.get("expectation", "?")))
+        where = str(r.get("topology", "?"))
+        where += f" {_plain(r['kernel'])}" if r.get("kernel") is not None else ""
+        group = (where, str(r.get("expectation", "?")))
         per_kind = totals.setdefault(group, dict.fromkeys(VIOLATIONS, 0))
         counters = counter_totals(r.get("counters"))
         for kind in VIOLATIONS:

@@ -27,7 +27,8 @@ def key_counters(r: Result) -> str:
 
 def _where(r: Result) -> str:
     where = f"{r.scenario}/{r.topology}/{r.variant}"
-    return f"{where} [{r.policy}]" if r.policy is not None else where
+    where += f" [{r.policy}]" if r.policy is not None else ""
+    return f"{where} @{r.kernel}" if r.kernel is not None else where
 
 
 def _columns(rows: Sequence[Sequence[str]], header: int = 1) -> list[str]:
@@ -53,14 +54,16 @@ def _failures(results: Sequence[Result]) -> list[str]:
 
 def render_table(results: Sequence[Result]) -> str:
     policy = any(r.policy is not None for r in results)
-    head = ("scenario", "topology", "variant", *(("policy",) if policy else ()), "expect",
-            "verdict", "steps", "s", "key counters")  # fmt: skip
+    kernel = any(r.kernel is not None for r in results)
+    head = ("scenario", "topology", *(("kernel",) if kernel else ()), "variant",
+            *(("policy",) if policy else ()), "expect", "verdict", "steps", "s",
+            "key counters")  # fmt: skip
     rows: list[tuple[str, ...]] = [head]
     for r in results:
         steps = ",".join(map(str, r.detected_steps)) or "-"
-        rows.append((r.scenario, r.topology, r.variant, *((r.policy or "",) if policy else ()),
-                     r.expectation, verdict_text(r), steps, f"{r.timing.get('seconds', 0):.2f}",
-                     key_counters(r)))  # fmt: skip
+        rows.append((r.scenario, r.topology, *((r.kernel or "",) if kernel else ()), r.variant,
+                     *((r.policy or "",) if policy else ()), r.expectation, verdict_text(r),
+                     steps, f"{r.timing.get('seconds', 0):.2f}", key_counters(r)))  # fmt: skip
     out = "\n".join(_columns(rows))
     notes = [f"  {_where(r)}: {r.note}" for r in results if r.note]
     failures = _failures(results)
@@ -82,30 +85,34 @@ def _expect_of(v: Variant) -> str:
 def render_matrix(
     results: Sequence[Result], scenarios: Sequence[Scenario], coherent: Mapping[str, bool]
 ) -> str:
-    """Rows scenario/variant, columns topology/policy (`coherent`: which topologies have only
-    coherent devices), then why cells are n/a or declared, and the failures. Cells in
-    parentheses are recorded, not enforced."""
+    """Rows scenario/variant, columns topology/policy (topology/kernel/policy when results name
+    kernels; `coherent`: which topologies have only coherent devices), then why cells are n/a
+    or declared, and the failures. Cells in parentheses are recorded, not enforced."""
     variants = {(sc.name, v.name): v for sc in scenarios for v in sc.variants}
-    cols: list[tuple[str, str]] = []
-    rows: dict[tuple[str, str], dict[tuple[str, str], Result]] = {}
+    cols: list[tuple[str, str, str]] = []
+    rows: dict[tuple[str, str], dict[tuple[str, str, str], Result]] = {}
     for r in results:
-        col = (r.topology, r.policy or "base")
+        col = (r.topology, r.kernel or "", r.policy or "base")
         if col not in cols:
             cols.append(col)
         rows.setdefault((r.scenario, r.variant), {})[col] = r
-    topo_row = [t if i == 0 or cols[i - 1][0] != t else "" for i, (t, _) in enumerate(cols)]
+    topo_row = [c[0] if i == 0 or cols[i - 1][0] != c[0] else "" for i, c in enumerate(cols)]
+    header: list[tuple[str, ...]] = [("", "", *topo_row)]
+    if any(c[1] for c in cols):  # a row of kernels under the topologies
+        header.append(("", "", *(c[1] if i == 0 or cols[i - 1][:2] != c[:2] else ""
+                                 for i, c in enumerate(cols))))  # fmt: skip
     table: list[tuple[str, ...]] = [
-        ("", "", *topo_row),
-        ("scenario/variant", "expect", *(p for _, p in cols)),
+        *header,
+        ("scenario/variant", "expect", *(c[2] for c in cols)),
     ]
     for (sc, name), cells in rows.items():
         v = variants.get((sc, name))
         table.append((f"{sc}/{name}", _expect_of(v) if v else "?",
                       *(matrix_cell(cells[c]) if c in cells else "" for c in cols)))  # fmt: skip
-    out = "\n".join(_columns(table, header=2))
+    out = "\n".join(_columns(table, header=len(header) + 1))
     # One line per (row, reason), naming the policies and, unless it is all of them, the
     # topologies it applies to; in the order of the rows.
-    topologies = list(dict.fromkeys(t for t, _ in cols))
+    topologies = list(dict.fromkeys(c[0] for c in cols))
     reasons: dict[tuple[str, str, str], tuple[list[str], list[str]]] = {}
     for r in results:
         v = variants.get((r.scenario, r.variant))
@@ -182,13 +189,15 @@ def write_junit(results: Sequence[Result], path: Path) -> None:
 
 
 def render_junit(results: Sequence[Result]) -> bytes:
-    """One `testsuite` per topology (per topology and policy in a matrix run), one `testcase`
-    per variant, classname `<topology name>[.<policy>].<scenario>`; `failure` whose message says
-    what was found and whose text is the evidence, `skipped` for n/a."""
+    """One `testsuite` per topology (per topology and policy in a matrix run, and per kernel
+    in a run given kernels), one `testcase` per variant, classname `<topology
+    name>[@<kernel>][.<policy>].<scenario>`, with properties `arch` (and `kernel`); `failure`
+    whose message says what was found and whose text is the evidence, `skipped` for n/a."""
     suites = ET.Element("testsuites", name="dmalab")
     groups: dict[str, list[Result]] = {}
     for r in results:
-        name = r.topology if r.policy is None else f"{r.topology}.{r.policy}"
+        name = r.topology if r.kernel is None else f"{r.topology}@{r.kernel}"
+        name = name if r.policy is None else f"{name}.{r.policy}"
         groups.setdefault(name, []).append(r)
     for group, rs in groups.items():
         suite = ET.SubElement(
@@ -204,6 +213,8 @@ def render_junit(results: Sequence[Result]) -> bytes:
             )  # fmt: skip
             props = ET.SubElement(case, "properties")
             ET.SubElement(props, "property", name="arch", value=r.arch)
+            if r.kernel is not None:
+                ET.SubElement(props, "property", name="kernel", value=r.kernel)
             if r.outcome == "unavailable":
                 ET.SubElement(case, "skipped", message=r.note)
             elif not r.ok:

@@ -57,6 +57,9 @@ class Result:
     timing: dict[str, float] = field(default_factory=dict)
     #: The guest architecture the topology is of (QEMU's name).
     arch: str = "x86_64"
+    #: The kernel's label (`debian:6.1`, ...) in a run given kernels (`--kernel`); None
+    #: otherwise (left out of the JSON), when the topology's image says which.
+    kernel: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -80,12 +83,13 @@ def suite_ok(results: Sequence[Result]) -> bool:
 def as_json(results: Sequence[Result], *, timing: bool = True) -> list[dict[str, Any]]:
     """JSON-ready results; `timing=False` leaves out what differs from run to run (wall times,
     physical addresses, the guest kernel's trace lines), for comparing two runs. `policy` is
-    there only in a matrix run."""
+    there only in a matrix run, `kernel` only in a run given kernels."""
     out = []
     for r in results:
         d = asdict(r)
-        if d["policy"] is None:
-            d.pop("policy")
+        for optional in ("policy", "kernel"):
+            if d[optional] is None:
+                d.pop(optional)
         out.append(d if timing else comparable(d))
     return out
 

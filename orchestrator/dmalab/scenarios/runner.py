@@ -1,8 +1,10 @@
 """Run scenarios: boot each topology, save a snapshot, restore it before every variant.
 
-`run_suite(topologies, scenarios)` returns a `SuiteRun`: a `Result` per (topology, policy,
-scenario, variant) in that canonical order, the run's `meta` (what it ran and what produced it:
-QEMU build, guest image, accelerator, host, dmalab commit) and its wall times. Results name a
+`run_suite(topologies, scenarios)` returns a `SuiteRun`: a `Result` per (topology, kernel,
+policy, scenario, variant) in that canonical order (the kernel an axis only when `kernels` are
+given: each topology then boots each kernel's image, and results name the kernel), the run's
+`meta` (what it ran and what produced it: QEMU build, guest image, accelerator, host, dmalab
+commit) and its wall times. Results name a
 topology by its `name`; `meta` maps each name to the file it came from. Each machine is a
 `machine.booted.BootedMachine`: booted, the guest's `/dev/ncdmaN` matched to the topology's device
 ids by PCI address, devices that share an IOMMU group noted (seed 004), and the state right after
@@ -19,7 +21,7 @@ import collections
 import contextlib
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -132,6 +134,8 @@ class Machine:
         self.coherent = all_coherent(topology)
         self.platform = topology.machine.coherency
         self.arch = topology.arch
+        #: The kernel's label in a run given kernels: results carry it.
+        self.kernel: str | None = None
         self.devices: dict[str, int] = {}
         self.shared: tuple[str, str] | None = None
         self._booted: BootedMachine | None = None
@@ -176,12 +180,12 @@ class Machine:
         skip = why if expect == "n/a" else (sc.unavailable(run) if sc.unavailable else None)
         if skip:
             r = _skipped(sc, v, self.topology, skip, label)
-            r.arch = self.arch
+            r.arch, r.kernel = self.arch, self.kernel
             return r
         restore_s = await self.booted.fresh()
         r = await run_variant(run, sc, expect, steps, why)
         r.policy = label
-        r.arch = self.arch
+        r.arch, r.kernel = self.arch, self.kernel
         r.timing["restore_seconds"] = round(restore_s, 3)
         return r
 
@@ -252,9 +256,13 @@ def dmalab_version() -> str:
         return "unknown"
 
 
+#: A kind of machine: a topology (as given) booting a kernel (its label; None: its own image's).
+MachineKey = tuple[str, str | None]
+
+
 class _Jobs:
-    """The machines of a suite run: which topology a free job boots next, and what each machine
-    did (`machines`, for the run's timing)."""
+    """The machines of a suite run: which topology (and kernel) a free job boots next, and what
+    each machine did (`machines`, for the run's timing)."""
 
     def __init__(
         self,
@@ -267,20 +275,20 @@ class _Jobs:
         artifacts_dir: Path | None,
         on_result: Callable[[Result], None] | None,
         qemu: QemuBuild,
-        images: dict[str, ImageBuild],
+        images: dict[MachineKey, ImageBuild],
     ) -> None:
-        self.topologies = list(loaded)
+        self.topologies: list[MachineKey] = list(images)
         self.loaded = loaded
-        self.queues = {t: collections.deque(i for i in items if i.topology == t) for t in loaded}
-        self.running = dict.fromkeys(loaded, 0)
-        self.booted = dict.fromkeys(loaded, 0)
+        self.queues = {k: collections.deque(i for i in items if i.machine == k) for k in images}
+        self.running = dict.fromkeys(self.topologies, 0)
+        self.booted = dict.fromkeys(self.topologies, 0)
         self.results: dict[int, Result] = {}
         self.machines: list[dict[str, Any]] = []
         self.seed, self.matrix, self.accel = seed, matrix, accel
         self.artifacts_dir, self.on_result = artifacts_dir, on_result
         self.qemu, self.images = qemu, images
 
-    def pick(self) -> str | None:
+    def pick(self) -> MachineKey | None:
         """A topology nobody has started yet, in the order given; else the one with the most
         variants left per machine, if each would still run JOIN_MIN_VARIANTS; else None."""
         for t in self.topologies:
@@ -298,7 +306,9 @@ class _Jobs:
             self.booted[topo] += 1
             self.running[topo] += 1
             number = self.booted[topo]
-            entry: dict[str, Any] = {"topology": self.loaded[topo].name, "vm": number}
+            entry: dict[str, Any] = {"topology": self.loaded[topo[0]].name, "vm": number}
+            if topo[1] is not None:
+                entry["kernel"] = topo[1]
             self.machines.append(entry)
             t0 = time.perf_counter()
             try:
@@ -307,18 +317,21 @@ class _Jobs:
                 self.running[topo] -= 1
                 entry["seconds"] = round(time.perf_counter() - t0, 3)
 
-    async def _machine(self, topo: str, number: int, entry: dict[str, Any]) -> None:
-        """Boot machine `number` of `topo` and run the topology's variants until none is left."""
+    async def _machine(self, key: MachineKey, number: int, entry: dict[str, Any]) -> None:
+        """Boot machine `number` of `key` and run its variants until none is left."""
+        topo, kernel = key
+        name = self.loaded[topo].name + (f"-{_file_word(kernel)}" if kernel else "")
         async with machine(
             topo, accel=self.accel, artifacts_dir=self.artifacts_dir, loaded=self.loaded[topo],
-            name=f"{self.loaded[topo].name}-{number}", qemu=self.qemu, image=self.images[topo],
+            name=f"{name}-{number}", qemu=self.qemu, image=self.images[key],
         ) as m:  # fmt: skip
+            m.kernel = kernel
             entry["accel"] = m.vm.accel
             entry["boot_seconds"] = round(m.boot_seconds, 3)
             entry["snapshot_seconds"] = round(m.save_seconds, 3)
             entry["variants"] = 0
-            while self.queues[topo]:
-                item = self.queues[topo].popleft()
+            while self.queues[key]:
+                item = self.queues[key].popleft()
                 r = await m.run_one(item.scenario, item.variant, policy=item.policy,
                                     seed=self.seed, matrix=self.matrix)  # fmt: skip
                 r.timing["vm"] = number
@@ -340,11 +353,14 @@ async def run_suite(
     on_result: Callable[[Result], None] | None = None,
     items: Sequence[Item] | None = None,
     image: ImageBuild | None = None,
+    kernels: Mapping[str, Mapping[str, ImageBuild]] | None = None,
 ) -> SuiteRun:
     """Every variant of `scenarios` on every topology (under every policy of a matrix run:
     `policies` given), on at most `jobs` machines at once; only `items` when given (a part of
     `plan`'s list for the same arguments: `dmalab run -k/--shard`). `image` replaces every
-    topology's guest image (`dmalab run --kernel`).
+    topology's guest image; `kernels` (label -> guest architecture -> image; `dmalab run
+    --kernel`, repeatable) makes the kernel an axis: every topology boots each kernel's image
+    of its architecture, and each result names its kernel.
 
     A job boots a machine of a topology nobody has started yet, in the order given; once every
     topology has one, a free job boots another machine of the topology with the most variants
@@ -360,12 +376,18 @@ async def run_suite(
             raise ValueError(f"unknown policy {p!r}")
     loaded = {t: load_topology(t) for t in topologies}  # a bad topology fails before any boot
     _names_unique(loaded)
-    if image is None:
-        qemu, images = artifacts_for(loaded)
+    labels: list[str | None] = list(kernels) if kernels else [None]
+    images: dict[MachineKey, ImageBuild]
+    if kernels:  # each kernel on every topology; no topology's own image is needed
+        qemu = ensure_qemu()
+        images = {(t, k): kernels[k][loaded[t].arch] for t in loaded for k in kernels}
+    elif image is None:
+        qemu, own = artifacts_for(loaded)
+        images = {(t, None): own[t] for t in loaded}
     else:  # --kernel: the user's kernel on every topology; no other image is needed
-        qemu, images = ensure_qemu(), dict.fromkeys(loaded, image)
+        qemu, images = ensure_qemu(), {(t, None): image for t in loaded}
     if items is None:
-        items = plan(topologies, scenarios, pols)
+        items = plan(topologies, scenarios, pols, labels)
     run = _Jobs(items, loaded, seed=seed, matrix=matrix, accel=accel,
                 artifacts_dir=artifacts_dir, on_result=on_result, qemu=qemu,
                 images=images)  # fmt: skip
@@ -385,10 +407,21 @@ async def run_suite(
         "policies": pols,
         "matrix": matrix,
         "dmalab": dmalab_version(),
-        **provenance(loaded, qemu, images, run.machines),
+        **provenance(loaded, qemu, {t: images[t, labels[0]] for t in loaded}, run.machines),
     }
+    if kernels:  # which image each topology booted is per kernel
+        meta.pop("guest")
+        meta["kernels"] = {
+            label: {arch: image_info(built) for arch, built in per_arch.items()}
+            for label, per_arch in kernels.items()
+        }
     timing = {"wall_seconds": round(time.perf_counter() - start, 3), "machines": run.machines}
     return SuiteRun([run.results[i.index] for i in items], meta, timing)
+
+
+def _file_word(label: str) -> str:
+    """A kernel's label in a machine's name (its run directory): debian:6.1 -> debian-6.1."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
 
 
 def _names_unique(loaded: dict[str, Topology]) -> None:
