@@ -57,8 +57,8 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
 )  # fmt: skip
 @click.option(
     "--arch", type=click.Choice(["all", "x86_64", "aarch64"]), default="all", show_default=True,
-    help="Without -t: only the default topologies of this guest architecture (with --kernel, "
-    "the kernel's by default).",
+    help="Without -t: only the default topologies of this guest architecture (with a "
+    "--kernel FILE, the kernel's by default).",
 )  # fmt: skip
 @click.option(
     "-s", "--scenario", "only", multiple=True, metavar="SEED",
@@ -72,8 +72,8 @@ def _integer(name: str, text: str | None, low: int, high: int) -> int | None:
 @click.option(
     "-k", "keyword", metavar="EXPR",
     help="Only the run items EXPR matches, as pytest's -k: words matched as case-insensitive "
-    "substrings of an item's topology, policy, scenario name, seed or variant, joined by "
-    "and, or, not and parentheses (-k 'revoke and not virtio').",
+    "substrings of an item's topology, kernel, policy, scenario name, seed or variant, joined "
+    "by and, or, not and parentheses (-k 'revoke and not virtio').",
 )  # fmt: skip
 @shard_option("the run list (after -k)", "The parts do not depend on -j or --seed.")
 @click.option(
