@@ -847,7 +847,8 @@ static int op_BUF_CREATE(const struct req *rq, struct out *o)
 	}
 	if (fd < 0)
 		return err;
-	map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	/* A udmabuf's user writes through its memfd, as udmabuf's users do; the pages are the same. */
+	map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd >= 0 ? memfd : fd, 0);
 	if (map == MAP_FAILED) {
 		err = fail(o, errno, "mmap: %s", strerror(errno));
 		goto fail_fd;

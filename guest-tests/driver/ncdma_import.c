@@ -9,6 +9,7 @@
  * the IOMMU mapping itself is kept across them.
  */
 #include <linux/dma-buf.h>
+#include <linux/dma-mapping.h>
 #include <linux/dma-resv.h>
 #include <linux/file.h>
 #include <linux/scatterlist.h>
@@ -698,6 +699,27 @@ static int ncdma_ioc_att_info(struct ncdma_file *nf, void __user *arg)
 	return copy_to_user(arg, &req, sizeof(req)) ? -EFAULT : 0;
 }
 
+/*
+ * A streaming ownership transfer of the mapping the importer holds: the DMA API syncs it for
+ * the CPU or for the device (the CPU caches of a noncoherent platform), unless a faulty mode
+ * skips the sync or gives it the wrong direction.
+ */
+static void ncdma_att_sync_cpu_caches(struct ncdma_att *att, bool for_cpu)
+{
+	struct device *dev = &att->nd->pdev->dev;
+	enum dma_data_direction dir = att->sgt_dir;
+
+	if (for_cpu) {
+		if (att->faults & NCDMA_FAULT_SKIP_SYNC_FOR_CPU)
+			return;
+		if (att->faults & NCDMA_FAULT_SYNC_WRONG_DIR)
+			dir = DMA_TO_DEVICE;
+		dma_sync_sgtable_for_cpu(dev, att->sgt, dir);
+	} else if (!(att->faults & NCDMA_FAULT_SKIP_SYNC_FOR_DEVICE)) {
+		dma_sync_sgtable_for_device(dev, att->sgt, dir);
+	}
+}
+
 static int ncdma_ioc_att_sync(struct ncdma_file *nf, void __user *arg)
 {
 	struct ncdma_att_sync req;
@@ -717,7 +739,9 @@ static int ncdma_ioc_att_sync(struct ncdma_file *nf, void __user *arg)
 	} else if (req.flags == NCDMA_SYNC_FOR_CPU) {
 		ret = att->faults & NCDMA_FAULT_SKIP_CPU_BEGIN ? 0 :
 		      ncdma_att_maint(att, NCDMA_OP_CLEAN, NCDMA_REASON_ATT_SYNC);
+		ncdma_att_sync_cpu_caches(att, true);
 	} else {
+		ncdma_att_sync_cpu_caches(att, false);
 		ret = att->faults & NCDMA_FAULT_SKIP_CPU_END ? 0 :
 		      ncdma_att_maint(att, NCDMA_OP_INVALIDATE, NCDMA_REASON_ATT_SYNC);
 	}

@@ -268,7 +268,8 @@ def test_a_device_the_topology_lacks_fails_the_variant_in_one_line() -> None:
 def test_the_suite_runs_each_seed_once() -> None:
     names = [s.name for s in SUITE]
     assert names == ["000-arnd-table", "003-sgt-cache", "004-domain-reuse", "001-move",
-                     "002-revoke"]  # fmt: skip
+                     "002-revoke", "platform-table", "platform-cpu-access",
+                     "platform-udmabuf"]  # fmt: skip
     assert len({s.seed for s in SUITE}) == len(SUITE)
 
 
@@ -363,7 +364,8 @@ MISTAKES = [
                   'policy = "exclusive"', 'expect = "pass"', 'why = "w"', 'on = "coherent"'),
      "variant[1].cell[1].on", "exclusive on coherent topologies is already cell[0] (on any)"),
     (_LOST, _cell('policy = "base"', 'expect = "pass"', 'why = "w"', 'on = "both"'),
-     "variant[1].cell[0].on", "must be one of any, coherent, noncoherent, not 'both'"),
+     "variant[1].cell[0].on",
+     "must be one of any, coherent, noncoherent, noncoherent-platform, not 'both'"),
     (_LOST, _cell('policy = "base"', 'expect = "pass"', 'why = "w"', "when = 1"),
      "variant[1].cell[0].when", "unknown field (expected one of: policy, expect, why, steps, on)"),
 ]  # fmt: skip
