@@ -12,9 +12,11 @@
 #include <linux/dma-mapping.h>
 #include <linux/dma-resv.h>
 #include <linux/file.h>
+#include <linux/iosys-map.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/vmalloc.h>
 
 #include "ncdma.h"
 
@@ -503,6 +505,38 @@ static int ncdma_ioc_buf_xop(struct ncdma_file *nf, void __user *arg, bool revok
 	return ret;
 }
 
+/* Pages of another exporter's buffer, through its kernel mapping: no DMA API call involved. */
+static int ncdma_dmabuf_pages(struct dma_buf *dmabuf, u64 first, u32 count, u64 __user *out)
+{
+	u64 npages = dmabuf->size >> PAGE_SHIFT;
+	struct iosys_map map;
+	u64 *pas;
+	u32 i;
+	int ret;
+
+	if (first > npages || count > npages - first)
+		return -ERANGE;
+	ret = dma_buf_vmap_unlocked(dmabuf, &map);
+	if (ret)
+		return ret;
+	pas = map.is_iomem ? NULL : kvmalloc_array(max_t(u32, count, 1), sizeof(*pas), GFP_KERNEL);
+	if (!pas) {
+		ret = map.is_iomem ? -EOPNOTSUPP : -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < count; i++) {
+		void *va = map.vaddr + (first + i) * PAGE_SIZE;
+
+		pas[i] = page_to_phys(is_vmalloc_addr(va) ? vmalloc_to_page(va) : virt_to_page(va));
+	}
+	if (count && copy_to_user(out, pas, count * sizeof(*pas)))
+		ret = -EFAULT;
+	kvfree(pas);
+out:
+	dma_buf_vunmap_unlocked(dmabuf, &map);
+	return ret;
+}
+
 static int ncdma_ioc_buf_pages(struct ncdma_file *nf, void __user *arg)
 {
 	struct ncdma_buf_pages req;
@@ -514,9 +548,11 @@ static int ncdma_ioc_buf_pages(struct ncdma_file *nf, void __user *arg)
 	bo = ncdma_bo_get(nf, req.handle);
 	if (!bo)
 		return -ENOENT;
-	ret = bo->xbuf ? ncdma_xbuf_pages(bo->xbuf, req.first, req.count,
-					  u64_to_user_ptr(req.pas_ptr))
-		       : -EOPNOTSUPP;
+	if (bo->xbuf)
+		ret = ncdma_xbuf_pages(bo->xbuf, req.first, req.count, u64_to_user_ptr(req.pas_ptr));
+	else
+		ret = ncdma_dmabuf_pages(bo->dmabuf, req.first, req.count,
+					 u64_to_user_ptr(req.pas_ptr));
 	ncdma_obj_put(&bo->obj);
 	return ret;
 }

@@ -146,7 +146,10 @@ struct ncdma_buf_info {
 #define NCDMA_BUF_STATE_REVOKED (1u << 1)
 #define NCDMA_BUF_STATE_DEVICE_OWNED (1u << 2) /* EXCLUSIVE: a device owns it now */
 
-/* NCDMA_IOC_BUF_PAGES: physical addresses of an ncdma export's pages (they change on a move). */
+/*
+ * NCDMA_IOC_BUF_PAGES: physical addresses of an ncdma export's pages (they change on a move), or
+ * of another exporter's buffer, through its kernel mapping.
+ */
 struct ncdma_buf_pages {
 	__u32 handle;
 	__u32 count;       /* in: entries at pas_ptr */
