@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 import pytest_asyncio
 
-from dmalab.scenarios.api import Run
+from dmalab.machine.agent import Desc
+from dmalab.machine.cpucache import CpuCacheModel
+from dmalab.scenarios.api import PAGE, Run
 from dmalab.scenarios.platform import (
     PLATFORM,
     PLATFORM_CPU_ACCESS,
@@ -211,3 +213,39 @@ async def test_the_heap_scenario_runs_where_the_kernel_has_the_heap() -> None:
 async def no_heap_only(run: Run) -> str | None:
     why = await no_heap(run)
     return None if why and "noncoherent platform" in why else why
+
+
+@pytest.mark.parametrize(
+    ("faults", "kinds"),
+    [
+        ([], set()),
+        # ... and the sync for the CPU then invalidates the write nobody cleaned
+        (["SKIP_SYNC_FOR_DEVICE"], {"DEVICE_READ_STALE", "CPU_WRITE_LOST"}),
+        (["SKIP_SYNC_FOR_CPU"], {"CPU_READ_STALE"}),
+        (["SYNC_WRONG_DIR"], {"CPU_READ_STALE"}),
+    ],
+)
+async def test_an_importers_att_sync_syncs_its_kept_mapping(
+    noncoherent: Machine, faults: list[str], kinds: set[str]
+) -> None:
+    """NCDMA_IOC_ATT_SYNC on a mapping the importer keeps: for the device before it reads what
+    the CPU wrote, for the CPU before the CPU reads what it wrote; an attachment's faulty mode
+    skips or misdirects that sync, and the model says which way."""
+    agent, model = noncoherent.vm.agent, CpuCacheModel(noncoherent.vm.qmp)
+    assert await model.probe()
+    dev0, dev2 = noncoherent.devices["dma0"], noncoherent.devices["dma2"]
+    buf = await agent.buf_create("NCDMA", 2 * PAGE, dev=dev0)
+    att = await agent.attach(buf.id, dev2, flags=["CACHE_SGT"], faults=faults)
+    await agent.map(att.id, "BIDIRECTIONAL")
+    await model.take()
+    await agent.cpu_write_pattern(buf.id, 0, PAGE, seed=5)
+    await agent.att_sync(att.id, for_cpu=False)
+    (done,) = await agent.run(dev2, [Desc.copy(att.id, att.id, PAGE, dst_off=PAGE)])
+    assert done.ok, done
+    await agent.att_sync(att.id, for_cpu=True)
+    await agent.cpu_read(buf.id, PAGE, PAGE)
+    events = await model.take()
+    await agent.unmap(att.id)
+    await agent.detach(att.id)
+    await agent.buf_free(buf.id)
+    assert {e.kind for e in events} == kinds, events
