@@ -49,7 +49,7 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
         if r["outcome"] != "unavailable":
             assert r["outcome"] == ("pass" if r["expectation"] == "pass" else "detected"), r
             assert set(r["expected_steps"]) <= set(r["detected_steps"])
-            assert "restore_seconds" in r["timing"] and r["timing"]["vm"] == 1
+            assert "restore_seconds" in r["timing"] and r["timing"]["vm"] >= 1
     meta = doc["meta"]
     assert {k: meta[k] for k in ("seed", "topologies", "scenarios", "policies", "matrix")} == {
         "seed": 1,
@@ -62,14 +62,17 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
     assert meta["topology_files"] == {t: str(topology_path(t)) for t in topologies}
     assert meta["accel"] == dict.fromkeys(topologies, "tcg")
     releases = {t: g["kernel_release"] for t, g in meta["guest"].items()}
-    assert [releases[t].rsplit("-", 1)[1] for t in topologies] == ["amd64"] * 2 + ["arm64"] * 2
+    assert [releases[t].rsplit("-", 1)[1] for t in topologies] == ["amd64"] * 2 + ["arm64"] * 3
     assert meta["qemu"]["version"].startswith("QEMU emulator version 10.0")
     assert meta["qemu"]["build_key"] and meta["host"]["hostname"]
     for guest in meta["guest"].values():
         assert guest["kernel_release"] and guest["image_key"]
     machines = doc["timing"]["machines"]
-    assert sorted(m["topology"] for m in machines) == sorted(topologies)
-    assert all(m["boot_seconds"] > 0 and m["variants"] == variants for m in machines)
+    # -j 2 may boot a second machine of a topology whose queue is long (n/a items included)
+    assert sorted({m["topology"] for m in machines}) == sorted(topologies)
+    for t in topologies:
+        assert sum(m["variants"] for m in machines if m["topology"] == t) == variants
+    assert all(m["boot_seconds"] > 0 for m in machines)
     assert doc["timing"]["wall_seconds"] > 0
     root = ET.parse(out / "junit.xml").getroot()
     cases = root.findall("./testsuite/testcase")
