@@ -847,7 +847,8 @@ static int op_BUF_CREATE(const struct req *rq, struct out *o)
 	}
 	if (fd < 0)
 		return err;
-	map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	/* A udmabuf's user writes through its memfd, as udmabuf's users do; the pages are the same. */
+	map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd >= 0 ? memfd : fd, 0);
 	if (map == MAP_FAILED) {
 		err = fail(o, errno, "mmap: %s", strerror(errno));
 		goto fail_fd;
@@ -1135,6 +1136,20 @@ static int pagemap_pas(uint8_t *map, uint32_t count, struct out *o)
 	return err;
 }
 
+/* The buffer's handle on device dev, importing its dma-buf there first. state_lock held. */
+static int buf_import(struct buf *b, int dev, struct out *o)
+{
+	struct ncdma_buf_import imp = { .fd = b->fd };
+	int err;
+
+	if (b->handle[dev])
+		return 0;
+	err = xioctl(dev_fd[dev], NCDMA_IOC_BUF_IMPORT, &imp, "NCDMA_IOC_BUF_IMPORT", o);
+	if (!err)
+		b->handle[dev] = imp.handle;
+	return err;
+}
+
 static int op_BUF_PAGES(const struct req *rq, struct out *o)
 {
 	const struct agent_buf_pages_request *q = REQ(agent_buf_pages_request, rq);
@@ -1158,24 +1173,35 @@ static int op_BUF_PAGES(const struct req *rq, struct out *o)
 	((struct agent_count_reply *)o->data)->count = q->count;
 	if (!q->count)
 		goto out;
-	if (b.kind == AGENT_BUF_NCDMA) {
-		/* The exporter knows its pages (the CPU mapping is PFN-mapped: pagemap skips it). */
+	if (b.kind != AGENT_BUF_UDMABUF) {
+		/*
+		 * The driver knows: an ncdma export its pages, a heap buffer through the exporter's
+		 * kernel mapping (the CPU mappings are PFN-mapped: pagemap skips them).
+		 */
 		uint64_t *pas = out_grow(o, (size_t)q->count * sizeof(uint64_t));
 		struct ncdma_buf_pages req = {
-			.handle = b.handle[b.dev], .count = q->count, .first = q->first,
-			.pas_ptr = (uintptr_t)pas,
+			.count = q->count, .first = q->first, .pas_ptr = (uintptr_t)pas,
 		};
-		int fd;
+		int dev = b.kind == AGENT_BUF_NCDMA ? b.dev : 0, fd = -1;
+		struct buf *live;
 
 		if (!pas) {
 			err = ENOMEM;
 			goto out;
 		}
 		pthread_mutex_lock(&state_lock);
-		fd = dev_fd[b.dev];
+		err = dev_open(dev, o);
+		live = err ? NULL : buf_lookup(q->buf);
+		if (live)
+			err = buf_import(live, dev, o);
+		if (live && !err) {
+			req.handle = live->handle[dev];
+			fd = dev_fd[dev];
+		}
 		pthread_mutex_unlock(&state_lock);
-		err = xioctl(fd, NCDMA_IOC_BUF_PAGES, &req, "NCDMA_IOC_BUF_PAGES", o);
-	} else if (b.kind == AGENT_BUF_UDMABUF) {
+		if (!err)
+			err = xioctl(fd, NCDMA_IOC_BUF_PAGES, &req, "NCDMA_IOC_BUF_PAGES", o);
+	} else {
 		/* udmabuf's pages are its memfd's: map that (shared memory pagemap reports). */
 		uint8_t *map = mmap(NULL, (size_t)q->count * page_size, PROT_READ, MAP_SHARED,
 				    b.memfd, (off_t)(q->first * (uint64_t)page_size));
@@ -1186,8 +1212,6 @@ static int op_BUF_PAGES(const struct req *rq, struct out *o)
 		}
 		err = pagemap_pas(map, q->count, o);
 		munmap(map, (size_t)q->count * page_size);
-	} else {
-		err = fail(o, EOPNOTSUPP, "page addresses of dma-heap buffers are not known");
 	}
 out:
 	buf_release(q->buf);
@@ -1318,13 +1342,8 @@ static int op_ATTACH(const struct req *rq, struct out *o)
 	b = err ? NULL : buf_lookup(q->buf);
 	if (!err && !b)
 		err = fail(o, ENOENT, "no buffer %u", q->buf);
-	if (!err && !b->handle[q->dev]) {
-		struct ncdma_buf_import imp = { .fd = b->fd };
-
-		err = xioctl(dev_fd[q->dev], NCDMA_IOC_BUF_IMPORT, &imp, "NCDMA_IOC_BUF_IMPORT", o);
-		if (!err)
-			b->handle[q->dev] = imp.handle;
-	}
+	if (!err)
+		err = buf_import(b, (int)q->dev, o);
 	for (i = 0; !err && i < MAX_ATTS && !a; i++)
 		if (!atts[i].used)
 			a = &atts[i];

@@ -99,6 +99,46 @@ static void ncdma_holders_maint(struct ncdma_xbuf *xb, u8 op, u32 reason, bool d
 	}
 }
 
+/*
+ * The CPU side of a mapping: the streaming DMA API cleans the CPU caches for the device (map,
+ * sync_for_device) and invalidates them for the CPU (unmap, sync_for_cpu) when the device is not
+ * coherent. The faulty modes skip those syncs or give them the wrong direction: arm64
+ * invalidates nothing for DMA_TO_DEVICE.
+ */
+static enum dma_data_direction ncdma_cpu_dir(struct ncdma_xmap *m, u32 faults)
+{
+	return faults & NCDMA_FAULT_SYNC_WRONG_DIR ? DMA_TO_DEVICE : m->dir;
+}
+
+static void ncdma_xmap_unmap(struct ncdma_xbuf *xb, struct ncdma_xmap *m)
+{
+	u32 faults = READ_ONCE(xb->faults);
+
+	dma_unmap_sgtable(m->dev, &m->sgt, ncdma_cpu_dir(m, faults),
+			  faults & NCDMA_FAULT_SKIP_SYNC_FOR_CPU ? DMA_ATTR_SKIP_CPU_SYNC : 0);
+}
+
+/* CPU access begins (for_cpu) or ends: sync every live mapping. Called with xb->lock held. */
+static void ncdma_holders_sync(struct ncdma_xbuf *xb, bool for_cpu)
+{
+	u32 faults = READ_ONCE(xb->faults);
+	u32 skip = for_cpu ? NCDMA_FAULT_SKIP_SYNC_FOR_CPU : NCDMA_FAULT_SKIP_SYNC_FOR_DEVICE;
+	struct ncdma_xatt *xa;
+
+	if (faults & (skip | NCDMA_FAULT_CPU_ACCESS_NO_SYNC))
+		return;
+	list_for_each_entry(xa, &xb->atts, node) {
+		struct ncdma_xmap *m = xa->map;
+
+		if (!m || m->dead)
+			continue;
+		if (for_cpu)
+			dma_sync_sgtable_for_cpu(m->dev, &m->sgt, ncdma_cpu_dir(m, faults));
+		else
+			dma_sync_sgtable_for_device(m->dev, &m->sgt, m->dir);
+	}
+}
+
 /* EXCLUSIVE ownership */
 
 static bool ncdma_try_claim_device(struct ncdma_xbuf *xb, void *who)
@@ -324,7 +364,9 @@ static struct sg_table *ncdma_x_map(struct dma_buf_attachment *attach,
 	ret = sg_alloc_table_from_pages(&m->sgt, xb->pages, xb->npages, 0, xb->size, GFP_KERNEL);
 	if (ret)
 		goto fail_free;
-	ret = dma_map_sgtable(attach->dev, &m->sgt, dir, 0);
+	ret = dma_map_sgtable(attach->dev, &m->sgt, dir,
+			      READ_ONCE(xb->faults) & NCDMA_FAULT_SKIP_SYNC_FOR_DEVICE ?
+			      DMA_ATTR_SKIP_CPU_SYNC : 0);
 	if (ret)
 		goto fail_table;
 	m->dev = get_device(attach->dev);
@@ -352,7 +394,7 @@ static void ncdma_xmap_put(struct ncdma_xbuf *xb, struct ncdma_xmap *m)
 	if (--m->users)
 		return;
 	if (!m->dead) {
-		dma_unmap_sgtable(m->dev, &m->sgt, m->dir, 0);
+		ncdma_xmap_unmap(xb, m);
 		ncdma_stat_inc(xb->nd, ST_EXP_UNMAPS);
 	}
 	sg_free_table(&m->sgt);
@@ -403,7 +445,8 @@ static void ncdma_x_unpin(struct dma_buf_attachment *attach)
 
 /*
  * The CPU takes the buffer: every device holding a mapping writes its dirty lines back, so the
- * CPU reads what the devices wrote and its own writes are not overwritten later.
+ * CPU reads what the devices wrote and its own writes are not overwritten later; then the
+ * mappings are synced for the CPU (on a noncoherent platform: its caches are invalidated).
  */
 static int ncdma_x_begin_cpu(struct dma_buf *dmabuf, enum dma_data_direction dir)
 {
@@ -416,25 +459,28 @@ static int ncdma_x_begin_cpu(struct dma_buf *dmabuf, enum dma_data_direction dir
 			return ret;
 	}
 	ncdma_stat_inc(xb->nd, ST_CPU_BEGINS);
-	if (READ_ONCE(xb->faults) & NCDMA_FAULT_SKIP_CPU_BEGIN)
-		return 0;
 	mutex_lock(&xb->lock);
-	ncdma_holders_maint(xb, NCDMA_OP_CLEAN, NCDMA_REASON_CPU_BEGIN, false);
+	if (!(READ_ONCE(xb->faults) & NCDMA_FAULT_SKIP_CPU_BEGIN))
+		ncdma_holders_maint(xb, NCDMA_OP_CLEAN, NCDMA_REASON_CPU_BEGIN, false);
+	ncdma_holders_sync(xb, true);
 	mutex_unlock(&xb->lock);
 	return 0;
 }
 
-/* The CPU gives the buffer back: after a CPU write, devices drop their (now stale) lines. */
+/*
+ * The CPU gives the buffer back: the mappings are synced for their devices (the CPU caches
+ * cleaned), and after a CPU write the devices drop their (now stale) lines.
+ */
 static int ncdma_x_end_cpu(struct dma_buf *dmabuf, enum dma_data_direction dir)
 {
 	struct ncdma_xbuf *xb = dmabuf->priv;
 
 	ncdma_stat_inc(xb->nd, ST_CPU_ENDS);
-	if (dir != DMA_FROM_DEVICE && !(READ_ONCE(xb->faults) & NCDMA_FAULT_SKIP_CPU_END)) {
-		mutex_lock(&xb->lock);
+	mutex_lock(&xb->lock);
+	ncdma_holders_sync(xb, false);
+	if (dir != DMA_FROM_DEVICE && !(READ_ONCE(xb->faults) & NCDMA_FAULT_SKIP_CPU_END))
 		ncdma_holders_maint(xb, NCDMA_OP_INVALIDATE, NCDMA_REASON_CPU_END, false);
-		mutex_unlock(&xb->lock);
-	}
+	mutex_unlock(&xb->lock);
 	if (xb->flags & NCDMA_BUF_EXCLUSIVE) {
 		spin_lock(&xb->owner_lock);
 		if (xb->cpu_owners)
@@ -746,7 +792,7 @@ int ncdma_xbuf_revoke(struct ncdma_xbuf *xb)
 			struct ncdma_xmap *m = xa->map;
 
 			if (m && !m->dead) {
-				dma_unmap_sgtable(m->dev, &m->sgt, m->dir, 0);
+				ncdma_xmap_unmap(xb, m);
 				m->dead = true;
 				ncdma_stat_inc(xb->nd, ST_EXP_UNMAPS);
 			}

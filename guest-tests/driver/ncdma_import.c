@@ -9,11 +9,14 @@
  * the IOMMU mapping itself is kept across them.
  */
 #include <linux/dma-buf.h>
+#include <linux/dma-mapping.h>
 #include <linux/dma-resv.h>
 #include <linux/file.h>
+#include <linux/iosys-map.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/vmalloc.h>
 
 #include "ncdma.h"
 
@@ -502,6 +505,38 @@ static int ncdma_ioc_buf_xop(struct ncdma_file *nf, void __user *arg, bool revok
 	return ret;
 }
 
+/* Pages of another exporter's buffer, through its kernel mapping: no DMA API call involved. */
+static int ncdma_dmabuf_pages(struct dma_buf *dmabuf, u64 first, u32 count, u64 __user *out)
+{
+	u64 npages = dmabuf->size >> PAGE_SHIFT;
+	struct iosys_map map;
+	u64 *pas;
+	u32 i;
+	int ret;
+
+	if (first > npages || count > npages - first)
+		return -ERANGE;
+	ret = dma_buf_vmap_unlocked(dmabuf, &map);
+	if (ret)
+		return ret;
+	pas = map.is_iomem ? NULL : kvmalloc_array(max_t(u32, count, 1), sizeof(*pas), GFP_KERNEL);
+	if (!pas) {
+		ret = map.is_iomem ? -EOPNOTSUPP : -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < count; i++) {
+		void *va = map.vaddr + (first + i) * PAGE_SIZE;
+
+		pas[i] = page_to_phys(is_vmalloc_addr(va) ? vmalloc_to_page(va) : virt_to_page(va));
+	}
+	if (count && copy_to_user(out, pas, count * sizeof(*pas)))
+		ret = -EFAULT;
+	kvfree(pas);
+out:
+	dma_buf_vunmap_unlocked(dmabuf, &map);
+	return ret;
+}
+
 static int ncdma_ioc_buf_pages(struct ncdma_file *nf, void __user *arg)
 {
 	struct ncdma_buf_pages req;
@@ -513,9 +548,11 @@ static int ncdma_ioc_buf_pages(struct ncdma_file *nf, void __user *arg)
 	bo = ncdma_bo_get(nf, req.handle);
 	if (!bo)
 		return -ENOENT;
-	ret = bo->xbuf ? ncdma_xbuf_pages(bo->xbuf, req.first, req.count,
-					  u64_to_user_ptr(req.pas_ptr))
-		       : -EOPNOTSUPP;
+	if (bo->xbuf)
+		ret = ncdma_xbuf_pages(bo->xbuf, req.first, req.count, u64_to_user_ptr(req.pas_ptr));
+	else
+		ret = ncdma_dmabuf_pages(bo->dmabuf, req.first, req.count,
+					 u64_to_user_ptr(req.pas_ptr));
 	ncdma_obj_put(&bo->obj);
 	return ret;
 }
@@ -698,6 +735,27 @@ static int ncdma_ioc_att_info(struct ncdma_file *nf, void __user *arg)
 	return copy_to_user(arg, &req, sizeof(req)) ? -EFAULT : 0;
 }
 
+/*
+ * A streaming ownership transfer of the mapping the importer holds: the DMA API syncs it for
+ * the CPU or for the device (the CPU caches of a noncoherent platform), unless a faulty mode
+ * skips the sync or gives it the wrong direction.
+ */
+static void ncdma_att_sync_cpu_caches(struct ncdma_att *att, bool for_cpu)
+{
+	struct device *dev = &att->nd->pdev->dev;
+	enum dma_data_direction dir = att->sgt_dir;
+
+	if (for_cpu) {
+		if (att->faults & NCDMA_FAULT_SKIP_SYNC_FOR_CPU)
+			return;
+		if (att->faults & NCDMA_FAULT_SYNC_WRONG_DIR)
+			dir = DMA_TO_DEVICE;
+		dma_sync_sgtable_for_cpu(dev, att->sgt, dir);
+	} else if (!(att->faults & NCDMA_FAULT_SKIP_SYNC_FOR_DEVICE)) {
+		dma_sync_sgtable_for_device(dev, att->sgt, dir);
+	}
+}
+
 static int ncdma_ioc_att_sync(struct ncdma_file *nf, void __user *arg)
 {
 	struct ncdma_att_sync req;
@@ -717,7 +775,9 @@ static int ncdma_ioc_att_sync(struct ncdma_file *nf, void __user *arg)
 	} else if (req.flags == NCDMA_SYNC_FOR_CPU) {
 		ret = att->faults & NCDMA_FAULT_SKIP_CPU_BEGIN ? 0 :
 		      ncdma_att_maint(att, NCDMA_OP_CLEAN, NCDMA_REASON_ATT_SYNC);
+		ncdma_att_sync_cpu_caches(att, true);
 	} else {
+		ncdma_att_sync_cpu_caches(att, false);
 		ret = att->faults & NCDMA_FAULT_SKIP_CPU_END ? 0 :
 		      ncdma_att_maint(att, NCDMA_OP_INVALIDATE, NCDMA_REASON_ATT_SYNC);
 	}

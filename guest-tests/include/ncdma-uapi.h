@@ -60,6 +60,14 @@
  *   SKIP_CPU_END         end_cpu_access: no INVALIDATE of the devices holding the buffer
  *   SKIP_TEARDOWN_CLEAN  revoke, move, move_notify: no CLEAN before the IOMMU unmap
  *   USE_STALE            keep using the DMA addresses of a revoked or invalidated mapping
+ * Bits 7-10 skip or misdirect the kernel's streaming DMA API syncs, which clean and invalidate
+ * the CPU caches for a noncoherent device (on a coherent one they do nothing). On a buffer they
+ * act on the exporter's dma_map/unmap_sgtable and begin/end_cpu_access; on an attachment, on
+ * its NCDMA_IOC_ATT_SYNC.
+ *   SKIP_SYNC_FOR_CPU     unmap with DMA_ATTR_SKIP_CPU_SYNC, no dma_sync_sgtable_for_cpu
+ *   SKIP_SYNC_FOR_DEVICE  map with DMA_ATTR_SKIP_CPU_SYNC, no dma_sync_sgtable_for_device
+ *   SYNC_WRONG_DIR        unmap and sync for the CPU with DMA_TO_DEVICE (no invalidate)
+ *   CPU_ACCESS_NO_SYNC    begin/end_cpu_access call no DMA API sync (buffer only)
  */
 #define NCDMA_FAULT_SKIP_MAP_INVALIDATE (1u << 0)
 #define NCDMA_FAULT_SKIP_UNMAP_CLEAN    (1u << 1)
@@ -68,7 +76,11 @@
 #define NCDMA_FAULT_SKIP_CPU_END        (1u << 4)
 #define NCDMA_FAULT_SKIP_TEARDOWN_CLEAN (1u << 5)
 #define NCDMA_FAULT_USE_STALE           (1u << 6)
-#define NCDMA_FAULTS_VALID              0x7fu
+#define NCDMA_FAULT_SKIP_SYNC_FOR_CPU   (1u << 7)
+#define NCDMA_FAULT_SKIP_SYNC_FOR_DEVICE (1u << 8)
+#define NCDMA_FAULT_SYNC_WRONG_DIR      (1u << 9)
+#define NCDMA_FAULT_CPU_ACCESS_NO_SYNC  (1u << 10)
+#define NCDMA_FAULTS_VALID              0x7ffu
 
 /* NCDMA_IOC_INFO */
 struct ncdma_info {
@@ -134,7 +146,10 @@ struct ncdma_buf_info {
 #define NCDMA_BUF_STATE_REVOKED (1u << 1)
 #define NCDMA_BUF_STATE_DEVICE_OWNED (1u << 2) /* EXCLUSIVE: a device owns it now */
 
-/* NCDMA_IOC_BUF_PAGES: physical addresses of an ncdma export's pages (they change on a move). */
+/*
+ * NCDMA_IOC_BUF_PAGES: physical addresses of an ncdma export's pages (they change on a move), or
+ * of another exporter's buffer, through its kernel mapping.
+ */
 struct ncdma_buf_pages {
 	__u32 handle;
 	__u32 count;       /* in: entries at pas_ptr */

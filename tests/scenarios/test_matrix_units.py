@@ -61,7 +61,7 @@ def test_observed_outcomes() -> None:
 
 
 def _run(policy: str = "base", seed: int = DEFAULT_SEED) -> Run:
-    return Run(SimpleNamespace(agent=None), {}, "t", SEED_000.variants[0], policy=policy,
+    return Run(SimpleNamespace(agent=None, qmp=None), {}, "t", SEED_000.variants[0], policy=policy,
                seed=seed)  # fmt: skip
 
 

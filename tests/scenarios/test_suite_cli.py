@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from dmalab.machine.topology import topology_path
+from dmalab.scenarios.platform import PLATFORM, PLATFORM_HEAP
 from dmalab.scenarios.suite import SUITE
 
 
@@ -34,15 +35,21 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
     assert len(data) == len(topologies) * variants
     assert [r["topology"] for r in data] == [t for t in topologies for _ in range(variants)]
     assert [r["arch"] for r in data] == ["x86_64"] * 2 * variants + ["aarch64"] * 3 * variants
-    # every topology has two devices in one IOMMU domain: nothing is unavailable
-    assert [r for r in data if r["outcome"] == "unavailable"] == []
+    # every topology has two devices in one IOMMU domain; only the platform scenarios, which
+    # need modelled CPU caches, are unavailable elsewhere than arm64-noncoherent, and there the
+    # heap's (Debian's arm64 kernel has no system dma-heap)
+    skipped = {(r["topology"], r["scenario"], r["variant"]) for r in data
+               if r["outcome"] == "unavailable"}  # fmt: skip
+    assert skipped == {(t, s.name, v.name) for t in topologies for s in PLATFORM
+                       for v in s.variants
+                       if t != "arm64-noncoherent" or s is PLATFORM_HEAP}  # fmt: skip
     for r in data:
         assert "policy" not in r  # only a matrix run has policies
         assert r["timing"]["seconds"] >= 0
         if r["outcome"] != "unavailable":
             assert r["outcome"] == ("pass" if r["expectation"] == "pass" else "detected"), r
             assert set(r["expected_steps"]) <= set(r["detected_steps"])
-            assert "restore_seconds" in r["timing"] and r["timing"]["vm"] == 1
+            assert "restore_seconds" in r["timing"] and r["timing"]["vm"] >= 1
     meta = doc["meta"]
     assert {k: meta[k] for k in ("seed", "topologies", "scenarios", "policies", "matrix")} == {
         "seed": 1,
@@ -61,13 +68,16 @@ def test_dmalab_run_writes_results_and_passes(tmp_path: Path) -> None:
     for guest in meta["guest"].values():
         assert guest["kernel_release"] and guest["image_key"]
     machines = doc["timing"]["machines"]
-    assert sorted(m["topology"] for m in machines) == sorted(topologies)
-    assert all(m["boot_seconds"] > 0 and m["variants"] == variants for m in machines)
+    # -j 2 may boot a second machine of a topology whose queue is long (n/a items included)
+    assert sorted({m["topology"] for m in machines}) == sorted(topologies)
+    for t in topologies:
+        assert sum(m["variants"] for m in machines if m["topology"] == t) == variants
+    assert all(m["boot_seconds"] > 0 for m in machines)
     assert doc["timing"]["wall_seconds"] > 0
     root = ET.parse(out / "junit.xml").getroot()
     cases = root.findall("./testsuite/testcase")
     assert len(cases) == len(topologies) * variants and not root.findall(".//failure")
-    assert root.findall(".//skipped") == []
+    assert len(root.findall(".//skipped")) == len(skipped)
     arches = [p.get("value") for p in root.findall("./testsuite/testcase/properties/property")]
     assert arches == [r["arch"] for r in data]
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")

@@ -217,10 +217,14 @@ class Run:
         exporter: str,
         flags: Sequence[str] = (),
         faults: Sequence[str] = (),
+        kind: str = "NCDMA",
     ) -> Buf:
+        """An export of device `exporter`, or of an upstream exporter (`kind` "UDMABUF": the
+        agent's sealed memfd; exporter, flags and faults are ncdma's and not used then)."""
+        ncdma = kind == "NCDMA"
         b = await self.agent.buf_create(
-            "NCDMA", size, dev=self.devices[exporter], flags=self.buffer_flags(flags),
-            faults=list(faults),
+            kind, size, dev=self.devices[exporter] if ncdma else 0,
+            flags=self.buffer_flags(flags) if ncdma else [], faults=list(faults) if ncdma else [],
         )  # fmt: skip
         buf = Buf(name, b.id, size, await self.agent.buf_pages(b.id, 0, (size + PAGE - 1) // PAGE))
         self.buffers[name] = buf

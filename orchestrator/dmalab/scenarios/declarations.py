@@ -111,5 +111,6 @@ class Scenario:
     title: str
     body: Callable[[Run], Awaitable[None]]
     variants: tuple[Variant, ...]
-    #: Returns why the variant cannot run on this machine (None: it can).
-    unavailable: Callable[[Run], str | None] | None = None
+    #: Returns why the variant cannot run on this machine (None: it can), or a coroutine that
+    #: does, when the guest must be asked.
+    unavailable: Callable[[Run], str | Awaitable[str | None] | None] | None = None

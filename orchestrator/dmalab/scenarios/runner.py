@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -178,6 +179,8 @@ class Machine:
         expect, steps, why = cell_expectation(v, policy, self.coherent, self.platform)
         label = policy if matrix else None
         skip = why if expect == "n/a" else (sc.unavailable(run) if sc.unavailable else None)
+        if inspect.isawaitable(skip):  # it asks the guest
+            skip = await skip
         if skip:
             r = _skipped(sc, v, self.topology, skip, label)
             r.arch, r.kernel = self.arch, self.kernel

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dmalab.scenarios.declarations import Scenario, Variant
+from dmalab.scenarios.platform import PLATFORM
 from dmalab.scenarios.seeds import SEEDS
 
-SUITE: tuple[Scenario, ...] = SEEDS
+SUITE: tuple[Scenario, ...] = SEEDS + PLATFORM
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,11 @@ Faults = c.FlagsEnum(
     SKIP_CPU_END=0x10,
     SKIP_TEARDOWN_CLEAN=0x20,
     USE_STALE=0x40,
+    # The kernel's streaming DMA API syncs (the CPU caches of a noncoherent platform)
+    SKIP_SYNC_FOR_CPU=0x80,
+    SKIP_SYNC_FOR_DEVICE=0x100,
+    SYNC_WRONG_DIR=0x200,
+    CPU_ACCESS_NO_SYNC=0x400,
 )
 BufState = c.FlagsEnum(c.Int32ul, NCDMA=0x1, REVOKED=0x2, DEVICE_OWNED=0x4)
 AttState = c.FlagsEnum(
