@@ -208,3 +208,39 @@ def suite(
         command=shlex.join(["dmalab", *sys.argv[1:]]),
     )  # fmt: skip
     _finish(report, suite_bench.render_table(report), as_json, output, check)
+
+
+@command.command("cache-model", short_help="The CPU cache model on against off (arm64).")
+@output_options(
+    "Print the full results (machine, samples, medians, ratios, targets) as JSON instead of the "
+    "table."
+)
+@click.option("--check", is_flag=True, help="Exit 1 if a target is missed.")
+@click.option(
+    "--rounds", type=click.IntRange(1, 50), default=5, show_default=True,
+    help="Boots (and seed suites) per machine; each round boots both.",
+)  # fmt: skip
+@click.option(
+    "--samples", type=click.IntRange(1, 100), default=5, show_default=True,
+    help="DMA and CPU samples per machine and round.",
+)  # fmt: skip
+def cache_model(as_json: bool, output: Path | None, check: bool, rounds: int,
+                samples: int) -> None:  # fmt: skip
+    """Boot arm64-noncoherent with the CPU cache model and the same layout without it, side by
+    side, and compare boot to agent-ready, the seed suite's wall time, ncdma COPY throughput
+    and a CPU-bound guest loop, each ratio from figures of the same run."""
+    import asyncio
+
+    from dmalab.artifacts.image import ensure_image
+    from dmalab.bench import cache_model as cache_bench  # imports the scenarios: only when used
+
+    progress = Progress()
+    ensure_qemu(progress)
+    ensure_image(arch="aarch64")
+    report = asyncio.run(
+        cache_bench.run(
+            rounds=rounds, samples=samples, log=progress.note,
+            command=shlex.join(["dmalab", *sys.argv[1:]]),
+        )
+    )  # fmt: skip
+    _finish(report, cache_bench.render_table(report), as_json, output, check)
