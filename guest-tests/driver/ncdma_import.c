@@ -19,6 +19,7 @@
 #include <linux/vmalloc.h>
 
 #include "ncdma.h"
+#include "ncdma_compat.h"
 
 /* Handles */
 

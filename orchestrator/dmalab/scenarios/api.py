@@ -59,15 +59,13 @@ from dmalab.scenarios.codec import (
 )
 from dmalab.scenarios.declarations import POLICIES, Variant
 from dmalab.scenarios.ownership import Ledger
-from dmalab.scenarios.results import Finding, StepRecord
+from dmalab.scenarios.results import CPU_CACHE, Finding, StepRecord
 from dmalab.scenarios.scheduler import StepScheduler
 from dmalab.spec import agent as spec
 
 PAGE = 4096
 #: Kernel trace lines kept per step (the counts cover them all).
 KERNEL_LINES = 40
-#: The CPU cache model's key in a step's counters (beside the devices' ids).
-CPU_CACHE = "cpucache"
 KEY_COUNTERS = (
     "desc_completed", "stale_reads", "lost_writes", "conflicting_writes",
     "writebacks_after_unmap", "iommu_map_events", "iommu_unmap_events", "translation_faults",

@@ -12,6 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+#: The CPU cache model's key in a step's counters, beside the devices' ids. Its counts follow
+#: the kernel's maintenance of the whole machine, which depends on what this boot's memory held
+#: before: they are shown, not compared between runs.
+CPU_CACHE = "cpucache"
+
 
 @dataclass
 class StepRecord:
