@@ -8,7 +8,11 @@ the bytes, and a stock (coherent) virt machine must not have the model at all.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -19,6 +23,8 @@ from dmalab.scenarios.runner import Machine, machine
 from dmalab.scenarios.seeds import SEED_000, SEED_001, SEED_002, SEED_003, SEED_004
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -113,3 +119,23 @@ async def test_two_vcpus_behind_virtio_iommu_see_the_same_findings() -> None:
     assert rs["uncached"].outcome == "pass" and rs["uncached"].evidence == []
     # virtio-iommu reports MAPs to the devices even though the DMA below it is noncoherent
     assert rs["uncached"].note.startswith("IOMMU MAP events per map step (device): [2, 2")
+
+
+async def test_a_clean_over_a_device_write_is_a_clobber_named_by_function() -> None:
+    # tests/scenarios/data/cpu-clobber.toml: the CPU dirties page 0 while device A owns the
+    # buffer, device A fills it, and driver B's map cleans the CPU's lines over the fill.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dmalab", "run", "--accel", "tcg", "-t", "arm64-noncoherent",
+        "--scenario-file", str(DATA / "cpu-clobber.toml"), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 600)
+    assert proc.returncode == 0, err.decode()
+    (r,) = json.loads(out)["results"]
+    assert (r["expectation"], r["outcome"], r["detected_steps"]) == ("detected", "detected", [2, 4])
+    (clobber,) = [e for e in r["evidence"] if "CPU_CLOBBER" in e]
+    assert clobber.startswith("step 4 (driver B map"), clobber
+    assert "dcache_clean_poc+0x" in clobber and "arch_sync_dma_for_device+0x" in clobber
+    assert "ncdma_x_map+0x" in clobber and "[ncdma]" in clobber
+    # what the device wrote (the fill) against the CPU's bytes written over it
+    assert "expected a3a3000000000000" in clobber
