@@ -29,6 +29,7 @@ from dmalab.scenarios.declarations import NONCOHERENT_PLATFORM, Cell, Scenario, 
 BUF = "buf"
 NO_SYNC = "without DMA_BUF_IOCTL_SYNC"
 HEAP = "/dev/dma_heap/system"
+UDMABUF = "/dev/udmabuf"
 
 
 def off_platform(run: Run) -> str | None:
@@ -40,18 +41,32 @@ def off_platform(run: Run) -> str | None:
             "(a noncoherent platform: arm64-noncoherent)")  # fmt: skip
 
 
+async def _missing(run: Run, node: str) -> bool:
+    """Whether the guest has no device node `node` (reading a dma-buf exporter's node fails
+    with EINVAL: it is there)."""
+    try:
+        await run.agent.read_file(node, 1)
+    except AgentError as exc:
+        return exc.name == "ENOENT"
+    return False
+
+
 async def no_heap(run: Run) -> str | None:
     """`off_platform`, or the kernel has no system dma-heap (Debian's arm64 6.12 has no
     CONFIG_DMABUF_HEAPS)."""
     why = off_platform(run)
-    if why:
+    if why or not await _missing(run, HEAP):
         return why
-    try:
-        await run.agent.read_file(HEAP, 1)
-    except AgentError as exc:  # a heap's device node cannot be read (EINVAL): it is there
-        if exc.name == "ENOENT":
-            return f"this kernel has no system dma-heap (no {HEAP}: CONFIG_DMABUF_HEAPS is not set)"
-    return None
+    return f"this kernel has no system dma-heap (no {HEAP}: CONFIG_DMABUF_HEAPS is not set)"
+
+
+async def no_udmabuf(run: Run) -> str | None:
+    """`off_platform`, or the kernel has no udmabuf (Debian's arm64 6.12 builds it in; 6.1's
+    image does not have it)."""
+    why = off_platform(run)
+    if why or not await _missing(run, UDMABUF):
+        return why
+    return f"this kernel has no udmabuf (no {UDMABUF})"
 
 
 def _only_base(cells: tuple[Cell, ...] = ()) -> tuple[Cell, ...]:
@@ -295,7 +310,7 @@ PLATFORM_UDMABUF = Scenario(
                 cells=_only_base((Cell("base", "detected", UDMABUF_FIRST_SYNC, (5,),
                                        NONCOHERENT_PLATFORM),))),
     ),
-    unavailable=off_platform,
+    unavailable=no_udmabuf,
 )  # fmt: skip
 
 
