@@ -95,7 +95,7 @@ async def _load(agent: AgentClient, syms: GuestSymbols) -> None:
     pairs = []
     for line in (await agent.read_file("/proc/kallsyms", KALLSYMS_READ)).decode().splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[1] in TEXT_KINDS and len(parts) == 3:
+        if len(parts) == 3 and parts[1] in TEXT_KINDS:  # module symbols have a 4th word
             pairs.append((int(parts[0], 16), parts[2]))
     if pairs and any(a for a, _ in pairs):  # all zero: kptr_restrict hides them
         syms.kernel.add(pairs)
