@@ -15,6 +15,7 @@
  */
 #include "qemu/osdep.h"
 #include "qemu/bitmap.h"
+#include "qemu/bswap.h"
 #include "qemu/cutils.h"
 #include "qemu/lockable.h"
 #include "qemu/error-report.h"
@@ -48,6 +49,12 @@ static const char *const kind_names[CPUCACHE_NKINDS] = {
 static inline uint8_t *line_of(uint8_t *base, int64_t l)
 {
     return base + l * CPUCACHE_LINE;
+}
+
+/* DRAM or SYNC of the line's page is about to change (see cpucache_post_load()). */
+static inline void touch(CpuCache *c, int64_t l)
+{
+    set_bit(l / (CPUCACHE_PAGE / CPUCACHE_LINE), c->touched);
 }
 
 static inline bool in_ram(CpuCache *c, hwaddr pa)
@@ -111,6 +118,7 @@ static void clean_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
     if (test_bit(l, c->dev_written) && memcmp(dram, sync, CPUCACHE_LINE)) {
         record(c, CPUCACHE_CPU_CLOBBER, o, l, dram, cpu);
     }
+    touch(c, l);
     write_dram_line(c, l, cpu);
     memcpy(sync, cpu, CPUCACHE_LINE);
     c->lines_cleaned++;
@@ -131,6 +139,7 @@ static bool invalidate_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
     if (memcmp(cpu, dram, CPUCACHE_LINE)) {
         write_cpu_line(c, l, dram);
     }
+    touch(c, l);
     memcpy(sync, dram, CPUCACHE_LINE);
     c->lines_invalidated++;
     clear_bit(l, c->reported);
@@ -201,6 +210,7 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
             uint8_t *cpu = line_of(c->cpu_ptr, l);
 
             if (is_write) {
+                touch(c, l);
                 if (!test_and_set_bit(l, c->dev_written)) {
                     newly_trapped |= c->page_trapped[l / (CPUCACHE_PAGE / CPUCACHE_LINE)]++ == 0;
                 }
@@ -336,6 +346,7 @@ static void cpucache_reset_exit(Object *obj, ResetType type)
     QEMU_LOCK_GUARD(&c->lock);
     copy_nonzero_pages(c->dram_ptr, c->cpu_ptr, c->ram_size);
     copy_nonzero_pages(c->sync_ptr, c->cpu_ptr, c->ram_size);
+    c->synced = 0;
     bitmap_zero(c->dev_written, c->nlines);
     bitmap_zero(c->reported, c->nlines);
     memset(c->page_trapped, 0, c->ram_size / CPUCACHE_PAGE * sizeof(uint16_t));
@@ -346,11 +357,236 @@ static void cpucache_reset_exit(Object *obj, ResetType type)
     c->dropped = 0;
 }
 
+/*
+ * Migration. DRAM and SYNC are not RAM blocks of the stream: saved whole
+ * they would triple every snapshot, and a snapshot is restored before each
+ * test. They are saved as differences instead, DRAM against the CPU copy
+ * (lines the CPU wrote and never cleaned), SYNC against DRAM (lines a
+ * device or a Non-cacheable access wrote since the CPU's last maintenance),
+ * in runs of lines; a run whose lines are all zero carries no bytes. RAM is
+ * loaded before any device state, so post_load rebuilds both from it.
+ *
+ * Each save is numbered. Loading the state this process last saved or
+ * loaded rebuilds only the pages whose DRAM or SYNC changed since: those
+ * the model wrote (touch()) and those written through the memory API or by
+ * translated code (DRAM's dirty log). Any other load rebuilds every page.
+ */
+
+enum {
+    DIFF_DRAM = 0,          /* run of DRAM lines that differ from CPU */
+    DIFF_SYNC = 1,          /* run of SYNC lines that differ from DRAM */
+    DIFF_ZERO = 2,          /* ... all zero: no bytes follow */
+    DIFF_HDR = 12,          /* le32 first line, le32 count, le32 flags */
+};
+
+static void diff_put_run(GByteArray *out, const uint8_t *src, int64_t first,
+                         int64_t count, uint32_t flags)
+{
+    uint8_t hdr[DIFF_HDR];
+
+    stl_le_p(hdr, first);
+    stl_le_p(hdr + 4, count);
+    stl_le_p(hdr + 8, flags);
+    g_byte_array_append(out, hdr, sizeof(hdr));
+    if (!(flags & DIFF_ZERO)) {
+        g_byte_array_append(out, line_of((uint8_t *)src, first), count * CPUCACHE_LINE);
+    }
+}
+
+/* Appends the runs of lines where @src differs from @base. */
+static void diff_encode(CpuCache *c, GByteArray *out, const uint8_t *src,
+                        const uint8_t *base, uint32_t which)
+{
+    const int64_t per_page = CPUCACHE_PAGE / CPUCACHE_LINE;
+    int64_t l, first = -1;
+    uint32_t flags = 0;
+
+    for (l = 0; l < c->nlines; l++) {
+        const uint8_t *s = src + l * CPUCACHE_LINE;
+        uint32_t f;
+
+        if (l % per_page == 0 && first < 0 &&
+            !memcmp(s, base + l * CPUCACHE_LINE, CPUCACHE_PAGE)) {
+            l += per_page - 1;
+            continue;
+        }
+        if (!memcmp(s, base + l * CPUCACHE_LINE, CPUCACHE_LINE)) {
+            f = UINT32_MAX;
+        } else {
+            f = which | (buffer_is_zero(s, CPUCACHE_LINE) ? DIFF_ZERO : 0);
+        }
+        if (first >= 0 && f != flags) {
+            diff_put_run(out, src, first, l - first, flags);
+            first = -1;
+        }
+        if (first < 0 && f != UINT32_MAX) {
+            first = l;
+            flags = f;
+        }
+    }
+    if (first >= 0) {
+        diff_put_run(out, src, first, l - first, flags);
+    }
+}
+
+/* dst = base over [from, to) lines, writing only pages that differ. */
+static void diff_copy_gap(uint8_t *dst, const uint8_t *base, int64_t from, int64_t to)
+{
+    uint64_t off = from * CPUCACHE_LINE, end = to * CPUCACHE_LINE;
+
+    while (off < end) {
+        uint64_t n = MIN(end - off, CPUCACHE_PAGE - off % CPUCACHE_PAGE);
+
+        if (memcmp(dst + off, base + off, n)) {
+            memcpy(dst + off, base + off, n);
+        }
+        off += n;
+    }
+}
+
+/*
+ * Rebuilds the @which copy @dst as @base plus its saved runs: every page, or
+ * only the pages set in @only.
+ */
+static int diff_apply(CpuCache *c, uint8_t *dst, const uint8_t *base, uint32_t which,
+                      const unsigned long *only)
+{
+    const int64_t per_page = CPUCACHE_PAGE / CPUCACHE_LINE;
+    const int64_t npages = c->nlines / per_page;
+    const uint8_t *p = c->diff, *end = c->diff + c->diff_len;
+    int64_t next = 0, l, pg;
+
+    if (only) {
+        for (pg = find_first_bit(only, npages); pg < npages;
+             pg = find_next_bit(only, npages, pg + 1)) {
+            memcpy(dst + pg * CPUCACHE_PAGE, base + pg * CPUCACHE_PAGE, CPUCACHE_PAGE);
+        }
+    }
+    while (p < end) {
+        uint64_t first, count, bytes;
+        uint32_t flags;
+
+        if (end - p < DIFF_HDR) {
+            return -EINVAL;
+        }
+        first = ldl_le_p(p);
+        count = ldl_le_p(p + 4);
+        flags = ldl_le_p(p + 8);
+        p += DIFF_HDR;
+        bytes = flags & DIFF_ZERO ? 0 : count * CPUCACHE_LINE;
+        if (flags & ~(uint32_t)(DIFF_SYNC | DIFF_ZERO) || !count ||
+            first + count > c->nlines || bytes > end - p) {
+            return -EINVAL;
+        }
+        if ((flags & DIFF_SYNC) == which) {
+            if (first < next) {
+                return -EINVAL;
+            }
+            if (!only) {
+                diff_copy_gap(dst, base, next, first);
+            }
+            for (l = first; l < first + count; l = (l / per_page + 1) * per_page) {
+                int64_t n = MIN(first + count, (l / per_page + 1) * per_page) - l;
+
+                if (only && !test_bit(l / per_page, only)) {
+                    continue;
+                }
+                if (bytes) {
+                    memcpy(line_of(dst, l), p + (l - first) * CPUCACHE_LINE,
+                           n * CPUCACHE_LINE);
+                } else {
+                    memset(line_of(dst, l), 0, n * CPUCACHE_LINE);
+                }
+            }
+            next = first + count;
+        }
+        p += bytes;
+    }
+    if (!only) {
+        diff_copy_gap(dst, base, next, c->nlines);
+    }
+    return 0;
+}
+
+/* Adds the pages of DRAM written through the memory API or by translated code. */
+static void collect_dirty(CpuCache *c)
+{
+    DirtyBitmapSnapshot *snap;
+    uint64_t pg;
+
+    snap = memory_region_snapshot_and_clear_dirty(&c->dram, 0, c->ram_size,
+                                                  DIRTY_MEMORY_VGA);
+    for (pg = 0; pg < c->ram_size / CPUCACHE_PAGE; pg++) {
+        if (memory_region_snapshot_get_dirty(&c->dram, snap, pg * CPUCACHE_PAGE,
+                                             CPUCACHE_PAGE)) {
+            set_bit(pg, c->touched);
+        }
+    }
+    g_free(snap);
+}
+
+/* What is in memory now is the state numbered @id. */
+static void synced_to(CpuCache *c, uint64_t id)
+{
+    collect_dirty(c);
+    bitmap_zero(c->touched, c->ram_size / CPUCACHE_PAGE);
+    c->synced = id;
+}
+
+static int cpucache_pre_save(void *opaque)
+{
+    CpuCache *c = opaque;
+    GByteArray *out = g_byte_array_new();
+
+    QEMU_LOCK_GUARD(&c->lock);
+    diff_encode(c, out, c->dram_ptr, c->cpu_ptr, DIFF_DRAM);
+    diff_encode(c, out, c->sync_ptr, c->dram_ptr, DIFF_SYNC);
+    if (out->len > UINT32_MAX - DIFF_HDR) {
+        g_byte_array_free(out, true);
+        error_report("dmalab-cpucache: too many dirty lines to save");
+        return -EFBIG;
+    }
+    c->diff_len = out->len;
+    c->diff = g_byte_array_free(out, false);
+    c->saved_id = ((uint64_t)g_random_int() << 32 | g_random_int()) | 1;
+    synced_to(c, c->saved_id);
+    return 0;
+}
+
+static int cpucache_post_save(void *opaque)
+{
+    CpuCache *c = opaque;
+
+    g_clear_pointer(&c->diff, g_free);
+    c->diff_len = 0;
+    return 0;
+}
+
 static int cpucache_post_load(void *opaque, int version_id)
 {
     CpuCache *c = opaque;
+    const unsigned long *only = NULL;
     int64_t l;
+    int ret;
 
+    QEMU_LOCK_GUARD(&c->lock);
+    c->rebuilt_pages = c->ram_size / CPUCACHE_PAGE;
+    if (c->saved_id && c->saved_id == c->synced) {
+        collect_dirty(c);
+        only = c->touched;
+        c->rebuilt_pages = bitmap_count_one(only, c->rebuilt_pages);
+    }
+    ret = diff_apply(c, c->dram_ptr, c->cpu_ptr, DIFF_DRAM, only);
+    if (!ret) {
+        ret = diff_apply(c, c->sync_ptr, c->dram_ptr, DIFF_SYNC, only);
+    }
+    cpucache_post_save(c);
+    /* the rebuild's own writes do not count */
+    synced_to(c, ret ? 0 : c->saved_id);
+    if (ret) {
+        error_report("dmalab-cpucache: malformed migration state");
+        return ret;
+    }
     memset(c->page_trapped, 0, c->ram_size / CPUCACHE_PAGE * sizeof(uint16_t));
     for (l = find_first_bit(c->dev_written, c->nlines); l < c->nlines;
          l = find_next_bit(c->dev_written, c->nlines, l + 1)) {
@@ -363,8 +599,10 @@ static int cpucache_post_load(void *opaque, int version_id)
 
 static const VMStateDescription vmstate_cpucache = {
     .name = "dmalab-cpucache",
-    .version_id = 1,
-    .minimum_version_id = 1,
+    .version_id = 2,
+    .minimum_version_id = 2,
+    .pre_save = cpucache_pre_save,
+    .post_save = cpucache_post_save,
     .post_load = cpucache_post_load,
     .fields = (const VMStateField[]) {
         VMSTATE_INT32_EQUAL(nlines, CpuCache, NULL),
@@ -373,6 +611,9 @@ static const VMStateDescription vmstate_cpucache = {
         VMSTATE_UINT64_ARRAY(counters, CpuCache, CPUCACHE_NKINDS),
         VMSTATE_UINT64(seq, CpuCache),
         VMSTATE_UINT64(dropped, CpuCache),
+        VMSTATE_UINT64(saved_id, CpuCache),
+        VMSTATE_UINT32(diff_len, CpuCache),
+        VMSTATE_VBUFFER_ALLOC_UINT32(diff, CpuCache, 0, NULL, diff_len),
         VMSTATE_END_OF_LIST()
     },
 };
@@ -383,12 +624,12 @@ static void get_counters(Object *obj, Visitor *v, const char *name, void *opaque
                          Error **errp)
 {
     CpuCache *c = DMALAB_CPUCACHE(obj);
-    uint64_t trapped = 0, vals[CPUCACHE_NKINDS + 9];
-    static const char *const names[CPUCACHE_NKINDS + 9] = {
+    uint64_t trapped = 0, vals[CPUCACHE_NKINDS + 10];
+    static const char *const names[CPUCACHE_NKINDS + 10] = {
         "device-read-stale", "cpu-read-stale", "cpu-write-lost", "cpu-clobber",
         "cleans", "invalidates", "lines-cleaned", "lines-invalidated",
         "dma-bytes-read", "dma-bytes-written", "log-dropped", "trapped-pages",
-        "line-size",
+        "line-size", "rebuilt-pages",
     };
     unsigned i;
 
@@ -407,6 +648,7 @@ static void get_counters(Object *obj, Visitor *v, const char *name, void *opaque
     vals[i++] = c->dropped;
     vals[i++] = trapped;
     vals[i++] = CPUCACHE_LINE;
+    vals[i++] = c->rebuilt_pages;
     if (!visit_start_struct(v, name, NULL, 0, errp)) {
         return;
     }
@@ -568,9 +810,11 @@ CpuCache *cpucache_create(Object *machine, MemoryRegion *sysmem, MemoryRegion *r
     c->ram_size = size;
     c->nlines = size / CPUCACHE_LINE;
 
-    /* No owner: the RAM blocks migrate under these names. */
-    if (!memory_region_init_ram(&c->dram, NULL, "dmalab-cpucache.dram", size, errp) ||
-        !memory_region_init_ram(&c->sync, NULL, "dmalab-cpucache.sync", size, errp)) {
+    /* Not in the migration stream as RAM: see cpucache_pre_save(). */
+    if (!memory_region_init_ram_nomigrate(&c->dram, OBJECT(c), "dmalab-cpucache.dram",
+                                          size, errp) ||
+        !memory_region_init_ram_nomigrate(&c->sync, OBJECT(c), "dmalab-cpucache.sync",
+                                          size, errp)) {
         return NULL;
     }
     c->cpu_ptr = memory_region_get_ram_ptr(ram);
@@ -579,6 +823,8 @@ CpuCache *cpucache_create(Object *machine, MemoryRegion *sysmem, MemoryRegion *r
     c->dev_written = bitmap_new(c->nlines);
     c->reported = bitmap_new(c->nlines);
     c->page_trapped = g_new0(uint16_t, size / CPUCACHE_PAGE);
+    c->touched = bitmap_new(size / CPUCACHE_PAGE);
+    memory_region_set_log(&c->dram, true, DIRTY_MEMORY_VGA);
 
     memory_region_init(&c->dma_root, OBJECT(c), "cpucache-dma", UINT64_MAX);
     memory_region_init_alias(&c->dma_sys, OBJECT(c), "cpucache-dma-sys", sysmem, 0,

@@ -101,6 +101,12 @@ struct CpuCache {
     uint64_t dma_bytes_read, dma_bytes_written;
     uint64_t seq, dropped;
     uint32_t log_head, log_count;
+    uint8_t *diff;              /* DRAM and SYNC as saved (cpucache_pre_save) */
+    uint32_t diff_len;
+    uint64_t saved_id;          /* the saved state's number */
+    uint64_t synced;            /* the number of the state in memory, 0 when none */
+    unsigned long *touched;     /* pages whose DRAM or SYNC changed since */
+    uint64_t rebuilt_pages;     /* by the last load */
     CpuCacheEvent log[CPUCACHE_LOG_LEN];
 };
 

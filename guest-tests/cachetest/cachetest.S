@@ -3,7 +3,9 @@
  * (x-noncoherent=on): it maps RAM twice, cacheable at its own address and
  * Normal Non-cacheable 1 GiB above, then checks what each DC operation moves
  * between the CPU's copy and memory's. It prints "ok N" or "FAIL N" per check
- * on the PL011, then "done", and powers off through PSCI.
+ * on the PL011, then "done", and powers off through PSCI when it receives a
+ * byte. Halfway, with a dirty line and a line only memory holds, it prints
+ * "pause" and waits for a byte too, so that the host can snapshot that state.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -11,6 +13,7 @@
 	.equ	BUF, 0x40200000		/* cacheable */
 	.equ	NC, 0x40000000		/* BUF + NC: the same memory, Non-cacheable */
 	.equ	LINE, 64
+	.equ	PAGE, 4096
 
 	.text
 	.global	_start
@@ -65,9 +68,15 @@ _start:
 	mov	x0, #4
 	mov	x3, #0x22
 	bl	check
-	/* 5: DC IVAC of a line the CPU wrote loses the write (CPU_WRITE_LOST) */
+	/* for 5 a dirty line, for 9 one only memory holds (the next page); then wait */
 	mov	x1, #0x33
 	str	x1, [x19, #(2 * LINE)]
+	mov	x1, #0x77
+	str	x1, [x20, #(PAGE + LINE)]
+	ldr	x1, =pause_msg
+	bl	puts
+	bl	getc
+	/* 5: DC IVAC of a line the CPU wrote loses the write (CPU_WRITE_LOST) */
 	add	x4, x19, #(2 * LINE)
 	.global	lost_ivac
 lost_ivac:
@@ -93,19 +102,34 @@ lost_ivac:
 	mov	x0, #7
 	mov	x3, #0x44
 	bl	check
-	/* 8: DC CVAC of a line the CPU did not write leaves memory alone */
-	mov	x1, #0x66
-	str	x1, [x20, #(4 * LINE)]
-	add	x4, x19, #(4 * LINE)
+	/*
+	 * 8: DC CVAC of a line the CPU did not write leaves memory alone. On a
+	 * page nothing else here touches, and memory's bytes are read first:
+	 * only a Non-cacheable store changes it, and a snapshot must undo that.
+	 */
+	ldr	x1, [x20, #(2 * PAGE)]
+	add	x1, x1, #0x66
+	str	x1, [x20, #(2 * PAGE)]
+	add	x4, x19, #(2 * PAGE)
 	dc	cvac, x4
 	dsb	sy
-	ldr	x2, [x20, #(4 * LINE)]
+	ldr	x2, [x20, #(2 * PAGE)]
 	mov	x0, #8
 	mov	x3, #0x66
+	bl	check
+	/* 9: DC IVAC of a line the CPU did not write, memory's bytes are not zero */
+	add	x4, x19, #PAGE
+	add	x4, x4, #LINE
+	dc	ivac, x4
+	dsb	sy
+	ldr	x2, [x19, #(PAGE + LINE)]
+	mov	x0, #9
+	mov	x3, #0x77
 	bl	check
 
 	ldr	x1, =done_msg
 	bl	puts
+	bl	getc
 	ldr	x0, =0x84000008		/* PSCI SYSTEM_OFF */
 	hvc	#0
 1:	wfi
@@ -140,10 +164,18 @@ putc:
 	ldr	x9, =UART
 	strb	w0, [x9]
 	ret
+/* getc: waits for a received byte (FR.RXFE clear), returns it in w0 */
+getc:
+	ldr	x9, =UART
+5:	ldr	w0, [x9, #0x18]
+	tbnz	w0, #4, 5b
+	ldr	w0, [x9]
+	ret
 
 	.section .rodata
 ok_msg:		.asciz	"ok "
 fail_msg:	.asciz	"FAIL "
+pause_msg:	.asciz	"pause\n"
 done_msg:	.asciz	"done\n"
 
 	.data

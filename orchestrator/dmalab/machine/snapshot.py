@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from dmalab.errors import CheckFailed
+from dmalab.machine.process import QemuProcess
 from dmalab.machine.vm import Vm
 
 VMSTATE_NODE = "dmalab-vmstate"
@@ -34,9 +35,9 @@ class SnapshotFailed(CheckFailed):
 
 
 class Snapshots:
-    """Internal snapshots of one running `Vm`."""
+    """Internal snapshots of one running `Vm` (or of a bare `QemuProcess`, which has no agent)."""
 
-    def __init__(self, vm: Vm, *, job_timeout: float = 60.0) -> None:
+    def __init__(self, vm: Vm | QemuProcess, *, job_timeout: float = 60.0) -> None:
         self.vm = vm
         self.job_timeout = job_timeout
         self._ids = itertools.count(1)
@@ -63,6 +64,7 @@ class Snapshots:
     async def _ensure_disk(self) -> None:
         if self._disk:
             return
+        assert self.vm.run_dir is not None
         path = str(self.vm.run_dir / VMSTATE_FILE)
         qmp = self.vm.qmp
         await self._job(
@@ -109,7 +111,7 @@ class Snapshots:
         """Load `tag` and wait until the agent answers again; seconds from the load's start."""
         start = time.perf_counter()
         await self.load(tag)
-        if self.vm.ready_by == "agent":
+        if isinstance(self.vm, Vm) and self.vm.ready_by == "agent":
             await self.vm.guarded(self.vm.agent.echo(b"restored"), timeout)
         return time.perf_counter() - start
 
