@@ -317,17 +317,27 @@ static const MemoryRegionOps trap_ops = {
 
 /* Reset: memory starts equal to what QEMU loaded (kernel, DTB, boot code). */
 
-static void copy_nonzero_pages(uint8_t *dst, const uint8_t *src, uint64_t size)
+static void fill_from_ram(CpuCache *c)
 {
     uint64_t off;
 
-    for (off = 0; off < size; off += CPUCACHE_PAGE) {
+    for (off = 0; off < c->ram_size; off += CPUCACHE_PAGE) {
+        const uint8_t *src = c->cpu_ptr + off;
+
         /* Untouched pages stay uncommitted on the host. */
-        if (!buffer_is_zero(src + off, CPUCACHE_PAGE) ||
-            !buffer_is_zero(dst + off, CPUCACHE_PAGE)) {
-            memcpy(dst + off, src + off, CPUCACHE_PAGE);
+        if (!buffer_is_zero(src, CPUCACHE_PAGE)) {
+            memcpy(c->dram_ptr + off, src, CPUCACHE_PAGE);
+            memcpy(c->sync_ptr + off, src, CPUCACHE_PAGE);
+        } else if (c->filled) {
+            if (!buffer_is_zero(c->dram_ptr + off, CPUCACHE_PAGE)) {
+                memset(c->dram_ptr + off, 0, CPUCACHE_PAGE);
+            }
+            if (!buffer_is_zero(c->sync_ptr + off, CPUCACHE_PAGE)) {
+                memset(c->sync_ptr + off, 0, CPUCACHE_PAGE);
+            }
         }
     }
+    c->filled = true;   /* before, both copies were all zero */
 }
 
 static ResettableState *cpucache_get_reset_state(Object *obj)
@@ -344,8 +354,7 @@ static void cpucache_reset_exit(Object *obj, ResetType type)
         return;     /* the snapshot brings all three copies */
     }
     QEMU_LOCK_GUARD(&c->lock);
-    copy_nonzero_pages(c->dram_ptr, c->cpu_ptr, c->ram_size);
-    copy_nonzero_pages(c->sync_ptr, c->cpu_ptr, c->ram_size);
+    fill_from_ram(c);
     c->synced = 0;
     bitmap_zero(c->dev_written, c->nlines);
     bitmap_zero(c->reported, c->nlines);
@@ -576,6 +585,7 @@ static int cpucache_post_load(void *opaque, int version_id)
         only = c->touched;
         c->rebuilt_pages = bitmap_count_one(only, c->rebuilt_pages);
     }
+    c->filled = true;
     ret = diff_apply(c, c->dram_ptr, c->cpu_ptr, DIFF_DRAM, only);
     if (!ret) {
         ret = diff_apply(c, c->sync_ptr, c->dram_ptr, DIFF_SYNC, only);

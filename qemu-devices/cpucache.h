@@ -107,6 +107,7 @@ struct CpuCache {
     uint64_t synced;            /* the number of the state in memory, 0 when none */
     unsigned long *touched;     /* pages whose DRAM or SYNC changed since */
     uint64_t rebuilt_pages;     /* by the last load */
+    bool filled;                /* DRAM and SYNC were written since they were allocated */
     CpuCacheEvent log[CPUCACHE_LOG_LEN];
 };
 
