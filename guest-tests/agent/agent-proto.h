@@ -28,7 +28,8 @@
 #define AGENT_BUF_NCDMA       0x1
 #define AGENT_BUF_UDMABUF     0x2
 #define AGENT_BUF_HEAP_SYSTEM 0x3
-#define AGENT_BUF_LIST(X) X(NCDMA, 1) X(UDMABUF, 2) X(HEAP_SYSTEM, 3)
+#define AGENT_BUF_VGEM        0x4
+#define AGENT_BUF_LIST(X) X(NCDMA, 1) X(UDMABUF, 2) X(HEAP_SYSTEM, 3) X(VGEM, 4)
 
 #define AGENT_WRITE_PATTERN 0x0
 #define AGENT_WRITE_DATA    0x1
@@ -370,7 +371,7 @@ struct agent_cache_op_reply {
 #define AGENT_OP_CLOSE_ALL      0x09 /* forget every buffer and attachment, close the devices */
 #define AGENT_OP_DEVICE_INFO    0x10 /* NCDMA_IOC_INFO of /dev/ncdma<dev> */
 #define AGENT_OP_STATS          0x11 /* driver and device counters (NCDMA_IOC_STATS) */
-#define AGENT_OP_BUF_CREATE     0x20 /* a buffer: an ncdma export, a udmabuf or a system dma-heap buffer */
+#define AGENT_OP_BUF_CREATE     0x20 /* a buffer: an ncdma export, a udmabuf, a system dma-heap or a vgem buffer */
 #define AGENT_OP_BUF_FREE       0x21 /* detach and forget a buffer */
 #define AGENT_OP_BUF_INFO       0x22 /* NCDMA_IOC_BUF_INFO */
 #define AGENT_OP_BUF_MOVE       0x23 /* the exporter moves the backing pages */

@@ -806,6 +806,76 @@ static int alloc_heap(uint64_t size, int *out_fd, struct out *o)
 	return err;
 }
 
+/*
+ * vgem: a dumb buffer of its DRM card, exported as a dma-buf, as IGT's vgem helpers do. The
+ * ioctls are DRM's stable UAPI (drm.h, drm_mode.h), spelled out here because not every libc's
+ * kernel headers carry drm/.
+ */
+struct vgem_create_dumb {
+	uint32_t height, width, bpp, flags, handle, pitch;
+	uint64_t size;
+};
+struct vgem_prime_handle {
+	uint32_t handle, flags;
+	int32_t fd;
+};
+struct vgem_gem_close {
+	uint32_t handle, pad;
+};
+#define VGEM_IOCTL_CREATE_DUMB _IOWR('d', 0xb2, struct vgem_create_dumb)
+#define VGEM_IOCTL_PRIME_HANDLE_TO_FD _IOWR('d', 0x2d, struct vgem_prime_handle)
+#define VGEM_IOCTL_GEM_CLOSE _IOW('d', 0x09, struct vgem_gem_close)
+
+/* The DRM card whose device is the vgem platform device. */
+static int vgem_open(int *out_fd, struct out *o)
+{
+	char path[64], link[256];
+	ssize_t n;
+	int i;
+
+	for (i = 0; i < 64; i++) {
+		snprintf(path, sizeof(path), "/sys/class/drm/card%d/device", i);
+		n = readlink(path, link, sizeof(link) - 1);
+		if (n < 0)
+			continue;
+		link[n] = '\0';
+		if (strcmp(strrchr(link, '/') ? strrchr(link, '/') + 1 : link, "vgem"))
+			continue;
+		snprintf(path, sizeof(path), "/dev/dri/card%d", i);
+		*out_fd = open(path, O_RDWR | O_CLOEXEC);
+		if (*out_fd < 0)
+			return fail(o, errno, "open %s: %s", path, strerror(errno));
+		return 0;
+	}
+	return fail(o, ENOENT, "no vgem DRM card (module vgem not loaded)");
+}
+
+static int alloc_vgem(uint64_t size, int *out_fd, struct out *o)
+{
+	struct vgem_create_dumb create = {
+		.width = (uint32_t)page_size / 4, .height = (uint32_t)(size / page_size), .bpp = 32,
+	};
+	struct vgem_prime_handle prime = { .flags = O_RDWR | O_CLOEXEC };
+	struct vgem_gem_close gc = { 0 };
+	int card, err;
+
+	err = vgem_open(&card, o);
+	if (err)
+		return err;
+	err = xioctl(card, VGEM_IOCTL_CREATE_DUMB, &create, "DRM_IOCTL_MODE_CREATE_DUMB", o);
+	if (!err) {
+		prime.handle = gc.handle = create.handle;
+		err = xioctl(card, VGEM_IOCTL_PRIME_HANDLE_TO_FD, &prime,
+			     "DRM_IOCTL_PRIME_HANDLE_TO_FD", o);
+		if (!err)
+			*out_fd = prime.fd;
+		/* the dma-buf holds the object from here on */
+		ioctl(card, VGEM_IOCTL_GEM_CLOSE, &gc);
+	}
+	close(card);
+	return err;
+}
+
 static int op_BUF_CREATE(const struct req *rq, struct out *o)
 {
 	const struct agent_buf_create_request *q = REQ(agent_buf_create_request, rq);
@@ -841,6 +911,9 @@ static int op_BUF_CREATE(const struct req *rq, struct out *o)
 		break;
 	case AGENT_BUF_HEAP_SYSTEM:
 		err = alloc_heap(size, &fd, o);
+		break;
+	case AGENT_BUF_VGEM:
+		err = alloc_vgem(size, &fd, o);
 		break;
 	default:
 		return fail(o, EINVAL, "unknown buffer kind %u", q->kind);

@@ -269,7 +269,7 @@ def test_the_suite_runs_each_seed_once() -> None:
     names = [s.name for s in SUITE]
     assert names == ["000-arnd-table", "003-sgt-cache", "004-domain-reuse", "001-move",
                      "002-revoke", "platform-table", "platform-cpu-access",
-                     "platform-udmabuf", "platform-heap"]  # fmt: skip
+                     "platform-udmabuf", "platform-heap", "platform-vgem"]  # fmt: skip
     assert len({s.seed for s in SUITE}) == len(SUITE)
 
 

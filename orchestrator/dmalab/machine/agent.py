@@ -474,7 +474,7 @@ class AgentClient(StreamClient[int, tuple[int, bytes]]):
         flags: int | str | Sequence[str] = 0,
         faults: int | str | Sequence[str] = 0,
     ) -> Buffer:
-        """kind: "NCDMA" (exported by device dev), "UDMABUF" or "HEAP_SYSTEM"."""
+        """kind: "NCDMA" (exported by device dev), "UDMABUF", "HEAP_SYSTEM" or "VGEM"."""
         r, _ = await self.request(
             "BUF_CREATE",
             {

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from dmalab.artifacts import elf
 from dmalab.machine.agent import AgentClient, AgentError
+from dmalab.machine.guest_modules import image_modules
 
 KALLSYMS_READ = 4 << 20
 MODULE_READ = 4 << 20
@@ -99,22 +100,17 @@ async def _load(agent: AgentClient, syms: GuestSymbols) -> None:
             pairs.append((int(parts[0], 16), parts[2]))
     if pairs and any(a for a, _ in pairs):  # all zero: kptr_restrict hides them
         syms.kernel.add(pairs)
-    release = (await agent.read_file("/proc/sys/kernel/osrelease", 256)).decode().strip()
-    deps = (await agent.read_file(f"/lib/modules/{release}/modules.dep", 1 << 20)).decode()
-    paths = {
-        elf_path.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_"): elf_path
-        for elf_path in (line.split(":", 1)[0] for line in deps.splitlines() if ":" in line)
-    }
+    mods = await image_modules(agent)
     for line in (await agent.read_file("/proc/modules", 1 << 16)).decode().splitlines():
         name, size = line.split()[:2]
-        if name in paths:
-            syms.modules.append(await _module(agent, release, name, int(size), paths[name]))
+        if name in mods.files:
+            syms.modules.append(await _module(agent, name, int(size), mods.path(name)))
 
 
-async def _module(agent: AgentClient, release: str, name: str, size: int, path: str) -> _Module:
+async def _module(agent: AgentClient, name: str, size: int, path: str) -> _Module:
     text = (await agent.read_file(f"/sys/module/{name}/sections/.text", 64)).decode()
     base = int(text.strip(), 16)
-    ko = await agent.read_file(f"/lib/modules/{release}/{path}", MODULE_READ)
+    ko = await agent.read_file(path, MODULE_READ)
     table = _Table()
     table.add(
         [(base + value, fn) for fn, sec, value, _ in elf.function_symbols(ko) if sec == ".text"]

@@ -19,7 +19,7 @@ HELP = """\
 hello                               protocol, page size, device count, guest kernel
 devices                             each /dev/ncdmaN: QOM id, PCI address, IOMMU group and domain
 stats DEV                           driver and device counters of DEV (nonzero ones)
-buf-create KIND SIZE [DEV]          KIND: NCDMA, UDMABUF or HEAP_SYSTEM; prints the buffer id
+buf-create KIND SIZE [DEV]          KIND: NCDMA, UDMABUF, HEAP_SYSTEM or VGEM; prints the buffer id
 buf-free BUF
 buf-pages BUF [FIRST [COUNT]]       guest-physical address of each page
 read BUF OFFSET LEN                 hexdump of the buffer's bytes (LEN <= 4096)

@@ -280,16 +280,34 @@ class Run:
     async def check_bytes(
         self, step: int, buf: Buf, offset: int, expected: bytes, what: str
     ) -> bool:
+        """The buffer's bytes in guest memory (what cacheable CPU accesses see) against
+        `expected`; a BYTES finding when they differ."""
         actual = self.host_bytes(buf, offset, len(expected))
+        return self._compare_bytes(step, offset, expected, actual, what, "in memory", "memory")
+
+    async def check_read(
+        self, step: int, buf: Buf, offset: int, expected: bytes, what: str
+    ) -> bool:
+        """The bytes a CPU read through the agent's mapping of the buffer returns, against
+        `expected`: what a user of a mapping that is not cacheable (vgem's write-combining one)
+        sees on the noncoherent platform, where guest memory holds only the cacheable view."""
+        actual = await self.agent.cpu_read(buf.id, offset, len(expected))
+        return self._compare_bytes(step, offset, expected, actual, what, "as the CPU reads them",
+                                   "read")  # fmt: skip
+
+    def _compare_bytes(
+        self, step: int, offset: int, expected: bytes, actual: bytes, what: str, where: str,
+        seen: str,
+    ) -> bool:  # fmt: skip
         diff = compare(expected, actual)
         if diff is None:
             return True
         self.find(
             step,
             "BYTES",
-            f"{what}: {diff.differing} of {len(expected)} bytes differ in memory at offset "
+            f"{what}: {diff.differing} of {len(expected)} bytes differ {where} at offset "
             f"{offset + diff.first:#x} (expected {expected[diff.first]:#04x}, "
-            f"memory {actual[diff.first]:#04x})",
+            f"{seen} {actual[diff.first]:#04x})",
         )
         return False
 

@@ -33,6 +33,7 @@ from dmalab.artifacts.qemu import QemuBuild, ensure_qemu
 from dmalab.errors import BadInput, CheckFailed
 from dmalab.machine.booted import BootedMachine
 from dmalab.machine.devices import pci_names
+from dmalab.machine.guest_modules import load_module
 from dmalab.machine.guest_trace import GuestTrace
 from dmalab.machine.launch import topology_image
 from dmalab.machine.topology import Topology, load_topology
@@ -163,11 +164,14 @@ class Machine:
         return self.booted.save_seconds
 
     async def prepare(self, vm: Any) -> None:
-        """Before the snapshot is saved: match the guest's devices to the topology's, and switch
+        """Before the snapshot is saved: match the guest's devices to the topology's, switch
         the guest kernel's trace events on (every variant's `Run.start` then finds them on,
-        instead of paying for the switch each time)."""
+        instead of paying for the switch each time), and on the noncoherent platform load
+        vgem, an exporter the `platform` scenarios drive, where the image carries it."""
         self.devices, self.shared = await device_map(vm)
         await GuestTrace(vm.agent).start()
+        if self.platform == "noncoherent":
+            await load_module(vm.agent, "vgem")
 
     async def run_one(
         self, sc: Scenario, v: Variant, *, policy: str = "base", seed: int = DEFAULT_SEED,

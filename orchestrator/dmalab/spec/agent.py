@@ -56,6 +56,7 @@ BufKind = c.Enum(
     NCDMA=1,  # an ncdma export (own pages, dma-buf exporter)
     UDMABUF=2,  # /dev/udmabuf over a sealed memfd
     HEAP_SYSTEM=3,  # /dev/dma_heap/system
+    VGEM=4,  # a dumb buffer of the vgem DRM card, exported through PRIME
 )
 
 CpuWriteMode = c.Enum(c.Int32ul, PATTERN=0, DATA=1, BYTE=2)
@@ -484,7 +485,7 @@ OPS: tuple[Op, ...] = (
     Op(
         0x20,
         "BUF_CREATE",
-        "a buffer: an ncdma export, a udmabuf or a system dma-heap buffer",
+        "a buffer: an ncdma export, a udmabuf, a system dma-heap or a vgem buffer",
         request=BufCreateRequest,
         reply=BufCreateReply,
     ),
