@@ -7,6 +7,8 @@
  *   DRAM  what memory holds: Non-cacheable CPU accesses, noncoherent DMA;
  *   SYNC  the CPU's line as of its last clean or invalidate, so that a line
  *         the CPU wrote (CPU != SYNC) is told from one that is only stale.
+ * A line DC ZVA zeroed is dirty too, even where it held zeros (the zeroed
+ * bitmap): the kernel clears pages that way, then hands some to devices.
  * A clean writes a dirty line back (CPU -> DRAM); an invalidate drops the
  * line (DRAM -> CPU). Both happen under one lock, so a line moves whole
  * with respect to DMA bookkeeping and other vCPUs.
@@ -105,14 +107,29 @@ static void write_dram_line(CpuCache *c, int64_t l, const uint8_t *buf)
                         MEMTXATTRS_UNSPECIFIED, buf, CPUCACHE_LINE);
 }
 
+/*
+ * Whether the CPU's line holds something memory does not, written since its
+ * last clean or invalidate: bytes changed, or zeroed (over zeros too) where
+ * memory holds other bytes.
+ */
+static bool dirty(CpuCache *c, int64_t l, const uint8_t *cpu, const uint8_t *sync,
+                  const uint8_t *dram)
+{
+    return memcmp(cpu, sync, CPUCACHE_LINE) ||
+           (test_bit(l, c->zeroed) && memcmp(cpu, dram, CPUCACHE_LINE));
+}
+
 static void clean_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
 {
+    bool is_dirty;
     uint8_t cpu[CPUCACHE_LINE];
     uint8_t *sync = line_of(c->sync_ptr, l);
     uint8_t *dram = line_of(c->dram_ptr, l);
 
     memcpy(cpu, line_of(c->cpu_ptr, l), CPUCACHE_LINE);
-    if (!memcmp(cpu, sync, CPUCACHE_LINE)) {
+    is_dirty = dirty(c, l, cpu, sync, dram);
+    clear_bit_atomic(l, c->zeroed);     /* zeros equal to memory's: clean all the same */
+    if (!is_dirty) {
         return;     /* not dirty: a clean writes nothing back */
     }
     if (test_bit(l, c->dev_written) && memcmp(dram, sync, CPUCACHE_LINE)) {
@@ -133,9 +150,10 @@ static bool invalidate_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
 
     memcpy(cpu, line_of(c->cpu_ptr, l), CPUCACHE_LINE);
     memcpy(dram, line_of(c->dram_ptr, l), CPUCACHE_LINE);
-    if (memcmp(cpu, sync, CPUCACHE_LINE)) {
+    if (dirty(c, l, cpu, sync, dram)) {
         record(c, CPUCACHE_CPU_WRITE_LOST, o, l, cpu, dram);
     }
+    clear_bit_atomic(l, c->zeroed);
     if (memcmp(cpu, dram, CPUCACHE_LINE)) {
         write_cpu_line(c, l, dram);
     }
@@ -214,7 +232,7 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
                 if (!test_and_set_bit(l, c->dev_written)) {
                     newly_trapped |= c->page_trapped[l / (CPUCACHE_PAGE / CPUCACHE_LINE)]++ == 0;
                 }
-            } else if (memcmp(cpu, line_of(c->sync_ptr, l), CPUCACHE_LINE)) {
+            } else if (dirty(c, l, cpu, line_of(c->sync_ptr, l), line_of(c->dram_ptr, l))) {
                 record(c, CPUCACHE_DEVICE_READ_STALE, o, l, cpu, line_of(c->dram_ptr, l));
             }
         }
@@ -232,12 +250,26 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
     }
 }
 
+void cpucache_zeroed(CpuCache *c, void *host, uint64_t len)
+{
+    uint64_t off = (uintptr_t)host - (uintptr_t)c->cpu_ptr, l;
+
+    /* A Non-cacheable mapping's zeros are in memory already: only the CPU's copy counts. */
+    if (!len || off >= c->ram_size || len > c->ram_size - off) {
+        return;
+    }
+    /* The vCPU's own thread, without the lock: a bit per line, set atomically. */
+    for (l = off / CPUCACHE_LINE; l <= (off + len - 1) / CPUCACHE_LINE; l++) {
+        set_bit_atomic(l, c->zeroed);
+    }
+}
+
 void cpucache_who(CpuCache *c, CPUState *cs, bool io, CpuCacheWho *who)
 {
     memset(who, 0, sizeof(*who));
     who->vcpu = cs ? cs->cpu_index : -1;
     if (cs && c->frames) {
-        c->frames(cs, io, who->frames, CPUCACHE_FRAMES);
+        c->frames(cs, io, who);
     }
 }
 
@@ -358,6 +390,7 @@ static void cpucache_reset_exit(Object *obj, ResetType type)
     c->synced = 0;
     bitmap_zero(c->dev_written, c->nlines);
     bitmap_zero(c->reported, c->nlines);
+    bitmap_zero(c->zeroed, c->nlines);
     memset(c->page_trapped, 0, c->ram_size / CPUCACHE_PAGE * sizeof(uint16_t));
     memset(c->counters, 0, sizeof(c->counters));
     c->cleans = c->invalidates = c->lines_cleaned = c->lines_invalidated = 0;
@@ -609,8 +642,8 @@ static int cpucache_post_load(void *opaque, int version_id)
 
 static const VMStateDescription vmstate_cpucache = {
     .name = "dmalab-cpucache",
-    .version_id = 2,
-    .minimum_version_id = 2,
+    .version_id = 3,
+    .minimum_version_id = 3,
     .pre_save = cpucache_pre_save,
     .post_save = cpucache_post_save,
     .post_load = cpucache_post_load,
@@ -618,6 +651,7 @@ static const VMStateDescription vmstate_cpucache = {
         VMSTATE_INT32_EQUAL(nlines, CpuCache, NULL),
         VMSTATE_BITMAP(dev_written, CpuCache, 0, nlines),
         VMSTATE_BITMAP(reported, CpuCache, 0, nlines),
+        VMSTATE_BITMAP(zeroed, CpuCache, 0, nlines),
         VMSTATE_UINT64_ARRAY(counters, CpuCache, CPUCACHE_NKINDS),
         VMSTATE_UINT64(seq, CpuCache),
         VMSTATE_UINT64(dropped, CpuCache),
@@ -716,6 +750,7 @@ static bool visit_event(Visitor *v, CpuCacheEvent *e, Error **errp)
          visit_type_str(v, "kind", &kind, errp) &&
          visit_type_str(v, "master", &master, errp) &&
          visit_type_int(v, "vcpu", &vcpu, errp) &&
+         visit_type_uint32(v, "context", &e->who.context, errp) &&
          visit_type_uint64(v, "pc", &e->who.frames[0], errp) &&
          visit_frames(v, &e->who, errp) &&
          visit_type_uint64(v, "pa", &e->pa, errp) &&
@@ -832,6 +867,7 @@ CpuCache *cpucache_create(Object *machine, MemoryRegion *sysmem, MemoryRegion *r
     c->sync_ptr = memory_region_get_ram_ptr(&c->sync);
     c->dev_written = bitmap_new(c->nlines);
     c->reported = bitmap_new(c->nlines);
+    c->zeroed = bitmap_new(c->nlines);
     c->page_trapped = g_new0(uint16_t, size / CPUCACHE_PAGE);
     c->touched = bitmap_new(size / CPUCACHE_PAGE);
     memory_region_set_log(&c->dram, true, DIRTY_MEMORY_VGA);

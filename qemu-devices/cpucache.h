@@ -42,6 +42,7 @@ typedef enum CpuCacheKind {
 /* A vCPU and where it was: the guest PC, the link register, then frame records. */
 typedef struct CpuCacheWho {
     int32_t vcpu;           /* -1 when unknown */
+    uint32_t context;       /* CONTEXTIDR_EL1: the task's PID under Linux */
     uint64_t frames[CPUCACHE_FRAMES];   /* frames[0]: the PC; unused ones 0 */
 } CpuCacheWho;
 
@@ -65,8 +66,8 @@ typedef struct CpuCacheEvent {
     uint8_t actual[CPUCACHE_LINE];
 } CpuCacheEvent;
 
-/* Fills @frames with where @cs is (the I/O access in progress when @io). */
-typedef void (*CpuCacheFrames)(CPUState *cs, bool io, uint64_t *frames, int n);
+/* Fills @who's frames and context: where @cs is (at the I/O access in progress when @io). */
+typedef void (*CpuCacheFrames)(CPUState *cs, bool io, CpuCacheWho *who);
 
 struct CpuCache {
     Object parent_obj;
@@ -93,6 +94,7 @@ struct CpuCache {
     QemuMutex lock;
     int32_t nlines;
     unsigned long *dev_written; /* device wrote the line since the CPU's last invalidate */
+    unsigned long *zeroed;      /* DC ZVA zeroed it since the CPU's last clean or invalidate */
     unsigned long *reported;    /* CPU_READ_STALE already logged for it */
     uint16_t *page_trapped;     /* per page: lines with dev_written set */
 
@@ -129,6 +131,8 @@ bool cpucache_maintain(CpuCache *c, hwaddr pa, uint64_t len, CpuCacheMaint op,
 /* A noncoherent DMA master is about to access [pa, pa + len) of DRAM. */
 void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
                   bool is_write);
+/* DC ZVA zeroed [@host, @host + len) of some RAM: dirty lines, if the CPU's copy. */
+void cpucache_zeroed(CpuCache *c, void *host, uint64_t len);
 /* Where @cs is (NULL: no vCPU); with @io, at the I/O access in progress (a doorbell). */
 void cpucache_who(CpuCache *c, CPUState *cs, bool io, CpuCacheWho *who);
 

@@ -149,6 +149,9 @@ async def test_cpu_access_without_sync_is_named_where_it_shows(
     first, second = at[0] + k, at[1] + k
     assert {first, second} <= set(stale), r.evidence
     assert f"({master})" in stale[second], stale[second]
+    if master == "cpu":
+        # the agent's read, named in its own program through the task's PID
+        assert " (pid " in stale[second] and " [dmalab-agent] <- " in stale[second], stale[second]
     n = missed[0] + k
     assert f"step {n} {missed[1]} without DMA_BUF_IOCTL_SYNC" in stale[second], stale[second]
     assert event not in step(r, n).kernel_events, step(r, n).kernel
@@ -195,6 +198,25 @@ async def test_vgem_is_read_through_its_write_combining_mapping(
         # PRIME maps for the importer without CPU syncs
         mapped = next(k for k in step(r, 1).kernel if "dma_map_sg:" in k)
         assert "attrs=SKIP_CPU_SYNC" in mapped, mapped
+
+
+async def test_vgems_zeroed_lines_sit_dirty_under_what_the_cpu_wrote(
+    results: dict[tuple[str, str], Result],
+) -> None:
+    # A correct user's sequence, flagged: a finding about vgem, declared as such. The copies
+    # arrive byte-exact (no BYTES finding: the CPU wrote memory through its write-combining
+    # mapping), but the device read them under the kernel's DC ZVA zeros, never cleaned.
+    for variant in ("sync", "without-sync"):
+        r = results["platform-vgem", variant]
+        assert r.expectation == "detected" and r.detected_steps == [3, 8], r.evidence
+        assert {line.split(": ")[1].split(" ")[0] for line in r.evidence} == {
+            "DEVICE_READ_STALE"
+        }, r.evidence
+        stale = findings(r, "DEVICE_READ_STALE")
+        for n in (3, 8):
+            assert "(dma2): 64 lines" in stale[n] and "expected 0000000000000000" in stale[n]
+            assert "a finding about vgem" in stale[n], stale[n]
+        assert not any(k.startswith("dma_sync") for k in step(r, 1).kernel_events), step(r, 1)
 
 
 async def test_vgem_is_n_a_where_the_guest_has_none() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+ET_EXEC = 2
+ET_DYN = 3
 PT_INTERP = 3
 PT_NOTE = 4
 SHT_SYMTAB = 2
@@ -25,6 +27,13 @@ def _check(data: bytes) -> None:
 
 def is_elf(data: bytes) -> bool:
     return data[:4] == ELF_MAGIC
+
+
+def file_type(data: bytes) -> int:
+    """e_type: ET_EXEC for a program at fixed addresses, ET_DYN for a position-independent one."""
+    _check(data)
+    (e_type,) = struct.unpack_from("<H", data, 0x10)
+    return int(e_type)
 
 
 def program_headers(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -86,7 +95,8 @@ def section(data: bytes, wanted: str) -> bytes | None:
 
 def function_symbols(data: bytes) -> list[tuple[str, str, int, int]]:
     """(name, section, value, size) of every function symbol (a module's, relocatable: the
-    value is the offset in its section)."""
+    value is the offset in its section; a program's: its address, or its offset from the load
+    address when position-independent)."""
     _check(data)
     (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)

@@ -25,6 +25,7 @@ class CacheEvent:
     kind: str
     master: str  # "cpu" or the device's id
     vcpu: int  # -1: not known
+    pid: int  # CONTEXTIDR_EL1 of that vCPU: the running task's PID under Linux; 0: none
     pc: int  # guest PC; 0: not known
     frames: tuple[int, ...]  # the PC, the link register, then frame records' return addresses
     pa: int  # the line
@@ -40,6 +41,7 @@ class CacheEvent:
             kind=e["kind"],
             master=e["master"],
             vcpu=e["vcpu"],
+            pid=e.get("context", 0),
             pc=e["pc"],
             frames=tuple(e.get("frames", ())),
             pa=e["pa"],

@@ -4,12 +4,18 @@ The kernel's functions come from the start of `/proc/kallsyms` (read as root thr
 so KASLR is already applied; text symbols come first and fit in one 4 MiB read), a module's
 from its own .ko in the guest (its ELF symbol table) placed at `/sys/module/<m>/sections/.text`.
 Loaded once per agent connection: a restored snapshot is the same boot, with the same addresses.
+
+A user-space address is named against the program of the task that ran it (`process_symbols`:
+the model reports CONTEXTIDR_EL1, where Linux keeps the running task's PID): `/proc/<pid>/exe`'s
+symbol table, placed where `/proc/<pid>/maps` says for a position-independent one, as
+`function+0xoff [comm]`. A task that has exited leaves its addresses as numbers.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import struct
 import weakref
 from dataclasses import dataclass, field
 
@@ -19,6 +25,9 @@ from dmalab.machine.guest_modules import image_modules
 
 KALLSYMS_READ = 4 << 20
 MODULE_READ = 4 << 20
+PROGRAM_READ = 4 << 20
+#: arm64 user addresses lie below this; the kernel's start at 0xffff...
+USER_TOP = 1 << 56
 #: A kernel address further than this past its symbol is not in that function.
 MAX_FUNCTION = 1 << 20
 TEXT_KINDS = frozenset("TtWw")
@@ -49,15 +58,32 @@ class _Module:
     table: _Table
 
 
+@dataclass
+class _Process:
+    comm: str
+    table: _Table
+
+
 class GuestSymbols:
-    """The guest kernel's and its modules' functions."""
+    """The guest kernel's and its modules' functions, and those of the programs of tasks that
+    `process_symbols` looked up."""
 
     def __init__(self) -> None:
         self.kernel = _Table()
         self.modules: list[_Module] = []
+        self.processes: dict[int, _Process | None] = {}
 
-    def name(self, pc: int) -> str:
-        """`function+0xoff [module]`, or the address when nothing covers it."""
+    def name(self, pc: int, pid: int = 0) -> str:
+        """`function+0xoff [module]` (for a user address, `[comm]` of task `pid`), or the
+        address when nothing covers it."""
+        if pc < USER_TOP:
+            proc = self.processes.get(pid)
+            if proc is None:
+                return f"{pc:#x}"
+            hit = proc.table.find(pc)
+            if hit and hit[1] < MAX_FUNCTION:
+                return f"{hit[0]}+{hit[1]:#x} [{proc.comm}]"
+            return f"{pc:#x} [{proc.comm}]"
         for m in self.modules:
             if m.base <= pc < m.base + m.size:
                 hit = m.table.find(pc)
@@ -67,11 +93,11 @@ class GuestSymbols:
             return f"{hit[0]}+{hit[1]:#x}"
         return f"{pc:#x}"
 
-    def trace(self, frames: list[int]) -> str:
+    def trace(self, frames: list[int], pid: int = 0) -> str:
         """A short backtrace, innermost first (consecutive repeats folded)."""
         names: list[str] = []
         for pc in frames:
-            n = self.name(pc)
+            n = self.name(pc, pid)
             if not names or names[-1] != n:
                 names.append(n)
         return " <- ".join(names)
@@ -116,3 +142,22 @@ async def _module(agent: AgentClient, name: str, size: int, path: str) -> _Modul
         [(base + value, fn) for fn, sec, value, _ in elf.function_symbols(ko) if sec == ".text"]
     )
     return _Module(name, base, size, table)
+
+
+async def process_symbols(agent: AgentClient, syms: GuestSymbols, pid: int) -> None:
+    """Read the program of task `pid` into `syms` (once per task; nothing when it has exited or
+    is not an ELF program)."""
+    if pid <= 0 or pid in syms.processes:
+        return
+    syms.processes[pid] = None
+    with contextlib.suppress(AgentError, ValueError, OSError, struct.error):
+        comm = (await agent.read_file(f"/proc/{pid}/comm", 64)).decode().strip()
+        exe = await agent.read_file(f"/proc/{pid}/exe", PROGRAM_READ)
+        base = 0
+        if elf.file_type(exe) == elf.ET_DYN:
+            # position-independent: its first mapping (file offset 0) is where it was loaded
+            maps = (await agent.read_file(f"/proc/{pid}/maps", 1 << 16)).decode()
+            base = int(maps.split("-", 1)[0], 16)
+        table = _Table()
+        table.add([(base + value, fn) for fn, _, value, _ in elf.function_symbols(exe) if value])
+        syms.processes[pid] = _Process(comm, table)

@@ -228,6 +228,9 @@ async def cpu_access(run: Run) -> None:
 
 
 def _explain_cycle(run: Run, s: int, sync_write: bool, sync_read: bool) -> None:
+    if run.params.get("kind") == "VGEM":
+        explain(run, s + 2, ("DEVICE_READ_STALE",), VGEM_ZEROED)
+        return
     if "CPU_ACCESS_NO_SYNC" in run.params.get("faults", []):
         explain(
             run,
@@ -345,19 +348,30 @@ PLATFORM_HEAP = Scenario(
 )  # fmt: skip
 
 
-#: vgem maps its pages write-combining for every CPU user (its dma-buf mmap and vmap) and has no
-#: begin/end_cpu_access: DMA_BUF_IOCTL_SYNC does nothing, and a user's reads and writes reach
-#: memory directly. What a device wrote is therefore what the CPU reads, with or without the
-#: ioctl. The other direction is left out: the kernel zeroed the pages through its cacheable
-#: linear map, and nothing cleans those lines (importers map with DMA_ATTR_SKIP_CPU_SYNC); the
-#: model reports that as DEVICE_READ_STALE only where the zeroing changed lines, i.e. where the
-#: page's earlier user had left other bytes, which varies from boot to boot
-#: (docs/cpu-cache-model.md, Limitations).
+#: What the model shows of vgem (Linux 6.12 and 6.1, unmodified): its pages are zeroed through the
+#: kernel's cacheable linear map (DC ZVA in clear_page), and nothing cleans those lines: PRIME
+#: maps for an importer with DMA_ATTR_SKIP_CPU_SYNC and vgem has no begin/end_cpu_access. The
+#: user writes through a write-combining mapping, so memory holds its bytes and the device reads
+#: them, under dirty zeros that a real cache writes back whenever it evicts them.
+VGEM_ZEROED = (
+    "a finding about vgem on a noncoherent platform: the kernel zeroed its pages through the "
+    "cacheable linear map and nothing cleaned those lines (PRIME maps with "
+    "DMA_ATTR_SKIP_CPU_SYNC; no begin/end_cpu_access): the device reads what the CPU wrote "
+    "write-combining, under dirty zeros a cache may write back over it"
+)
+VGEM_WRITES = (3, 8)
 PLATFORM_VGEM = Scenario(
     "platform-vgem", "P004",
-    "a vgem (DRM) buffer imported by ncdma, read by the CPU through its write-combining mapping",
-    _body,
+    "a vgem (DRM) buffer imported by ncdma, the CPU through its write-combining mapping", _body,
     (
+        Variant("sync", "pass", (), "every CPU access bracketed by DMA_BUF_IOCTL_SYNC",
+                {"kind": "VGEM"},
+                cells=_only_base((Cell("base", "detected", VGEM_ZEROED, VGEM_WRITES,
+                                       NONCOHERENT_PLATFORM),))),
+        Variant("without-sync", "pass", (), "no DMA_BUF_IOCTL_SYNC: vgem turns it into nothing",
+                {"kind": "VGEM", "sync_write": False, "sync_read": False},
+                cells=_only_base((Cell("base", "detected", VGEM_ZEROED, VGEM_WRITES,
+                                       NONCOHERENT_PLATFORM),))),
         Variant("device-first", "pass", (),
                 "the device fills page 1, the CPU reads it bracketed by DMA_BUF_IOCTL_SYNC",
                 {"kind": "VGEM", "device_first": True}, cells=_only_base()),
