@@ -108,30 +108,25 @@ static void write_dram_line(CpuCache *c, int64_t l, const uint8_t *buf)
 }
 
 /*
- * Whether the CPU's line holds something memory does not, written since its
- * last clean or invalidate: bytes changed, or zeroed (over zeros too) where
- * memory holds other bytes.
+ * Whether the CPU wrote the line since its last clean or invalidate: its bytes
+ * changed, or DC ZVA zeroed it (a store we see, so exactly: over zeros too).
  */
-static bool dirty(CpuCache *c, int64_t l, const uint8_t *cpu, const uint8_t *sync,
-                  const uint8_t *dram)
+static bool dirty(CpuCache *c, int64_t l, const uint8_t *cpu, const uint8_t *sync)
 {
-    return memcmp(cpu, sync, CPUCACHE_LINE) ||
-           (test_bit(l, c->zeroed) && memcmp(cpu, dram, CPUCACHE_LINE));
+    return memcmp(cpu, sync, CPUCACHE_LINE) || test_bit(l, c->zeroed);
 }
 
 static void clean_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
 {
-    bool is_dirty;
     uint8_t cpu[CPUCACHE_LINE];
     uint8_t *sync = line_of(c->sync_ptr, l);
     uint8_t *dram = line_of(c->dram_ptr, l);
 
     memcpy(cpu, line_of(c->cpu_ptr, l), CPUCACHE_LINE);
-    is_dirty = dirty(c, l, cpu, sync, dram);
-    clear_bit_atomic(l, c->zeroed);     /* zeros equal to memory's: clean all the same */
-    if (!is_dirty) {
+    if (!dirty(c, l, cpu, sync)) {
         return;     /* not dirty: a clean writes nothing back */
     }
+    clear_bit_atomic(l, c->zeroed);
     if (test_bit(l, c->dev_written) && memcmp(dram, sync, CPUCACHE_LINE)) {
         record(c, CPUCACHE_CPU_CLOBBER, o, l, dram, cpu);
     }
@@ -150,7 +145,7 @@ static bool invalidate_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
 
     memcpy(cpu, line_of(c->cpu_ptr, l), CPUCACHE_LINE);
     memcpy(dram, line_of(c->dram_ptr, l), CPUCACHE_LINE);
-    if (dirty(c, l, cpu, sync, dram)) {
+    if (dirty(c, l, cpu, sync)) {
         record(c, CPUCACHE_CPU_WRITE_LOST, o, l, cpu, dram);
     }
     clear_bit_atomic(l, c->zeroed);
@@ -232,7 +227,7 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
                 if (!test_and_set_bit(l, c->dev_written)) {
                     newly_trapped |= c->page_trapped[l / (CPUCACHE_PAGE / CPUCACHE_LINE)]++ == 0;
                 }
-            } else if (dirty(c, l, cpu, line_of(c->sync_ptr, l), line_of(c->dram_ptr, l))) {
+            } else if (dirty(c, l, cpu, line_of(c->sync_ptr, l))) {
                 record(c, CPUCACHE_DEVICE_READ_STALE, o, l, cpu, line_of(c->dram_ptr, l));
             }
         }

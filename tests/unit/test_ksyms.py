@@ -123,3 +123,4 @@ async def test_process_symbols_reads_a_tasks_program_where_it_is_loaded() -> Non
     assert syms.name(0xAAAA00000044, 40) == "f_two+0x4 [pie]"
     # a task that has exited: its addresses stay numbers, and it is not asked for again
     assert syms.processes[99] is None and syms.name(0x12, 99) == "0x12"
+    assert syms.task(231) == "dmalab-agent" and syms.task(99) == "pid 99"

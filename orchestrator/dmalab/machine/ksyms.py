@@ -5,10 +5,11 @@ so KASLR is already applied; text symbols come first and fit in one 4 MiB read),
 from its own .ko in the guest (its ELF symbol table) placed at `/sys/module/<m>/sections/.text`.
 Loaded once per agent connection: a restored snapshot is the same boot, with the same addresses.
 
-A user-space address is named against the program of the task that ran it (`process_symbols`:
-the model reports CONTEXTIDR_EL1, where Linux keeps the running task's PID): `/proc/<pid>/exe`'s
-symbol table, placed where `/proc/<pid>/maps` says for a position-independent one, as
-`function+0xoff [comm]`. A task that has exited leaves its addresses as numbers.
+The model reports CONTEXTIDR_EL1 with each event, where Linux keeps the running task's PID
+(`process_symbols`): the task is named by its command (stable from boot to boot, where PIDs are
+not), and a user-space address against the task's program, `/proc/<pid>/exe`'s symbol table
+placed where `/proc/<pid>/maps` says for a position-independent one, as `function+0xoff
+[comm]`. A task that has exited leaves its number and addresses.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ class GuestSymbols:
         self.kernel = _Table()
         self.modules: list[_Module] = []
         self.processes: dict[int, _Process | None] = {}
+
+    def task(self, pid: int) -> str:
+        """How a finding names task `pid`: its command name, else its number."""
+        proc = self.processes.get(pid)
+        return proc.comm if proc is not None else f"pid {pid}"
 
     def name(self, pc: int, pid: int = 0) -> str:
         """`function+0xoff [module]` (for a user address, `[comm]` of task `pid`), or the
@@ -145,13 +151,14 @@ async def _module(agent: AgentClient, name: str, size: int, path: str) -> _Modul
 
 
 async def process_symbols(agent: AgentClient, syms: GuestSymbols, pid: int) -> None:
-    """Read the program of task `pid` into `syms` (once per task; nothing when it has exited or
-    is not an ELF program)."""
+    """Read the name and program of task `pid` into `syms` (once per task; nothing when it has
+    exited; no functions for a kernel thread or what is not an ELF program)."""
     if pid <= 0 or pid in syms.processes:
         return
     syms.processes[pid] = None
     with contextlib.suppress(AgentError, ValueError, OSError, struct.error):
         comm = (await agent.read_file(f"/proc/{pid}/comm", 64)).decode().strip()
+        syms.processes[pid] = _Process(comm, _Table())
         exe = await agent.read_file(f"/proc/{pid}/exe", PROGRAM_READ)
         base = 0
         if elf.file_type(exe) == elf.ET_DYN:

@@ -47,7 +47,7 @@ from dmalab.machine.agent import AgentError, Desc
 from dmalab.machine.compare_bytes import compare
 from dmalab.machine.cpucache import CacheEvent, CpuCacheModel
 from dmalab.machine.guest_trace import GuestTrace
-from dmalab.machine.ksyms import USER_TOP, guest_symbols, process_symbols
+from dmalab.machine.ksyms import guest_symbols, process_symbols
 from dmalab.scenarios.codec import (
     DEFAULT_SEED,
     cookie_step,
@@ -564,9 +564,8 @@ class Run:
             by = "no vCPU"
             if e.vcpu >= 0 and syms is not None:
                 frames = list(e.frames) or [e.pc]
-                if any(pc < USER_TOP for pc in frames):
-                    await process_symbols(self.agent, syms, e.pid)
-                task = f" (pid {e.pid})" if e.pid > 0 else ""
+                await process_symbols(self.agent, syms, e.pid)
+                task = f" ({syms.task(e.pid)})" if e.pid > 0 else ""
                 by = f"vCPU {e.vcpu}{task} at {syms.trace(frames, e.pid)}"
             self.find(
                 step,
