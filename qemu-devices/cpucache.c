@@ -255,7 +255,9 @@ void cpucache_zeroed(CpuCache *c, void *host, uint64_t len)
     }
     /* The vCPU's own thread, without the lock: a bit per line, set atomically. */
     for (l = off / CPUCACHE_LINE; l <= (off + len - 1) / CPUCACHE_LINE; l++) {
-        set_bit_atomic(l, c->zeroed);
+        if (!test_bit(l, c->zeroed)) {  /* pages are zeroed again and again */
+            set_bit_atomic(l, c->zeroed);
+        }
     }
 }
 
@@ -344,27 +346,52 @@ static const MemoryRegionOps trap_ops = {
 
 /* Reset: memory starts equal to what QEMU loaded (kernel, DTB, boot code). */
 
+/* A fingerprint of what QEMU loaded: a snapshot's RESET runs need the same. */
+static uint64_t page_sum(uint64_t h, uint64_t off, const uint8_t *page)
+{
+    unsigned i;
+
+    h = (h ^ off) * 0x100000001b3ULL;
+    for (i = 0; i < CPUCACHE_PAGE; i += 8) {
+        h = (h ^ ldq_le_p(page + i)) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/*
+ * The first reset also keeps what QEMU loaded (the kernel, initramfs and DTB
+ * on otherwise zero RAM, a function of the files alone): the snapshots' RESET
+ * runs refer to it. Later resets find whatever RAM held before; they leave it.
+ */
 static void fill_from_ram(CpuCache *c)
 {
-    uint64_t off;
+    uint8_t *copies[] = { c->dram_ptr, c->sync_ptr, c->reset_ptr };
+    unsigned i, ncopies = c->filled ? 2 : 3;
+    uint64_t off, sum = 0xcbf29ce484222325ULL;
 
     for (off = 0; off < c->ram_size; off += CPUCACHE_PAGE) {
         const uint8_t *src = c->cpu_ptr + off;
 
         /* Untouched pages stay uncommitted on the host. */
         if (!buffer_is_zero(src, CPUCACHE_PAGE)) {
-            memcpy(c->dram_ptr + off, src, CPUCACHE_PAGE);
-            memcpy(c->sync_ptr + off, src, CPUCACHE_PAGE);
-        } else if (c->filled) {
-            if (!buffer_is_zero(c->dram_ptr + off, CPUCACHE_PAGE)) {
-                memset(c->dram_ptr + off, 0, CPUCACHE_PAGE);
+            for (i = 0; i < ncopies; i++) {
+                memcpy(copies[i] + off, src, CPUCACHE_PAGE);
             }
-            if (!buffer_is_zero(c->sync_ptr + off, CPUCACHE_PAGE)) {
-                memset(c->sync_ptr + off, 0, CPUCACHE_PAGE);
+            if (!c->filled) {
+                sum = page_sum(sum, off, src);
+            }
+        } else if (c->filled) {
+            for (i = 0; i < ncopies; i++) {
+                if (!buffer_is_zero(copies[i] + off, CPUCACHE_PAGE)) {
+                    memset(copies[i] + off, 0, CPUCACHE_PAGE);
+                }
             }
         }
     }
-    c->filled = true;   /* before, both copies were all zero */
+    if (!c->filled) {
+        c->reset_sum = sum;
+    }
+    c->filled = true;   /* before, all copies were all zero */
 }
 
 static ResettableState *cpucache_get_reset_state(Object *obj)
@@ -400,8 +427,11 @@ static void cpucache_reset_exit(Object *obj, ResetType type)
  * test. They are saved as differences instead, DRAM against the CPU copy
  * (lines the CPU wrote and never cleaned), SYNC against DRAM (lines a
  * device or a Non-cacheable access wrote since the CPU's last maintenance),
- * in runs of lines; a run whose lines are all zero carries no bytes. RAM is
- * loaded before any device state, so post_load rebuilds both from it.
+ * in runs of lines; a run whose lines are all zero carries no bytes, nor
+ * does a run of DRAM lines still as reset loaded them (the kernel and
+ * initramfs the CPU has since overwritten: most of a booted machine's
+ * difference), which the model keeps a copy of. RAM is loaded before any
+ * device state, so post_load rebuilds both from it.
  *
  * Each save is numbered. Loading the state this process last saved or
  * loaded rebuilds only the pages whose DRAM or SYNC changed since: those
@@ -413,6 +443,7 @@ enum {
     DIFF_DRAM = 0,          /* run of DRAM lines that differ from CPU */
     DIFF_SYNC = 1,          /* run of SYNC lines that differ from DRAM */
     DIFF_ZERO = 2,          /* ... all zero: no bytes follow */
+    DIFF_RESET = 4,         /* ... DRAM as reset loaded it: no bytes follow */
     DIFF_HDR = 12,          /* le32 first line, le32 count, le32 flags */
 };
 
@@ -425,7 +456,7 @@ static void diff_put_run(GByteArray *out, const uint8_t *src, int64_t first,
     stl_le_p(hdr + 4, count);
     stl_le_p(hdr + 8, flags);
     g_byte_array_append(out, hdr, sizeof(hdr));
-    if (!(flags & DIFF_ZERO)) {
+    if (!(flags & (DIFF_ZERO | DIFF_RESET))) {
         g_byte_array_append(out, line_of((uint8_t *)src, first), count * CPUCACHE_LINE);
     }
 }
@@ -449,8 +480,13 @@ static void diff_encode(CpuCache *c, GByteArray *out, const uint8_t *src,
         }
         if (!memcmp(s, base + l * CPUCACHE_LINE, CPUCACHE_LINE)) {
             f = UINT32_MAX;
+        } else if (buffer_is_zero(s, CPUCACHE_LINE)) {
+            f = which | DIFF_ZERO;
+        } else if (which == DIFF_DRAM &&
+                   !memcmp(s, line_of(c->reset_ptr, l), CPUCACHE_LINE)) {
+            f = DIFF_RESET;
         } else {
-            f = which | (buffer_is_zero(s, CPUCACHE_LINE) ? DIFF_ZERO : 0);
+            f = which;
         }
         if (first >= 0 && f != flags) {
             diff_put_run(out, src, first, l - first, flags);
@@ -510,9 +546,15 @@ static int diff_apply(CpuCache *c, uint8_t *dst, const uint8_t *base, uint32_t w
         count = ldl_le_p(p + 4);
         flags = ldl_le_p(p + 8);
         p += DIFF_HDR;
-        bytes = flags & DIFF_ZERO ? 0 : count * CPUCACHE_LINE;
-        if (flags & ~(uint32_t)(DIFF_SYNC | DIFF_ZERO) || !count ||
-            first + count > c->nlines || bytes > end - p) {
+        bytes = flags & (DIFF_ZERO | DIFF_RESET) ? 0 : count * CPUCACHE_LINE;
+        if (flags & ~(uint32_t)(DIFF_SYNC | DIFF_ZERO | DIFF_RESET) || !count ||
+            first + count > c->nlines || bytes > end - p ||
+            ((flags & DIFF_RESET) && flags != DIFF_RESET)) {
+            return -EINVAL;
+        }
+        if ((flags & DIFF_RESET) && c->saved_reset_sum != c->reset_sum) {
+            error_report("dmalab-cpucache: the state was saved by a machine that loaded "
+                         "other kernel or initramfs files");
             return -EINVAL;
         }
         if ((flags & DIFF_SYNC) == which) {
@@ -531,6 +573,8 @@ static int diff_apply(CpuCache *c, uint8_t *dst, const uint8_t *base, uint32_t w
                 if (bytes) {
                     memcpy(line_of(dst, l), p + (l - first) * CPUCACHE_LINE,
                            n * CPUCACHE_LINE);
+                } else if (flags & DIFF_RESET) {
+                    memcpy(line_of(dst, l), line_of(c->reset_ptr, l), n * CPUCACHE_LINE);
                 } else {
                     memset(line_of(dst, l), 0, n * CPUCACHE_LINE);
                 }
@@ -585,6 +629,7 @@ static int cpucache_pre_save(void *opaque)
     }
     c->diff_len = out->len;
     c->diff = g_byte_array_free(out, false);
+    c->saved_reset_sum = c->reset_sum;
     c->saved_id = ((uint64_t)g_random_int() << 32 | g_random_int()) | 1;
     synced_to(c, c->saved_id);
     return 0;
@@ -637,8 +682,8 @@ static int cpucache_post_load(void *opaque, int version_id)
 
 static const VMStateDescription vmstate_cpucache = {
     .name = "dmalab-cpucache",
-    .version_id = 3,
-    .minimum_version_id = 3,
+    .version_id = 4,
+    .minimum_version_id = 4,
     .pre_save = cpucache_pre_save,
     .post_save = cpucache_post_save,
     .post_load = cpucache_post_load,
@@ -651,6 +696,7 @@ static const VMStateDescription vmstate_cpucache = {
         VMSTATE_UINT64(seq, CpuCache),
         VMSTATE_UINT64(dropped, CpuCache),
         VMSTATE_UINT64(saved_id, CpuCache),
+        VMSTATE_UINT64(saved_reset_sum, CpuCache),
         VMSTATE_UINT32(diff_len, CpuCache),
         VMSTATE_VBUFFER_ALLOC_UINT32(diff, CpuCache, 0, NULL, diff_len),
         VMSTATE_END_OF_LIST()
@@ -863,6 +909,8 @@ CpuCache *cpucache_create(Object *machine, MemoryRegion *sysmem, MemoryRegion *r
     c->dev_written = bitmap_new(c->nlines);
     c->reported = bitmap_new(c->nlines);
     c->zeroed = bitmap_new(c->nlines);
+    /* Host memory, not guest RAM: committed only where reset loads something. */
+    c->reset_ptr = g_malloc0(size);
     c->page_trapped = g_new0(uint16_t, size / CPUCACHE_PAGE);
     c->touched = bitmap_new(size / CPUCACHE_PAGE);
     memory_region_set_log(&c->dram, true, DIRTY_MEMORY_VGA);

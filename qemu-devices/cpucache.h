@@ -106,6 +106,9 @@ struct CpuCache {
     uint8_t *diff;              /* DRAM and SYNC as saved (cpucache_pre_save) */
     uint32_t diff_len;
     uint64_t saved_id;          /* the saved state's number */
+    uint8_t *reset_ptr;         /* RAM as the first reset found it: what QEMU loaded */
+    uint64_t reset_sum;         /* its fingerprint */
+    uint64_t saved_reset_sum;   /* that of the machine that saved the state */
     uint64_t synced;            /* the number of the state in memory, 0 when none */
     unsigned long *touched;     /* pages whose DRAM or SYNC changed since */
     uint64_t rebuilt_pages;     /* by the last load */

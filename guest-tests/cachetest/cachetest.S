@@ -68,7 +68,13 @@ _start:
 	mov	x0, #4
 	mov	x3, #0x22
 	bl	check
-	/* for 5 a dirty line, for 9 one only memory holds (the next page); then wait */
+	/*
+	 * for 5 a dirty line, for 9 one only memory holds (the next page), for 11
+	 * a line of the program's own image the CPU overwrote; then wait
+	 */
+	ldr	x5, =image_line
+	mov	x1, #0x99
+	str	x1, [x5]
 	mov	x1, #0x33
 	str	x1, [x19, #(2 * LINE)]
 	mov	x1, #0x77
@@ -140,6 +146,13 @@ lost_ivac:
 	mov	x0, #10
 	mov	x3, #0
 	bl	check
+	/* 11: memory still holds the image as loaded under the CPU's dirty line */
+	ldr	x5, =image_line
+	ldr	x6, =NC
+	ldr	x2, [x5, x6]
+	mov	x0, #11
+	mov	x3, #0x1234
+	bl	check
 
 	ldr	x1, =done_msg
 	bl	puts
@@ -198,6 +211,10 @@ pause_msg:	.asciz	"pause\n"
 done_msg:	.asciz	"done\n"
 
 	.data
+	.balign	64
+image_line:
+	.quad	0x1234
+	.space	56
 	.balign	4096
 /* Level 1, 1 GiB blocks: devices, RAM cacheable, RAM again Non-cacheable */
 ttb:
