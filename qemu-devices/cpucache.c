@@ -28,6 +28,7 @@
 #include "hw/core/cpu.h"
 #include "migration/vmstate.h"
 #include "system/reset.h"
+#include "system/runstate.h"
 #include "cpucache.h"
 
 /*
@@ -111,9 +112,20 @@ static void write_dram_line(CpuCache *c, int64_t l, const uint8_t *buf)
  * Whether the CPU wrote the line since its last clean or invalidate: its bytes
  * changed, or DC ZVA zeroed it (a store we see, so exactly: over zeros too).
  */
-static bool dirty(CpuCache *c, int64_t l, const uint8_t *cpu, const uint8_t *sync)
+static bool dirty(const uint8_t *cpu, const uint8_t *sync, bool zeroed)
 {
-    return memcmp(cpu, sync, CPUCACHE_LINE) || test_bit(l, c->zeroed);
+    return zeroed || memcmp(cpu, sync, CPUCACHE_LINE);
+}
+
+/*
+ * Clears the line's DC ZVA mark, returning it. Before the line is copied: a
+ * DC ZVA racing on another vCPU then leaves its mark for the next time.
+ */
+static bool take_zeroed(CpuCache *c, int64_t l)
+{
+    unsigned long mask = BIT_MASK(l);
+
+    return qatomic_fetch_and(&c->zeroed[BIT_WORD(l)], ~mask) & mask;
 }
 
 static void clean_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
@@ -122,11 +134,12 @@ static void clean_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
     uint8_t *sync = line_of(c->sync_ptr, l);
     uint8_t *dram = line_of(c->dram_ptr, l);
 
+    bool zeroed = take_zeroed(c, l);
+
     memcpy(cpu, line_of(c->cpu_ptr, l), CPUCACHE_LINE);
-    if (!dirty(c, l, cpu, sync)) {
+    if (!dirty(cpu, sync, zeroed)) {
         return;     /* not dirty: a clean writes nothing back */
     }
-    clear_bit_atomic(l, c->zeroed);
     if (test_bit(l, c->dev_written) && memcmp(dram, sync, CPUCACHE_LINE)) {
         record(c, CPUCACHE_CPU_CLOBBER, o, l, dram, cpu);
     }
@@ -143,12 +156,13 @@ static bool invalidate_line(CpuCache *c, int64_t l, const CpuCacheOrigin *o)
     uint8_t *sync = line_of(c->sync_ptr, l);
     int64_t page = l / (CPUCACHE_PAGE / CPUCACHE_LINE);
 
+    bool zeroed = take_zeroed(c, l);
+
     memcpy(cpu, line_of(c->cpu_ptr, l), CPUCACHE_LINE);
     memcpy(dram, line_of(c->dram_ptr, l), CPUCACHE_LINE);
-    if (dirty(c, l, cpu, sync)) {
+    if (dirty(cpu, sync, zeroed)) {
         record(c, CPUCACHE_CPU_WRITE_LOST, o, l, cpu, dram);
     }
-    clear_bit_atomic(l, c->zeroed);
     if (memcmp(cpu, dram, CPUCACHE_LINE)) {
         write_cpu_line(c, l, dram);
     }
@@ -227,7 +241,7 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
                 if (!test_and_set_bit(l, c->dev_written)) {
                     newly_trapped |= c->page_trapped[l / (CPUCACHE_PAGE / CPUCACHE_LINE)]++ == 0;
                 }
-            } else if (dirty(c, l, cpu, line_of(c->sync_ptr, l))) {
+            } else if (dirty(cpu, line_of(c->sync_ptr, l), test_bit(l, c->zeroed))) {
                 record(c, CPUCACHE_DEVICE_READ_STALE, o, l, cpu, line_of(c->dram_ptr, l));
             }
         }
@@ -247,9 +261,14 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
 
 void cpucache_zeroed(CpuCache *c, void *host, uint64_t len)
 {
-    uint64_t off = (uintptr_t)host - (uintptr_t)c->cpu_ptr, l;
-
     /* A Non-cacheable mapping's zeros are in memory already: only the CPU's copy counts. */
+    cpucache_zeroed_pa(c, c->ram_base + ((uintptr_t)host - (uintptr_t)c->cpu_ptr), len);
+}
+
+void cpucache_zeroed_pa(CpuCache *c, hwaddr pa, uint64_t len)
+{
+    uint64_t off = pa - c->ram_base, l;
+
     if (!len || off >= c->ram_size || len > c->ram_size - off) {
         return;
     }
@@ -360,8 +379,8 @@ static uint64_t page_sum(uint64_t h, uint64_t off, const uint8_t *page)
 
 /*
  * The first reset also keeps what QEMU loaded (the kernel, initramfs and DTB
- * on otherwise zero RAM, a function of the files alone): the snapshots' RESET
- * runs refer to it. Later resets find whatever RAM held before; they leave it.
+ * on otherwise zero RAM): the snapshots' RESET runs refer to it. Later resets
+ * find whatever RAM held before; they leave it.
  */
 static void fill_from_ram(CpuCache *c)
 {
@@ -428,10 +447,11 @@ static void cpucache_reset_exit(Object *obj, ResetType type)
  * (lines the CPU wrote and never cleaned), SYNC against DRAM (lines a
  * device or a Non-cacheable access wrote since the CPU's last maintenance),
  * in runs of lines; a run whose lines are all zero carries no bytes, nor
- * does a run of DRAM lines still as reset loaded them (the kernel and
+ * does a run of DRAM lines still as QEMU loaded them (the kernel and
  * initramfs the CPU has since overwritten: most of a booted machine's
  * difference), which the model keeps a copy of. RAM is loaded before any
- * device state, so post_load rebuilds both from it.
+ * device state, so post_load rebuilds both from it (under postcopy the
+ * rebuild's reads fetch the pages it needs, one at a time).
  *
  * Each save is numbered. Loading the state this process last saved or
  * loaded rebuilds only the pages whose DRAM or SYNC changed since: those
@@ -443,28 +463,42 @@ enum {
     DIFF_DRAM = 0,          /* run of DRAM lines that differ from CPU */
     DIFF_SYNC = 1,          /* run of SYNC lines that differ from DRAM */
     DIFF_ZERO = 2,          /* ... all zero: no bytes follow */
-    DIFF_RESET = 4,         /* ... DRAM as reset loaded it: no bytes follow */
+    DIFF_RESET = 4,         /* ... DRAM as QEMU loaded it: no bytes follow */
     DIFF_HDR = 12,          /* le32 first line, le32 count, le32 flags */
 };
 
-static void diff_put_run(GByteArray *out, const uint8_t *src, int64_t first,
+/* QEMU migrates a buffer's length as an int32_t. */
+#define DIFF_MAX INT32_MAX
+
+static void diff_put_run(CpuCache *c, GByteArray *out, const uint8_t *src, int64_t first,
                          int64_t count, uint32_t flags)
 {
+    uint64_t bytes = flags & (DIFF_ZERO | DIFF_RESET) ? 0 : count * CPUCACHE_LINE;
     uint8_t hdr[DIFF_HDR];
 
+    if (c->diff_too_big || out->len + DIFF_HDR + bytes > DIFF_MAX) {
+        c->diff_too_big = true;
+        return;
+    }
     stl_le_p(hdr, first);
     stl_le_p(hdr + 4, count);
     stl_le_p(hdr + 8, flags);
     g_byte_array_append(out, hdr, sizeof(hdr));
-    if (!(flags & (DIFF_ZERO | DIFF_RESET))) {
-        g_byte_array_append(out, line_of((uint8_t *)src, first), count * CPUCACHE_LINE);
+    if (bytes) {
+        g_byte_array_append(out, line_of((uint8_t *)src, first), bytes);
     }
 }
 
-/* Appends the runs of lines where @src differs from @base. */
+/*
+ * Appends the runs of lines where @src differs from @base. Runs of DRAM lines
+ * as QEMU loaded them only go into snapshots (savevm): a QEMU started for an
+ * incoming migration loads nothing at reset, and virt's device tree carries
+ * random seeds, so another process may hold another image.
+ */
 static void diff_encode(CpuCache *c, GByteArray *out, const uint8_t *src,
                         const uint8_t *base, uint32_t which)
 {
+    bool reset_runs = which == DIFF_DRAM && runstate_check(RUN_STATE_SAVE_VM);
     const int64_t per_page = CPUCACHE_PAGE / CPUCACHE_LINE;
     int64_t l, first = -1;
     uint32_t flags = 0;
@@ -482,14 +516,13 @@ static void diff_encode(CpuCache *c, GByteArray *out, const uint8_t *src,
             f = UINT32_MAX;
         } else if (buffer_is_zero(s, CPUCACHE_LINE)) {
             f = which | DIFF_ZERO;
-        } else if (which == DIFF_DRAM &&
-                   !memcmp(s, line_of(c->reset_ptr, l), CPUCACHE_LINE)) {
+        } else if (reset_runs && !memcmp(s, line_of(c->reset_ptr, l), CPUCACHE_LINE)) {
             f = DIFF_RESET;
         } else {
             f = which;
         }
         if (first >= 0 && f != flags) {
-            diff_put_run(out, src, first, l - first, flags);
+            diff_put_run(c, out, src, first, l - first, flags);
             first = -1;
         }
         if (first < 0 && f != UINT32_MAX) {
@@ -498,7 +531,7 @@ static void diff_encode(CpuCache *c, GByteArray *out, const uint8_t *src,
         }
     }
     if (first >= 0) {
-        diff_put_run(out, src, first, l - first, flags);
+        diff_put_run(c, out, src, first, l - first, flags);
     }
 }
 
@@ -553,8 +586,9 @@ static int diff_apply(CpuCache *c, uint8_t *dst, const uint8_t *base, uint32_t w
             return -EINVAL;
         }
         if ((flags & DIFF_RESET) && c->saved_reset_sum != c->reset_sum) {
-            error_report("dmalab-cpucache: the state was saved by a machine that loaded "
-                         "other kernel or initramfs files");
+            error_report("dmalab-cpucache: the snapshot refers to what QEMU loaded at "
+                         "start, and this QEMU loaded something else (other files, or "
+                         "a device tree with other random seeds: dtb-randomness=off)");
             return -EINVAL;
         }
         if ((flags & DIFF_SYNC) == which) {
@@ -620,9 +654,10 @@ static int cpucache_pre_save(void *opaque)
     GByteArray *out = g_byte_array_new();
 
     QEMU_LOCK_GUARD(&c->lock);
+    c->diff_too_big = false;
     diff_encode(c, out, c->dram_ptr, c->cpu_ptr, DIFF_DRAM);
     diff_encode(c, out, c->sync_ptr, c->dram_ptr, DIFF_SYNC);
-    if (out->len > UINT32_MAX - DIFF_HDR) {
+    if (c->diff_too_big) {
         g_byte_array_free(out, true);
         error_report("dmalab-cpucache: too many dirty lines to save");
         return -EFBIG;
@@ -642,6 +677,19 @@ static int cpucache_post_save(void *opaque)
     g_clear_pointer(&c->diff, g_free);
     c->diff_len = 0;
     return 0;
+}
+
+/* A load that failed before post_load leaves its buffer. */
+static int cpucache_pre_load(void *opaque)
+{
+    return cpucache_post_save(opaque);
+}
+
+static bool diff_len_valid(void *opaque, int version_id)
+{
+    CpuCache *c = opaque;
+
+    return c->diff_len <= MIN(DIFF_MAX, 2 * (uint64_t)c->nlines * (CPUCACHE_LINE + DIFF_HDR));
 }
 
 static int cpucache_post_load(void *opaque, int version_id)
@@ -686,6 +734,7 @@ static const VMStateDescription vmstate_cpucache = {
     .minimum_version_id = 4,
     .pre_save = cpucache_pre_save,
     .post_save = cpucache_post_save,
+    .pre_load = cpucache_pre_load,
     .post_load = cpucache_post_load,
     .fields = (const VMStateField[]) {
         VMSTATE_INT32_EQUAL(nlines, CpuCache, NULL),
@@ -698,6 +747,7 @@ static const VMStateDescription vmstate_cpucache = {
         VMSTATE_UINT64(saved_id, CpuCache),
         VMSTATE_UINT64(saved_reset_sum, CpuCache),
         VMSTATE_UINT32(diff_len, CpuCache),
+        VMSTATE_VALIDATE("diff_len", diff_len_valid),
         VMSTATE_VBUFFER_ALLOC_UINT32(diff, CpuCache, 0, NULL, diff_len),
         VMSTATE_END_OF_LIST()
     },

@@ -105,6 +105,7 @@ struct CpuCache {
     uint32_t log_head, log_count;
     uint8_t *diff;              /* DRAM and SYNC as saved (cpucache_pre_save) */
     uint32_t diff_len;
+    bool diff_too_big;
     uint64_t saved_id;          /* the saved state's number */
     uint8_t *reset_ptr;         /* RAM as the first reset found it: what QEMU loaded */
     uint64_t reset_sum;         /* its fingerprint */
@@ -136,6 +137,8 @@ void cpucache_dma(CpuCache *c, const CpuCacheOrigin *o, hwaddr pa, uint64_t len,
                   bool is_write);
 /* DC ZVA zeroed [@host, @host + len) of some RAM: dirty lines, if the CPU's copy. */
 void cpucache_zeroed(CpuCache *c, void *host, uint64_t len);
+/* The same through the trapping view: [@pa, @pa + len) of the CPU's copy. */
+void cpucache_zeroed_pa(CpuCache *c, hwaddr pa, uint64_t len);
 /* Where @cs is (NULL: no vCPU); with @io, at the I/O access in progress (a doorbell). */
 void cpucache_who(CpuCache *c, CPUState *cs, bool io, CpuCacheWho *who);
 
