@@ -153,6 +153,7 @@ async def test_cpu_access_without_sync_is_named_where_it_shows(
         # the agent's read, named in its own program through the task's PID
         assert "vCPU 0 (dmalab-agent) at " in stale[second], stale[second]
         assert " [dmalab-agent] <- " in stale[second], stale[second]
+        assert " <- op_CPU_READ+0x" in stale[second], stale[second]
     n = missed[0] + k
     assert f"step {n} {missed[1]} without DMA_BUF_IOCTL_SYNC" in stale[second], stale[second]
     assert event not in step(r, n).kernel_events, step(r, n).kernel
