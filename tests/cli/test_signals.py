@@ -1,7 +1,8 @@
 """Stopping dmalab by signal, as a nightly job's timeout or a closed terminal does.
 
 SIGINT and SIGTERM at the boot, inside a scenario and while results.json is written: the exit
-code is 128 + the signal, one line says so, no QEMU is left and no run directory either. The
+code is 128 + the signal, one line says so, no QEMU is left and no run directory either; the same
+when the reader of dmalab's output goes away (`dmalab run 2>&1 | head -1`: 141, quietly). The
 same for `up` and `shell` during the boot (SIGTERM, SIGHUP), `bench device` and `fuzz` while
 they measure (`fuzz --artifacts` keeps its run directory there and says so). SIGKILL in the
 middle of a run: its QEMU dies with it, and the next run removes the run directory the kill
@@ -103,6 +104,21 @@ def test_up_and_shell_stop_during_the_boot(
     err = finish(proc, before)
     assert proc.returncode == 128 + sig, err
     assert err.splitlines()[-1] == f"dmalab: interrupted by {sig.name}"
+    assert qemu_pids() == set()
+    assert list(run_base.iterdir()) == []
+
+
+def test_a_closed_output_stops_a_run_cleanly(run_base: Path, qemu_build: object,
+                                             guest_image: object) -> None:  # fmt: skip
+    # `dmalab run 2>&1 | head -1`: the reader takes the first progress line and goes away.
+    proc = start(run_base, None, *RUN)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stderr.readline()
+    assert first.strip(), first
+    proc.stdout.close()
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 128 + signal.SIGPIPE
+    wait_gone(qemu_pids())
     assert qemu_pids() == set()
     assert list(run_base.iterdir()) == []
 

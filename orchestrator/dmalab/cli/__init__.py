@@ -3,13 +3,15 @@
 Every error is one line on stderr, `dmalab: error: ...`, with the exit code README's table gives:
 errors dmalab knows about (`DmalabError`) carry their own (errors.py), click's usage errors exit
 2, an operating-system error (a full disk, a directory that cannot be written) exits 3. Ctrl-C,
-SIGTERM and SIGHUP stop a command the same way (cli/signals.py) and exit 128 + the signal number.
-No tracebacks for any of them.
+SIGTERM and SIGHUP stop a command the same way (cli/signals.py) and exit 128 + the signal number;
+so does an output whose reader went away (SIGPIPE, 141). No tracebacks for any of them.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -78,6 +80,13 @@ class Group(click.Group):
         except DmalabError as exc:
             click.echo(error_line(str(exc) or type(exc).__name__), err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            # The reader of our output went away (`dmalab run | head`): stop as SIGPIPE would,
+            # quietly (the run has cleaned up like an interrupted one).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for stream in (sys.stdout, sys.stderr):
+                os.dup2(devnull, stream.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except OSError as exc:
             # Whatever the operating system refused (ENOSPC while building, EACCES...): the
             # environment, named by the path involved.
@@ -124,7 +133,7 @@ def main() -> None:
 
     Builds go to ~/.cache/dmalab ($XDG_CACHE_HOME/dmalab, or $DMALAB_CACHE). Exit codes: 0 ok,
     1 a check failed, 2 bad input, 3 environment or build problem, 130 interrupted (Ctrl-C),
-    143 terminated (SIGTERM), 129 hung up (SIGHUP).
+    143 terminated (SIGTERM), 129 hung up (SIGHUP), 141 output closed (`| head`).
     """
 
 

@@ -123,6 +123,12 @@ def describe_status(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+def _stopped(exc: BaseException | None) -> bool:
+    """Someone stopped the run rather than it failing: a cancellation or a signal, or the reader
+    of our output went away (`dmalab run | head`)."""
+    return exc is not None and (not isinstance(exc, Exception) or isinstance(exc, BrokenPipeError))
+
+
 def log_tail(path: Path, lines: int = 12) -> str:
     """The last lines of a log file, for error messages (empty if there is none)."""
     try:
@@ -280,7 +286,7 @@ class QemuProcess:
         if exc is None and clean and not died_unasked:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             return
-        if clean and not died_unasked and not isinstance(exc, Exception):
+        if clean and not died_unasked and _stopped(exc):
             self._interrupted()
             return  # the cancellation propagates
         where = self._keep_run_dir()
